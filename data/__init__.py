@@ -1,0 +1,1 @@
+"""The data layer: manifests, fingerprints, partitioners, preprocessing, built-in data sets."""

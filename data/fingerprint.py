@@ -1,0 +1,63 @@
+"""Content fingerprints: prove that two parties hold the same manifest and files.
+
+A file's fingerprint is the SHA-256 of its bytes; a text's is the SHA-256 of the text. A
+manifest's fingerprint hashes, in row order, each row's id, label, group and the fingerprints
+of its items, so it is independent of where the files lie and changes when one byte of one file
+changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmfl.data.manifest import FILE_MODALITIES
+
+if TYPE_CHECKING:
+    from mmfl.data.manifest import Manifest, Sample
+
+_CHUNK = 1 << 20
+_file_cache: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, memoised per (path, size, mtime) within the process."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    cached = _file_cache.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    value = digest.hexdigest()
+    _file_cache[key] = value
+    return value
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def item_fingerprint(sample: Sample, modality: str) -> str:
+    """Fingerprint of one sample's item of one modality (the feature-cache key)."""
+    value = sample.values[modality]
+    return file_sha256(value) if modality in FILE_MODALITIES else text_sha256(value)
+
+
+def manifest_fingerprint(manifest: Manifest) -> str:
+    """SHA-256 over every row: id, label, group and the item fingerprints, in row order."""
+    digest = hashlib.sha256(b"mmfl-manifest-v1\n")
+    for sample in manifest.samples:
+        row = {
+            "id": sample.id,
+            "label": sample.label,
+            "group": sample.group,
+            "items": {m: item_fingerprint(sample, m) for m in sorted(sample.values)},
+        }
+        digest.update(json.dumps(row, sort_keys=True).encode("utf-8") + b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,254 @@
+"""Manifests: one row per sample, a column per modality, optional ``label`` and ``group``.
+
+A manifest is a CSV or JSONL file. ``image`` and ``audio`` cells hold file paths (relative to
+the manifest's folder or absolute); ``text`` cells hold the text itself. An empty cell means the
+sample lacks that modality. Loading validates every row before returning anything: one bad row
+refuses the whole manifest with a :class:`ManifestError` that names the rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mmfl import MODALITIES
+from mmfl.errors import ManifestError
+
+FILE_MODALITIES = ("image", "audio")
+RESERVED_COLUMNS = ("id", "label", "group")
+MAX_ERRORS_SHOWN = 8
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One validated row. ``values`` maps modality to an absolute path (files) or the text."""
+
+    id: str
+    values: dict[str, str]
+    label: str | None = None
+    group: str | None = None
+
+    def has(self, modality: str) -> bool:
+        return modality in self.values
+
+
+@dataclass
+class Manifest:
+    """A validated manifest. Row order is meaningful: public-set indices refer to it."""
+
+    path: Path | None
+    samples: list[Sample]
+    modalities: tuple[str, ...]
+    _fingerprint: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [s.label for s in self.samples]
+
+    def count(self, modality: str) -> int:
+        """Number of samples that hold ``modality``."""
+        return sum(1 for s in self.samples if s.has(modality))
+
+    def subset(self, indices: Sequence[int]) -> Manifest:
+        return Manifest(self.path, [self.samples[i] for i in indices], self.modalities)
+
+    def fingerprint(self) -> str:
+        """Content hash of rows and files (see :mod:`mmfl.data.fingerprint`); cached."""
+        if self._fingerprint is None:
+            from mmfl.data.fingerprint import manifest_fingerprint
+
+            self._fingerprint = manifest_fingerprint(self)
+        return self._fingerprint
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+    """(line number, raw row) pairs from a CSV or JSONL file."""
+    suffix = path.suffix.lower()
+    rows: list[tuple[int, dict[str, object]]] = []
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ManifestError(f"manifest {path}: line {lineno} is not JSON ({exc.msg})") from None
+                if not isinstance(obj, dict):
+                    raise ManifestError(f"manifest {path}: line {lineno} is not a JSON object")
+                rows.append((lineno, obj))
+    elif suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames:
+                raise ManifestError(f"manifest {path}: no header row")
+            for lineno, row in enumerate(reader, start=2):
+                rows.append((lineno, {k: v for k, v in row.items() if k is not None}))
+    else:
+        raise ManifestError(f"manifest {path}: unsupported format {suffix!r} (use .csv or .jsonl)")
+    return rows
+
+
+def _check_image(path: Path) -> str | None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
+            w, h = im.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and w * h > limit:
+                return f"image {path.name} is too large ({w}x{h} pixels)"
+            im.verify()
+    except FileNotFoundError:
+        return f"image file not found: {path}"
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
+        return f"unreadable image {path.name}: {type(exc).__name__}"
+    return None
+
+
+def _check_audio(path: Path) -> str | None:
+    if not path.exists():
+        return f"audio file not found: {path}"
+    if path.suffix.lower() != ".npy":
+        return f"audio {path.name}: expected a .npy array of MFCC frames (frames x coefficients)"
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        return f"unreadable audio {path.name}: {type(exc).__name__}"
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        return f"audio {path.name}: shape {arr.shape} is not (frames, coefficients)"
+    if not np.isfinite(arr).all():
+        return f"audio {path.name}: contains NaN or infinity"
+    return None
+
+
+def _validate_row(
+    lineno: int, raw: dict[str, object], base: Path, allowed: Sequence[str], check_files: bool
+) -> tuple[Sample | None, list[str]]:
+    problems: list[str] = []
+    values: dict[str, str] = {}
+    for key, cell in raw.items():
+        if key in RESERVED_COLUMNS:
+            continue
+        if key not in MODALITIES:
+            problems.append(f"unknown modality column {key!r}")
+            continue
+        if cell is None or (isinstance(cell, str) and cell == ""):
+            continue  # this sample lacks that modality
+        if not isinstance(cell, str):
+            problems.append(f"{key} must be a string, got {type(cell).__name__}")
+            continue
+        if key not in allowed:
+            problems.append(f"modality {key!r} is not used here (allowed: {', '.join(allowed)})")
+            continue
+        if key == "text":
+            if not cell.strip():
+                problems.append("empty text")
+                continue
+            values[key] = cell
+            continue
+        file_path = Path(cell)
+        if not file_path.is_absolute():
+            file_path = base / file_path
+        if check_files:
+            problem = _check_image(file_path) if key == "image" else _check_audio(file_path)
+            if problem:
+                problems.append(problem)
+                continue
+        values[key] = str(file_path)
+    if not values and not problems:
+        problems.append("no modality present")
+    label = raw.get("label")
+    if label is not None and not isinstance(label, str | int):
+        problems.append(f"label must be text or an integer, got {type(label).__name__}")
+    label_text = None if label in (None, "") else str(label)
+    group = raw.get("group")
+    group_text = None if group in (None, "") else str(group)
+    sample_id = str(raw.get("id") or f"row{lineno}")
+    if problems:
+        return None, [f"line {lineno} (id {sample_id}): " + ", ".join(problems)]
+    return Sample(sample_id, values, label_text, group_text), []
+
+
+def load_manifest(
+    path: str | Path,
+    modalities: Sequence[str] | None = None,
+    require_label: bool = False,
+    check_files: bool = True,
+) -> Manifest:
+    """Validate every row of ``path`` and return the manifest, or raise naming the bad rows.
+
+    ``modalities`` restricts the allowed modality columns (default: all known modalities).
+    ``require_label`` refuses rows without a label.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    allowed = tuple(modalities) if modalities else MODALITIES
+    base = path.resolve().parent
+    raw_rows = _read_rows(path)
+    if not raw_rows:
+        raise ManifestError(f"manifest {path} has no rows")
+    samples: list[Sample] = []
+    errors: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in raw_rows:
+        sample, problems = _validate_row(lineno, raw, base, allowed, check_files)
+        if sample is not None:
+            if require_label and sample.label is None:
+                problems = [f"line {lineno} (id {sample.id}): missing label"]
+            elif sample.id in seen:
+                problems = [f"line {lineno}: id {sample.id!r} repeats line {seen[sample.id]}"]
+            else:
+                seen[sample.id] = lineno
+                samples.append(sample)
+        errors.extend(problems)
+    if errors:
+        shown = "; ".join(errors[:MAX_ERRORS_SHOWN])
+        more = f"; and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise ManifestError(f"manifest {path} refused, {len(errors)} bad rows: {shown}{more}")
+    present = tuple(m for m in MODALITIES if any(s.has(m) for s in samples))
+    return Manifest(path, samples, present)
+
+
+def write_manifest(path: str | Path, samples: Iterable[Sample], relative_to: Path | None = None) -> Path:
+    """Write samples as JSONL atomically (temp file, fsync, rename). Paths are made relative
+    to ``relative_to`` (default: the manifest's folder) when they lie below it."""
+    path = Path(path)
+    base = (relative_to or path.parent).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for s in samples:
+                row: dict[str, str] = {"id": s.id}
+                for modality, value in s.values.items():
+                    if modality in FILE_MODALITIES:
+                        p = Path(value)
+                        value = str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+                    row[modality] = value
+                if s.label is not None:
+                    row["label"] = s.label
+                if s.group is not None:
+                    row["group"] = s.group
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

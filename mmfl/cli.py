@@ -1,0 +1,57 @@
+"""The ``mmfl`` console command: one entry point with a sub-command per user."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from mmfl import __version__
+from mmfl.errors import MmflError
+
+app = typer.Typer(
+    help="mmfl: federated multimodal training where sites share representations, never data or weights.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"mmfl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version"
+    ),
+) -> None:
+    """Sub-commands for researchers (simulate), operators (server), sites (client, adapt)."""
+
+
+def _register() -> None:
+    from mmfl.data.cli import app as data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_register()
+
+
+def main() -> None:
+    """Run the CLI; a user-facing failure prints one line and exits with status 2."""
+    try:
+        app()
+    except MmflError as err:
+        print(f"mmfl: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("mmfl: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Typed configuration for every part of mmfl, loadable from TOML and overridable from the CLI.
+
+Every model forbids unknown keys, so a typo is refused instead of silently ignored. Use
+:func:`load_config` to read a TOML file, apply ``key.sub=value`` overrides and validate; any
+problem becomes a one-line :class:`~mmfl.errors.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmfl.errors import ConfigError
+
+Modality = Literal["image", "text", "audio"]
+SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+StrategyName = Literal["cream", "cream+", "mean", "fedavg", "server-only", "local", "centralized"]
+
+
+class StrictModel(BaseModel):
+    """Base for all configs: unknown keys are errors; values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PrivacyConfig(StrictModel):
+    """Sample- or group-level DP-SGD at one site (Opacus), enforced by the site itself."""
+
+    enabled: bool = False
+    target_epsilon: float = Field(8.0, gt=0, description="lifetime budget over this site's data")
+    delta: float = Field(1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="fixed sigma; None derives it from the budget and planned_rounds"
+    )
+    planned_rounds: int = Field(10, ge=1, description="rounds the derived sigma must last")
+    accountant: Literal["rdp", "prv"] = "rdp"
+    unit: Literal["sample", "group"] = "sample"
+    grad_sample_mode: Literal["auto", "hooks", "ghost"] = "auto"
+
+
+class TrainConfig(StrictModel):
+    """Local training hyper-parameters of a site (CreamFL defaults where the paper has them)."""
+
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    public_batch_size: int = Field(128, ge=1)
+
+
+class SiteSpec(StrictModel):
+    """One site of a federation: what it holds and which architecture encodes each modality."""
+
+    id: SiteId
+    modalities: list[Modality] = Field(min_length=1)
+    architectures: dict[Modality, str]
+    share: float = Field(1.0, gt=0, description="relative share of the private pool")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    train: TrainConfig | None = None
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+
+    @field_validator("modalities")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("modalities must not repeat")
+        return value
+
+    @model_validator(mode="after")
+    def _architectures_cover_modalities(self) -> SiteSpec:
+        missing = [m for m in self.modalities if m not in self.architectures]
+        extra = [m for m in self.architectures if m not in self.modalities]
+        if missing:
+            raise ValueError(f"no architecture for modality {missing[0]!r}")
+        if extra:
+            raise ValueError(f"architecture given for modality {extra[0]!r} the site does not hold")
+        return self
+
+
+class PartitionConfig(StrictModel):
+    """How the private pool is split across sites."""
+
+    scheme: Literal["iid", "dirichlet"] = "dirichlet"
+    alpha: float = Field(1.0, gt=0, description="Dirichlet concentration; small = skewed labels")
+    missing_modality_rate: float = Field(
+        0.0, ge=0, lt=1, description="per-sample chance that a paired site lacks one modality"
+    )
+    min_samples: int = Field(8, ge=1)
+
+
+class ServerConfig(StrictModel):
+    """The coordinator's own model and its per-round training."""
+
+    architectures: dict[Modality, str] = Field(
+        default_factory=lambda: {"image": "cnn-large", "text": "glove-mlp-large"}
+    )
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    epochs_per_round: int = Field(1, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    min_sites: int = Field(1, ge=0, description="a round with fewer valid replies is failed")
+    round_timeout: float = Field(600.0, gt=0)
+
+
+class CreamConfig(StrictModel):
+    """CreamFL algorithm settings; defaults follow the reference code (notes section 1.9)."""
+
+    contrast_temperature: float = Field(0.5, gt=0)
+    interintra_weight: float = Field(0.5, ge=0)
+    kd_weight: float = Field(0.3, ge=0)
+    regulariser_mode: Literal["sequential", "additive"] = "sequential"
+    public_subset: int | None = Field(
+        None, ge=1, description="public rows per round; None uses the whole public set"
+    )
+    ensemble_temperature: float = Field(
+        1.0, gt=0, description="scores are divided by it before the softmax over sites"
+    )
+    distill_loss: Literal["mse", "contrastive"] = "mse"
+    aggregation_chunk: int = Field(4096, ge=1)
+    payload_dtype: Literal["float32", "float16"] = "float32"
+
+
+class FederationSpec(StrictModel):
+    """A whole federation for ``mmfl simulate``: data set, sites, partition, server, strategy."""
+
+    name: str = "digits-default"
+    dataset: str = "digits"
+    data_dir: Path | None = Field(None, description="prepared data; None uses the default cache")
+    modalities: list[Modality] = Field(default_factory=lambda: ["image", "text"], min_length=2)
+    embed_dim: int = Field(256, ge=2)
+    rounds: int = Field(4, ge=1)
+    seed: int = 0
+    strategy: StrategyName = "cream"
+    sites: list[SiteSpec] = Field(default_factory=lambda: default_digits_sites())
+    partition: PartitionConfig = Field(default_factory=PartitionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    cream: CreamConfig = Field(default_factory=CreamConfig)
+
+    @model_validator(mode="after")
+    def _sites_fit_federation(self) -> FederationSpec:
+        ids = [s.id for s in self.sites]
+        if len(set(ids)) != len(ids):
+            raise ValueError("site ids must be unique")
+        for site in self.sites:
+            outside = [m for m in site.modalities if m not in self.modalities]
+            if outside:
+                raise ValueError(
+                    f"site {site.id!r} holds modality {outside[0]!r} outside the federation's "
+                    f"{self.modalities}"
+                )
+        missing = [m for m in self.modalities if m not in self.server.architectures]
+        if missing:
+            raise ValueError(f"server has no architecture for modality {missing[0]!r}")
+        return self
+
+    def train_for(self, site: SiteSpec) -> TrainConfig:
+        """The site's own training settings, or the federation's defaults."""
+        return site.train or self.train
+
+
+class AdaptConfig(StrictModel):
+    """Source-free adaptation (SUMMIT) of uni-modal models to a multimodal target site."""
+
+    fusion: Literal["switch", "af", "ew"] = "switch"
+    gap_threshold: float = Field(0.5, ge=0)
+    certainty_cap: float = Field(0.9, gt=0, le=1)
+    hypothesis_test: bool = False
+    ht_k: float = Field(0.5, gt=0)
+    consistency_weight: float = Field(0.1, ge=0)
+    refresh_rounds: int = Field(1, ge=1)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+
+
+def default_digits_sites() -> list[SiteSpec]:
+    """Six sites of three kinds and two architectures per modality (the default federation)."""
+    return [
+        SiteSpec(id="img-cnn", modalities=["image"], architectures={"image": "cnn-small"}),
+        SiteSpec(id="img-mlp", modalities=["image"], architectures={"image": "mlp"}),
+        SiteSpec(id="txt-bag", modalities=["text"], architectures={"text": "bag"}),
+        SiteSpec(id="txt-glove", modalities=["text"], architectures={"text": "glove-mlp"}),
+        SiteSpec(
+            id="pair-cnn-bag",
+            modalities=["image", "text"],
+            architectures={"image": "cnn-small", "text": "bag"},
+        ),
+        SiteSpec(
+            id="pair-mlp-glove",
+            modalities=["image", "text"],
+            architectures={"image": "mlp", "text": "glove-mlp"},
+        ),
+    ]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into a key path and a TOML-typed value (bare words stay strings)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return path, value
+
+
+def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """Set ``data[path[0]][path[1]]... = value``; list items are addressed by index."""
+    node: Any = data
+    for depth, part in enumerate(path[:-1]):
+        if isinstance(node, list):
+            node = node[_index(part, path, depth, len(node))]
+        else:
+            if node.get(part) is None:  # an unset optional section becomes a fresh table
+                node[part] = {}
+            node = node[part]
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: depth + 1])} is a value")
+    last = path[-1]
+    if isinstance(node, list):
+        node[_index(last, path, len(path) - 1, len(node))] = value
+    else:
+        node[last] = value
+
+
+def _index(part: str, path: list[str], depth: int, size: int) -> int:
+    if not part.isdigit() or int(part) >= size:
+        where = ".".join(path[: depth + 1])
+        raise ConfigError(f"override {'.'.join(path)}: {where} is not an index below {size}")
+    return int(part)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line naming each offending key, e.g. ``spec.toml: server.lrr: unknown key``."""
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{key}: {msg}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def load_config(
+    model: type[M],
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> M:
+    """Read ``path`` (TOML) over ``base``, apply overrides, validate into ``model``."""
+    data: dict[str, Any] = dict(base or {})
+    source = str(path) if path else "(defaults)"
+    if path is not None:
+        try:
+            data.update(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if overrides:
+        # Materialise defaults first so that overrides can address nested defaults
+        # such as sites.0.train.lr without restating the whole list.
+        try:
+            data = model.model_validate(data).model_dump(mode="json", exclude_none=False)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, source)) from None
+        for item in overrides:
+            key_path, value = parse_override(item)
+            apply_override(data, key_path, value)
+        source += " with overrides"
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def dump_toml(model: BaseModel) -> str:
+    """Render a config as TOML (for ``mmfl simulate init`` and the run's record)."""
+    return _toml_table(model.model_dump(mode="json", exclude_none=True), [])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
+    raise TypeError(f"cannot render {type(value).__name__} as TOML")
+
+
+def _toml_table(data: dict[str, Any], prefix: list[str]) -> str:
+    scalars, tables, arrays = [], [], []
+    for key, value in data.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            tables.append((key, value))
+        elif isinstance(value, dict) and not _is_inline(value):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((key, value))
+        else:
+            scalars.append(f"{key} = {_toml_value(value)}")
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for key, value in tables:
+        name = ".".join([*prefix, key])
+        out += f"\n[{name}]\n" + _toml_table(value, [*prefix, key])
+    for key, items in arrays:
+        name = ".".join([*prefix, key])
+        for item in items:
+            out += f"\n[[{name}]]\n" + _toml_table(item, [*prefix, key])
+    return out
+
+
+def _is_inline(value: dict[str, Any]) -> bool:
+    """Small flat mappings (architectures per modality) read best inline."""
+    return all(not isinstance(v, dict | list) for v in value.values())

@@ -1,0 +1,1 @@
+"""Encoders per modality and architecture, frozen pretrained backbones, losses."""

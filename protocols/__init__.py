@@ -1,0 +1,1 @@
+"""The wire contract between coordinator and sites: typed messages and their validation."""

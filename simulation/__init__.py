@@ -1,0 +1,1 @@
+"""Single-machine federations: spec -> Flower simulation (or in-process) -> report."""

@@ -1,0 +1,1 @@
+"""How the coordinator merges what sites send (Flower Strategy subclasses, no I/O)."""

@@ -1,0 +1,35 @@
+"""Shared fixtures: an isolated MMFL_HOME with the digits data set prepared once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+
+
+@pytest.fixture(scope="session")
+def mmfl_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MMFL_HOME for the session (prepared data and feature caches are shared)."""
+    home = Path(os.environ.get("MMFL_TEST_HOME") or tmp_path_factory.mktemp("mmfl-home"))
+    os.environ["MMFL_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def digits(mmfl_home: Path):
+    from mmfl.data.builtin import prepare
+
+    return prepare("digits")
+
+
+@pytest.fixture(scope="session")
+def openclipart_root() -> Path:
+    root = Path("/usr/share/openclipart")
+    if not (root / "png").is_dir():
+        pytest.fail("openclipart is not installed: sudo apt-get install openclipart-png openclipart-svg")
+    return root

@@ -1,0 +1,77 @@
+"""Built-in data sets are real, complete, stated, and split without leaks."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mmfl.data.builtin import SPLITS, open_dataset, prepare
+from mmfl.data.builtin.digits import WORDS, load_fsdd_mfcc, load_mnist_5k
+from mmfl.data.builtin.openclipart import normalise
+from mmfl.data.fingerprint import file_sha256
+from PIL import Image
+
+from mmfl.errors import DataSetMissing
+
+
+def test_digits_is_real_mnist_and_fsdd_paired_by_class(digits) -> None:
+    images, image_labels = load_mnist_5k()
+    audio, audio_labels = load_fsdd_mfcc()
+    assert images.shape == (5000, 28, 28) and np.bincount(image_labels).tolist() == [500] * 10
+    assert len(audio) == 3000 and np.bincount(audio_labels).tolist() == [300] * 10
+    counts = {s: len(digits.manifest(s)) for s in SPLITS}
+    assert counts == {"public": 1000, "private": 2500, "val": 500, "test": 1000} == digits.info.splits
+    all_ids = [x.id for s in SPLITS for x in digits.manifest(s).samples]
+    assert len(set(all_ids)) == 5000
+    with_audio = 0
+    for split in SPLITS:
+        for sample in digits.manifest(split).samples[:200]:
+            c = int(sample.label)
+            assert sample.values["text"] == WORDS[c]
+            mnist_index = int(Path(sample.values["image"]).stem.split("-")[1])
+            assert image_labels[mnist_index] == c
+            assert np.array_equal(np.asarray(Image.open(sample.values["image"])), images[mnist_index])
+            if "audio" in sample.values:
+                with_audio += 1
+                fsdd_index = int(Path(sample.values["audio"]).stem.split("-")[1])
+                assert audio_labels[fsdd_index] == c
+                assert np.array_equal(np.load(sample.values["audio"]), audio[fsdd_index])
+    assert with_audio > 300
+    assert sum(digits.manifest(s).count("audio") for s in SPLITS) == 3000
+
+
+def test_open_dataset_reuses_preparation(digits) -> None:
+    again = open_dataset("digits")
+    assert again.root == digits.root
+    assert again.manifest("public").fingerprint() == digits.manifest("public").fingerprint()
+
+
+def test_openclipart_split_is_clean(openclipart_root: Path, tmp_path: Path) -> None:
+    ds = prepare("openclipart", tmp_path / "oc", source=openclipart_root)
+    info = json.loads((tmp_path / "oc" / "dataset.json").read_text())
+    manifests = {s: ds.manifest(s) for s in SPLITS}
+    assert {s: len(m) for s, m in manifests.items()} == info["splits"]
+    assert info["splits"]["test"] == 1000 and info["splits"]["val"] == 500
+    assert info["splits"]["public"] == 1500 and info["splits"]["private"] > 1500
+    assert len(ds.info.classes) == 22 and ds.info.pairing == "instance"
+    # Rows point at the real installed files.
+    for s in manifests["test"].samples[:50]:
+        assert s.values["image"].startswith(str(openclipart_root / "png"))
+        assert Path(s.values["image"]).is_file()
+    # No byte-identical image twice anywhere.
+    hashes = [file_sha256(s.values["image"]) for m in manifests.values() for s in m.samples]
+    assert len(hashes) == len(set(hashes))
+    # Every val/test caption is unique across the whole prepared set: one right answer per query.
+    caption_counts = Counter(normalise(s.values["text"]) for m in manifests.values() for s in m.samples)
+    for split in ("val", "test"):
+        assert all(caption_counts[normalise(s.values["text"])] == 1 for s in manifests[split].samples)
+    # Repeated captions are capped in the pools.
+    assert max(caption_counts.values()) <= 100
+
+
+def test_openclipart_missing_files_say_what_to_install(tmp_path: Path) -> None:
+    with pytest.raises(DataSetMissing, match="apt-get install openclipart-png openclipart-svg"):
+        prepare("openclipart", tmp_path / "x", source=tmp_path / "nothing")

@@ -1,0 +1,127 @@
+"""Manifest validation: every kind of bad row is refused by line; good manifests load whole."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mmfl.data.manifest import Sample, load_manifest, write_manifest
+from PIL import Image
+
+from mmfl.errors import ManifestError
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> Path:
+    Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    np.save(tmp_path / "a.npy", np.ones((12, 13), np.float32))
+    np.save(tmp_path / "nan.npy", np.full((5, 13), np.nan, np.float32))
+    np.save(tmp_path / "flat.npy", np.ones(13, np.float32))
+    return tmp_path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_good_jsonl_loads_every_row(files: Path) -> None:
+    rows = [
+        {"id": "s1", "image": "a.png", "text": "a grey square", "label": "x", "group": "p1"},
+        {"id": "s2", "image": "b.png", "audio": "a.npy", "label": 3},
+        {"id": "s3", "text": "text only"},
+    ]
+    m = load_manifest(write_jsonl(files / "m.jsonl", rows))
+    assert [s.id for s in m.samples] == ["s1", "s2", "s3"]
+    assert m.modalities == ("image", "text", "audio")
+    assert m.samples[0].values["image"] == str(files / "a.png")
+    assert m.samples[1].label == "3" and m.samples[0].group == "p1"
+    assert (m.count("image"), m.count("text"), m.count("audio")) == (2, 2, 1)
+
+
+def test_good_csv_loads_every_row(files: Path) -> None:
+    path = files / "m.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["id", "image", "text", "label"])
+        w.writeheader()
+        w.writerow({"id": "1", "image": "a.png", "text": "hello", "label": "x"})
+        w.writerow({"id": "2", "image": "", "text": "only text", "label": "y"})
+    m = load_manifest(path)
+    assert len(m) == 2 and not m.samples[1].has("image")
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"image": "missing.png"}, "image file not found"),
+        ({"image": "broken.png"}, "unreadable image broken.png"),
+        ({"text": "   "}, "empty text"),
+        ({"xray": "a.png"}, "unknown modality column 'xray'"),
+        ({"label": "x"}, "no modality present"),
+        ({"audio": "nan.npy"}, "contains NaN"),
+        ({"audio": "flat.npy"}, "is not (frames, coefficients)"),
+        ({"audio": "a.png"}, "expected a .npy array"),
+        ({"text": 5}, "text must be a string"),
+    ],
+)
+def test_each_kind_of_bad_row_is_refused_naming_the_line(files: Path, row: dict, expected: str) -> None:
+    rows = [{"id": "ok1", "text": "fine"}, {"id": "bad", **row}, {"id": "ok2", "text": "fine too"}]
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write_jsonl(files / "m.jsonl", rows))
+    message = str(info.value)
+    assert "line 2 (id bad)" in message and expected in message
+    assert "ok1" not in message and "ok2" not in message
+    assert "\n" not in message
+
+
+def test_all_bad_rows_are_named_and_counted(files: Path) -> None:
+    rows = [{"id": f"r{i}", "image": f"gone{i}.png"} for i in range(12)] + [{"id": "ok", "text": "t"}]
+    with pytest.raises(ManifestError, match=r"12 bad rows: line 1 \(id r0\).*and 4 more"):
+        load_manifest(write_jsonl(files / "m.jsonl", rows))
+
+
+def test_duplicate_ids_missing_labels_and_modality_restrictions(files: Path) -> None:
+    dup = write_jsonl(files / "dup.jsonl", [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}])
+    with pytest.raises(ManifestError, match="line 2: id 'a' repeats line 1"):
+        load_manifest(dup)
+    unlabeled = write_jsonl(
+        files / "u.jsonl", [{"id": "a", "text": "x", "label": "c"}, {"id": "b", "text": "y"}]
+    )
+    with pytest.raises(ManifestError, match=r"line 2 \(id b\): missing label"):
+        load_manifest(unlabeled, require_label=True)
+    with pytest.raises(ManifestError, match="modality 'text' is not used here"):
+        load_manifest(unlabeled, modalities=["image"])
+
+
+def test_malformed_files_are_refused_in_one_line(files: Path) -> None:
+    bad_json = files / "bad.jsonl"
+    bad_json.write_text('{"text": "a"}\n{not json\n')
+    with pytest.raises(ManifestError, match="line 2 is not JSON"):
+        load_manifest(bad_json)
+    with pytest.raises(ManifestError, match="unsupported format"):
+        load_manifest(files / "a.png")
+    with pytest.raises(ManifestError, match="does not exist"):
+        load_manifest(files / "nope.jsonl")
+    empty = files / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ManifestError, match="has no rows"):
+        load_manifest(empty)
+
+
+def test_write_then_load_round_trips_with_relative_paths(files: Path) -> None:
+    samples = [
+        Sample("x1", {"image": str(files / "a.png"), "text": "ä caption"}, "lab", "g"),
+        Sample("x2", {"audio": str(files / "a.npy")}, None, None),
+    ]
+    out = write_manifest(files / "sub" / ".." / "out.jsonl", samples, relative_to=files)
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first["image"] == "a.png"
+    loaded = load_manifest(out)
+    assert [s.values for s in loaded.samples] == [s.values for s in samples]
+    assert [s.label for s in loaded.samples] == ["lab", None]
+    assert not list(files.glob("*.tmp"))
