@@ -22,7 +22,7 @@ from mmfl.data.manifest import Sample
 from mmfl.data.text import hashed_ids
 from tqdm import tqdm
 
-HASH_VOCAB = 1 << 15
+HASH_VOCAB = 1 << 13
 TEXT_MAX_LEN = 32
 MFCC_FRAMES = 48
 MFCC_COEFFS = 13

@@ -97,3 +97,14 @@ def label_skew(parts: Sequence[np.ndarray], labels: Sequence[object]) -> float:
         site = np.array([(labels_arr[part] == c).mean() for c in classes])
         dists.append(0.5 * np.abs(site - pool).sum())
     return float(np.mean(dists))
+
+
+def holdout_split(n: int, seed: int | list[int], fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, holdout) indices of ``range(n)``: a seeded shuffle, the first ``fraction`` held out.
+
+    A site and a coordinator that pools the sites' data (the centralized baseline) draw the
+    same split from the same seed.
+    """
+    order = np.random.default_rng(seed).permutation(n)
+    n_hold = int(round(n * fraction))
+    return order[n_hold:], order[:n_hold]

@@ -34,8 +34,10 @@ def _root(
 
 def _register() -> None:
     from mmfl.data.cli import app as data_app
+    from mmfl.simulation.cli import app as simulate_app
 
     app.add_typer(data_app, name="data")
+    app.add_typer(simulate_app, name="simulate")
 
 
 _register()

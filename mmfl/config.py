@@ -50,6 +50,7 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     public_batch_size: int = Field(128, ge=1)
+    task_temperature: float = Field(0.1, gt=0, description="paired sites' InfoNCE temperature")
 
 
 class SiteSpec(StrictModel):
@@ -98,10 +99,11 @@ class ServerConfig(StrictModel):
     architectures: dict[Modality, str] = Field(
         default_factory=lambda: {"image": "cnn-large", "text": "glove-mlp-large"}
     )
-    lr: float = Field(1e-3, gt=0)
+    lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(128, ge=1)
-    epochs_per_round: int = Field(1, ge=1)
+    epochs_per_round: int = Field(2, ge=1)
     eval_batch_size: int = Field(512, ge=1)
+    temperature: float = Field(0.1, gt=0, description="InfoNCE temperature of the server's own training")
     min_sites: int = Field(1, ge=0, description="a round with fewer valid replies is failed")
     round_timeout: float = Field(600.0, gt=0)
 
@@ -120,6 +122,8 @@ class CreamConfig(StrictModel):
         1.0, gt=0, description="scores are divided by it before the softmax over sites"
     )
     distill_loss: Literal["mse", "contrastive"] = "mse"
+    distill_temperature: float = Field(0.1, gt=0)
+    sites_per_round: int | None = Field(None, ge=1, description="sampled sites per round; None = all")
     aggregation_chunk: int = Field(4096, ge=1)
     payload_dtype: Literal["float32", "float16"] = "float32"
 
@@ -163,6 +167,37 @@ class FederationSpec(StrictModel):
         return site.train or self.train
 
 
+CREAM_PLUS_DEFAULTS: dict[str, Any] = {
+    "ensemble_temperature": 0.05,
+    "distill_loss": "contrastive",
+    "kd_weight": 1.0,
+}
+"""What ``cream+`` changes where the spec leaves a field at its default (see the README)."""
+
+
+def effective_cream(spec: FederationSpec) -> CreamConfig:
+    """The CreamFL settings a run uses: ``cream+`` fills fields the spec did not set."""
+    if spec.strategy != "cream+":
+        return spec.cream
+    unset = {k: v for k, v in CREAM_PLUS_DEFAULTS.items() if k not in spec.cream.model_fields_set}
+    return spec.cream.model_copy(update=unset)
+
+
+class RunPlan(StrictModel):
+    """What a ServerApp run needs; written by ``mmfl simulate`` (or the operator daemon)."""
+
+    run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    spec: FederationSpec
+    dataset_root: Path = Field(description="prepared data set: public/val/test manifests, dataset.json")
+    output_dir: Path
+    store_url: str
+    site_configs: Path | None = Field(None, description="simulation: JSON list of SiteConfig")
+    expected_sites: int = Field(0, ge=0, description="sites to wait for before round 1")
+    discovery_timeout: float = Field(300.0, gt=0)
+    threads: int | None = Field(None, ge=1, description="torch threads of the server")
+    keep_checkpoints: int = Field(2, ge=1)
+
+
 class AdaptConfig(StrictModel):
     """Source-free adaptation (SUMMIT) of uni-modal models to a multimodal target site."""
 
@@ -177,6 +212,20 @@ class AdaptConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
+
+
+class SiteConfig(StrictModel):
+    """Everything one site needs to run: what it is, its data, its state folder."""
+
+    site: SiteSpec
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    manifest: Path
+    public_manifest: Path = Field(description="the public set; its folder holds dataset.json")
+    state_dir: Path
+    embed_dim: int = Field(256, ge=2)
+    seed: int = 0
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="private rows kept for evaluation")
+    threads: int | None = Field(None, ge=1, description="torch threads while training")
 
 
 def default_digits_sites() -> list[SiteSpec]:

@@ -1,0 +1,122 @@
+"""The ClientApp: Flower's entry point at a site, the same in simulation and deployment.
+
+Which site this node is comes from its configuration:
+
+* deployment: ``flower-supernode --node-config 'site-config="/etc/mmfl/site.toml"'``
+  (a :class:`~mmfl.config.SiteConfig` TOML file);
+* simulation: the run config's ``site-configs`` (a JSON list of SiteConfig), indexed by the
+  virtual node's ``partition-id``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from mmfl.client.site import Site
+from mmfl.protocols.messages import (
+    CapabilitiesQuery,
+    EvaluateInstruction,
+    EvaluateReply,
+    RepresentInstruction,
+    RepresentReply,
+)
+from mmfl.protocols.records import ProtocolError, arrays_of, decode, encode
+
+from mmfl.config import SiteConfig, load_config
+from mmfl.errors import MmflError
+
+log = logging.getLogger("mmfl.client")
+app = ClientApp()
+
+_sites: dict[str, Site] = {}
+_sites_lock = threading.Lock()
+_threads_lock = threading.Lock()
+
+
+def site_for(context: Context) -> Site:
+    """The :class:`Site` this node is (cached per process)."""
+    if "site-config" in context.node_config:
+        path = Path(str(context.node_config["site-config"]))
+        key = str(path.resolve())
+        loader = lambda: load_config(SiteConfig, path)  # noqa: E731
+    elif "site-configs" in context.run_config:
+        path = Path(str(context.run_config["site-configs"]))
+        pid = int(context.node_config["partition-id"])
+        key = f"{path.resolve()}#{pid}"
+
+        def loader() -> SiteConfig:
+            configs = json.loads(path.read_text(encoding="utf-8"))
+            if pid >= len(configs):
+                raise MmflError(f"partition {pid} has no site in {path}")
+            return SiteConfig.model_validate(configs[pid])
+    else:
+        raise MmflError("this node has no site configuration (node config 'site-config')")
+    with _sites_lock:
+        if key not in _sites:
+            _sites[key] = Site(loader())
+        return _sites[key]
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads (``None``: leave as is), restoring afterwards."""
+    if n is None:
+        yield
+        return
+    with _threads_lock:
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            torch.set_num_threads(before)
+
+
+@app.query("capabilities")
+def capabilities(msg: Message, context: Context) -> Message:
+    decode(msg.content, CapabilitiesQuery)
+    site = site_for(context)
+    return Message(encode(site.capabilities()), reply_to=msg)
+
+
+@app.train("represent")
+def represent(msg: Message, context: Context) -> Message:
+    site = site_for(context)
+    try:
+        instruction = decode(msg.content, RepresentInstruction)
+        with torch_threads(site.config.threads):
+            reply, reps = site.represent(instruction, arrays_of(msg.content))
+    except (ProtocolError, MmflError) as exc:
+        log.warning("site %s refused a round: %s", site.spec.id, exc)
+        round_ = (
+            int(json.loads(str(msg.content["meta"]["json"])).get("round", 0)) if "meta" in msg.content else 0
+        )
+        reply = RepresentReply(
+            site_id=site.spec.id,
+            round=round_,
+            status="refused",
+            reason=str(exc),
+            privacy=site.privacy_status(),
+        )
+        reps = {}
+    return Message(encode(reply, reps), reply_to=msg)
+
+
+@app.evaluate("task")
+def evaluate_task(msg: Message, context: Context) -> Message:
+    instruction = decode(msg.content, EvaluateInstruction)
+    site = site_for(context)
+    with torch_threads(site.config.threads):
+        metrics = site.evaluate()
+    return Message(
+        encode(EvaluateReply(site_id=site.spec.id, round=instruction.round, metrics=metrics)), reply_to=msg
+    )

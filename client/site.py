@@ -1,0 +1,250 @@
+"""One site: its private data, the public set, its model, and what it does per message."""
+
+from __future__ import annotations
+
+import copy
+import time
+import zlib
+from functools import cached_property
+
+import numpy as np
+import torch
+from mmfl.client.state import SiteState
+from mmfl.client.training import PublicRound, encode_rows, train_round
+from mmfl.data.builtin import DatasetInfo
+from mmfl.data.manifest import Manifest, load_manifest
+from mmfl.data.partition import holdout_split
+from mmfl.data.tensors import Tensors, featurizers_for, load_tensors
+from mmfl.models.metrics import accuracy, retrieval_metrics
+from mmfl.models.multimodal import MultiEncoder
+from mmfl.protocols.messages import (
+    Capabilities,
+    DeviceInfo,
+    PrivacyStatus,
+    RepresentInstruction,
+    RepresentReply,
+)
+from mmfl.protocols.records import ProtocolError, from_wire, to_wire
+
+from mmfl.config import SiteConfig
+from mmfl.errors import MmflError
+from mmfl.paths import feature_cache_root
+
+
+def site_seed(config: SiteConfig) -> int:
+    """The site's own seed: the run seed combined with a stable hash of its id."""
+    return config.seed * 1_000_003 + zlib.crc32(config.site.id.encode())
+
+
+def choose_device(requested: str) -> torch.device:
+    """``auto`` takes the GPU when there is one; ``cuda:N`` must exist."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(requested)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MmflError(f"device {requested} requested but this machine has no CUDA GPU")
+    return device
+
+
+def describe_device(device: torch.device) -> DeviceInfo:
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return DeviceInfo(
+            kind="cuda", name=props.name, index=index, memory_gb=round(props.total_memory / 2**30, 1)
+        )
+    return DeviceInfo(kind="cpu", name="cpu")
+
+
+class Site:
+    """A data site; loads lazily and caches what does not change between messages."""
+
+    def __init__(self, config: SiteConfig) -> None:
+        self.config = config
+        self.spec = config.site
+        self.state = SiteState(config.state_dir)
+        self.device = choose_device(self.spec.device)
+        self.seed = site_seed(config)
+
+    # -- data ---------------------------------------------------------------------------------
+    @cached_property
+    def info(self) -> DatasetInfo:
+        path = self.config.public_manifest.parent / "dataset.json"
+        if not path.exists():
+            raise MmflError(f"no dataset.json next to the public manifest {self.config.public_manifest}")
+        return DatasetInfo.model_validate_json(path.read_text(encoding="utf-8"))
+
+    @cached_property
+    def public_manifest(self) -> Manifest:
+        return load_manifest(self.config.public_manifest, self.info.modalities)
+
+    @cached_property
+    def private_manifest(self) -> Manifest:
+        return load_manifest(self.config.manifest, self.info.modalities)
+
+    @cached_property
+    def _featurizers(self):  # noqa: ANN202
+        return featurizers_for(self.spec.architectures, self.info.image_size, self.info.image_channels)
+
+    @cached_property
+    def public(self) -> Tensors:
+        return load_tensors(
+            self.public_manifest.samples, self._featurizers, self.info.classes, feature_cache_root()
+        )
+
+    @cached_property
+    def _private_split(self) -> tuple[Tensors, Tensors]:
+        data = load_tensors(
+            self.private_manifest.samples, self._featurizers, self.info.classes, feature_cache_root()
+        )
+        train, hold = holdout_split(len(data), site_seed(self.config), self.config.holdout_fraction)
+        return data.subset(train), data.subset(hold)
+
+    @property
+    def train_data(self) -> Tensors:
+        return self._private_split[0]
+
+    @property
+    def holdout(self) -> Tensors:
+        return self._private_split[1]
+
+    @property
+    def by_class(self) -> bool:
+        return self.info.pairing == "class"
+
+    # -- model ----------------------------------------------------------------------------------
+    def new_model(self) -> MultiEncoder:
+        shapes = {m: f.shape for m, f in self._featurizers.items()}
+        return MultiEncoder(
+            self.spec.architectures, shapes, self.config.embed_dim, len(self.info.classes), self.seed
+        )
+
+    def load_model(self) -> tuple[MultiEncoder, int]:
+        model = self.new_model()
+        try:
+            last_round = self.state.load_model(model, self.spec.architectures)
+        except ValueError as exc:
+            raise MmflError(str(exc)) from None
+        return model.to(self.device), last_round
+
+    # -- messages ---------------------------------------------------------------------------------
+    def privacy_status(self) -> PrivacyStatus:
+        return PrivacyStatus(enabled=False)
+
+    def capabilities(self) -> Capabilities:
+        train = self.train_data
+        return Capabilities(
+            site_id=self.spec.id,
+            modalities=list(self.spec.modalities),
+            architectures=dict(self.spec.architectures),
+            samples={m: int(train.present[m].sum()) for m in self.spec.modalities},
+            paired_samples=int(len(train.complete_rows(self.spec.modalities)))
+            if len(self.spec.modalities) > 1
+            else 0,
+            classes=len(self.info.classes),
+            device=describe_device(self.device),
+            public_fingerprint=self.public_manifest.fingerprint(),
+            privacy=self.privacy_status(),
+        )
+
+    def _public_round(self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]) -> PublicRound:
+        indices = instruction.public_indices
+        n_public = len(self.public)
+        if any(i < 0 or i >= n_public for i in indices):
+            raise ProtocolError(f"public index outside 0..{n_public - 1}")
+        globals_, position = {}, {}
+        for m, rows in instruction.rows.items():
+            if m not in arrays:
+                continue
+            arr = from_wire(arrays[m])
+            if arr.shape != (len(rows), instruction.embed_dim) or not np.isfinite(arr).all():
+                raise ProtocolError(
+                    f"global {m} representations of shape {arr.shape} do not match the instruction"
+                )
+            globals_[m] = torch.from_numpy(np.ascontiguousarray(arr))
+            where = {r: i for i, r in enumerate(rows)}
+            position[m] = torch.tensor([where.get(r, -1) for r in indices], dtype=torch.long)
+        return PublicRound(self.public.subset(indices), globals_, position)
+
+    def represent(
+        self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]
+    ) -> tuple[RepresentReply, dict[str, np.ndarray]]:
+        """Train one round, persist the model, encode this round's public rows."""
+        refused = self._refusal(instruction)
+        if refused:
+            return refused, {}
+        started = time.perf_counter()
+        pub = self._public_round(instruction, arrays)
+        model, _ = self.load_model()
+        old = copy.deepcopy(model).eval()
+        for p in old.parameters():
+            p.requires_grad_(False)
+        settings = instruction.settings
+        rng = np.random.default_rng([self.seed, instruction.round])
+        metrics = train_round(
+            model,
+            old,
+            self.train_data,
+            pub,
+            settings,
+            self.by_class,
+            self.config.train.task_temperature,
+            rng,
+            self.device,
+        )
+        self.state.save_model(
+            model, instruction.round, self.spec.architectures, {"run_id": instruction.run_id}
+        )
+        rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
+        reps = encode_rows(model, self.public, rows)
+        wire = {m: to_wire(v, settings.payload_dtype) for m, v in reps.items()}
+        seconds = time.perf_counter() - started
+        metrics["train_seconds"] = seconds
+        reply = RepresentReply(
+            site_id=self.spec.id,
+            round=instruction.round,
+            metrics=metrics,
+            privacy=self.privacy_status(),
+            train_seconds=seconds,
+        )
+        return reply, wire
+
+    def _refusal(self, instruction: RepresentInstruction) -> RepresentReply | None:
+        mine = self.public_manifest.fingerprint()
+        if instruction.public_fingerprint != mine:
+            reason = (
+                f"public-set fingerprint {instruction.public_fingerprint[:12]} differs from ours {mine[:12]}"
+            )
+            return RepresentReply(
+                site_id=self.spec.id,
+                round=instruction.round,
+                status="refused",
+                reason=reason,
+                privacy=self.privacy_status(),
+            )
+        return None
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Task metrics on the held-out private rows: accuracy per class head, and for paired
+        sites retrieval between their first two modalities."""
+        model, _ = self.load_model()
+        model.eval()
+        data = self.holdout
+        out: dict[str, float] = {"holdout_samples": float(len(data))}
+        held = torch.stack([self.train_data.present[m] for m in model.modalities]).sum(0)
+        heads_trained = bool((held == 1).any())  # heads learn from single-modality rows only
+        for m in model.modalities:
+            rows = torch.nonzero(data.present[m] & (data.labels >= 0)).flatten()
+            if len(rows) and len(model.heads) and heads_trained:
+                z = model.encode(m, data.inputs[m][rows]).to(self.device)
+                out[f"{m}_accuracy"] = accuracy(model.heads[m](z).cpu(), data.labels[rows])
+        if len(model.modalities) > 1:
+            a, b = model.modalities[:2]
+            rows = data.complete_rows([a, b])
+            if len(rows) > 1:
+                za = model.encode(a, data.inputs[a][rows])
+                zb = model.encode(b, data.inputs[b][rows])
+                metrics = retrieval_metrics(za, zb, data.labels[rows], self.by_class, (a, b))
+                out.update({f"retrieval_{k}": v for k, v in metrics.items()})
+        return out

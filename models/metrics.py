@@ -1,0 +1,63 @@
+"""Retrieval and classification metrics.
+
+Retrieval between two modalities a -> b ranks every candidate of b by dot product with the
+query of a. A hit at K means a right answer is among the top K: on instance-paired data the
+paired item; on class-paired data any item of the same class. R@K is in percent;
+``rsum = R@1 + R@5 + R@10`` in both directions (at most 600).
+"""
+
+from __future__ import annotations
+
+import torch
+
+KS = (1, 5, 10)
+
+
+@torch.no_grad()
+def recall_at_k(
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+    query_labels: torch.Tensor,
+    candidate_labels: torch.Tensor,
+    by_class: bool,
+    ks: tuple[int, ...] = KS,
+    chunk: int = 1024,
+) -> dict[int, float]:
+    """Percent of queries with a right answer in the top K, computed ``chunk`` queries at a time.
+
+    On instance-paired data query i's right answer is candidate i.
+    """
+    n = len(queries)
+    hits = {k: 0 for k in ks}
+    kmax = min(max(ks), len(candidates))
+    for start in range(0, n, chunk):
+        q = queries[start : start + chunk]
+        top = (q @ candidates.T).topk(kmax, dim=1).indices  # (b, kmax)
+        if by_class:
+            right = candidate_labels[top] == query_labels[start : start + chunk, None]
+        else:
+            right = top == torch.arange(start, start + len(q), device=top.device)[:, None]
+        for k in ks:
+            hits[k] += int(right[:, :k].any(1).sum())
+    return {k: 100.0 * hits[k] / n for k in ks}
+
+
+def retrieval_metrics(
+    za: torch.Tensor, zb: torch.Tensor, labels: torch.Tensor, by_class: bool, names: tuple[str, str]
+) -> dict[str, float]:
+    """R@1/5/10 both ways and rsum for aligned rows ``za[i] <-> zb[i]`` (same sample)."""
+    a, b = names
+    ab = recall_at_k(za, zb, labels, labels, by_class)
+    ba = recall_at_k(zb, za, labels, labels, by_class)
+    out = {f"{a}2{b}_r{k}": v for k, v in ab.items()}
+    out.update({f"{b}2{a}_r{k}": v for k, v in ba.items()})
+    out["rsum"] = sum(ab.values()) + sum(ba.values())
+    return out
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Percent of labeled rows (label >= 0) whose arg-max is right."""
+    mask = labels >= 0
+    if not mask.any():
+        return float("nan")
+    return 100.0 * float((logits[mask].argmax(1) == labels[mask]).float().mean())

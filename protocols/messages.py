@@ -1,0 +1,139 @@
+"""The messages between coordinator and sites, one typed class each.
+
+Flower message types and payloads:
+
+==========================  ==========================================  ===========================
+message type                instruction (coordinator -> site)           reply (site -> coordinator)
+==========================  ==========================================  ===========================
+``query.capabilities``      :class:`CapabilitiesQuery`                  :class:`Capabilities`
+``train.represent``         :class:`RepresentInstruction` + global      :class:`RepresentReply` +
+                            representations per modality                the site's representations
+``train.weights``           :class:`WeightsInstruction` + weights       :class:`WeightsReply` +
+                            (FedAvg baseline)                           weights + ``num-examples``
+``evaluate.task``           :class:`EvaluateInstruction`                :class:`EvaluateReply`
+==========================  ==========================================  ===========================
+
+Representations travel as arrays whose rows are the public samples of this round's subset that
+hold the modality, in the order of ``RepresentInstruction.rows[modality]``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROTOCOL_VERSION = 1
+Modality = Literal["image", "text", "audio"]
+
+MSG_CAPABILITIES = "query.capabilities"
+MSG_REPRESENT = "train.represent"
+MSG_WEIGHTS = "train.weights"
+MSG_EVALUATE = "evaluate.task"
+
+
+class Message(BaseModel):
+    """Base: versioned, unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    protocol: int = PROTOCOL_VERSION
+
+
+class CapabilitiesQuery(Message):
+    run_id: str
+    public_fingerprint: str
+
+
+class DeviceInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["cpu", "cuda"]
+    name: str
+    index: int | None = None
+    memory_gb: float | None = None
+
+
+class PrivacyStatus(BaseModel):
+    """What a site declares about its DP-SGD: budget, spent so far, and the settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool
+    target_epsilon: float | None = None
+    delta: float | None = None
+    epsilon_spent: float = 0.0
+    noise_multiplier: float | None = None
+    unit: Literal["sample", "group"] = "sample"
+
+
+class Capabilities(Message):
+    site_id: str
+    modalities: list[Modality] = Field(min_length=1)
+    architectures: dict[str, str]
+    samples: dict[str, int]
+    paired_samples: int
+    classes: int
+    device: DeviceInfo
+    public_fingerprint: str
+    privacy: PrivacyStatus
+
+
+class TrainSettings(BaseModel):
+    """Hyper-parameters the coordinator asks for this round (the site may scale them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    local_epochs: int = Field(ge=0)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    public_batch_size: int = Field(ge=1)
+    contrast_temperature: float = Field(gt=0)
+    interintra_weight: float = Field(ge=0)
+    regularisers: bool = True
+    regulariser_mode: Literal["sequential", "additive"] = "sequential"
+    payload_dtype: Literal["float32", "float16"] = "float32"
+
+
+class RepresentInstruction(Message):
+    run_id: str
+    round: int = Field(ge=1)
+    public_fingerprint: str
+    public_indices: list[int]
+    rows: dict[str, list[int]]  # modality -> public rows (subset members holding it)
+    embed_dim: int = Field(ge=1)
+    settings: TrainSettings
+
+
+class RepresentReply(Message):
+    site_id: str
+    round: int
+    status: Literal["ok", "refused"] = "ok"
+    reason: str = ""
+    metrics: dict[str, float] = {}
+    privacy: PrivacyStatus
+    train_seconds: float = 0.0
+
+
+class WeightsInstruction(Message):
+    run_id: str
+    round: int = Field(ge=1)
+    settings: TrainSettings
+
+
+class WeightsReply(Message):
+    site_id: str
+    round: int
+    status: Literal["ok", "refused"] = "ok"
+    reason: str = ""
+    architecture: str
+    metrics: dict[str, float] = {}
+    privacy: PrivacyStatus
+
+
+class EvaluateInstruction(Message):
+    run_id: str
+    round: int
+
+
+class EvaluateReply(Message):
+    site_id: str
+    round: int
+    metrics: dict[str, float]

@@ -1,0 +1,114 @@
+"""Encoding of protocol messages to Flower ``RecordDict`` and back, with validation.
+
+Layout of every payload: ``meta`` (a ``ConfigRecord`` holding the message as JSON under
+``json``) and, when arrays travel, ``arrays`` (an ``ArrayRecord``: one array per modality, or a
+model's weights). Decoding checks the version and the fields; :func:`check_representations`
+checks arrays against what the instruction asked for. Any violation raises
+:class:`ProtocolError` with a one-line reason; callers drop the message and log the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from mmfl.protocols.messages import PROTOCOL_VERSION, Message
+from pydantic import ValidationError
+
+M = TypeVar("M", bound=Message)
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1 << 30
+ALLOWED_DTYPES = (np.dtype("float32"), np.dtype("float16"))
+
+
+class ProtocolError(Exception):
+    """A message that does not follow the protocol; the text is the reason."""
+
+
+def encode(
+    message: Message,
+    arrays: Mapping[str, np.ndarray] | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> RecordDict:
+    """Build the ``RecordDict`` for ``message`` (+ arrays, + a Flower ``MetricRecord``)."""
+    content = RecordDict({"meta": ConfigRecord({"json": message.model_dump_json()})})
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    if metrics is not None:
+        content["metrics"] = MetricRecord(dict(metrics))
+    return content
+
+
+def decode(content: RecordDict, kind: type[M]) -> M:
+    """Parse ``content['meta']`` as ``kind``; wrong version or fields raise ProtocolError."""
+    try:
+        raw = content["meta"]["json"]
+    except KeyError:
+        raise ProtocolError("no 'meta' record with the message JSON") from None
+    if not isinstance(raw, str):
+        raise ProtocolError("'meta.json' is not text")
+    try:
+        message = kind.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or kind.__name__
+        raise ProtocolError(f"malformed {kind.__name__}: {where}: {first['msg']}") from None
+    if message.protocol != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version {message.protocol}, expected {PROTOCOL_VERSION}")
+    return message
+
+
+def arrays_of(content: RecordDict) -> dict[str, np.ndarray]:
+    """The arrays of a payload (empty when it carries none)."""
+    if "arrays" not in content.array_records:
+        return {}
+    return {k: v.numpy() for k, v in content.array_records["arrays"].items()}
+
+
+def payload_bytes(content: RecordDict) -> int:
+    """Bytes of array data plus the JSON meta (what travels, before Flower's framing)."""
+    total = 0
+    for record in content.array_records.values():
+        total += sum(len(a.data) for a in record.values())
+    for record in content.config_records.values():
+        total += sum(len(str(v)) for v in record.values())
+    return total
+
+
+def check_representations(
+    arrays: Mapping[str, np.ndarray],
+    expected_rows: Mapping[str, int],
+    allowed_modalities: set[str],
+    embed_dim: int,
+    max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> None:
+    """Arrays must be one per allowed modality, 2-D (rows, embed_dim), float32/16, finite,
+    with the row count the instruction implies, and fit in ``max_bytes`` together."""
+    if not arrays:
+        raise ProtocolError("no representations in the reply")
+    total = 0
+    for modality, arr in arrays.items():
+        if modality not in allowed_modalities:
+            raise ProtocolError(f"unexpected modality {modality!r} (allowed: {sorted(allowed_modalities)})")
+        if arr.dtype not in ALLOWED_DTYPES:
+            raise ProtocolError(f"{modality}: dtype {arr.dtype} (expected float32 or float16)")
+        if arr.ndim != 2 or arr.shape[1] != embed_dim:
+            raise ProtocolError(f"{modality}: shape {arr.shape}, expected (rows, {embed_dim})")
+        if arr.shape[0] != expected_rows[modality]:
+            raise ProtocolError(f"{modality}: {arr.shape[0]} rows, expected {expected_rows[modality]}")
+        if not np.isfinite(arr).all():
+            raise ProtocolError(f"{modality}: contains NaN or infinity")
+        total += arr.nbytes
+    if total > max_bytes:
+        raise ProtocolError(f"payload of {total} bytes exceeds the limit of {max_bytes}")
+
+
+def to_wire(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Compress representations for the wire (float16 halves the bytes)."""
+    return np.ascontiguousarray(values.astype(np.dtype(dtype), copy=False))
+
+
+def from_wire(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float32, copy=False)

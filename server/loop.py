@@ -1,0 +1,510 @@
+"""The coordinator's round loop (design: "one round, as data flows").
+
+Per round r:
+
+1. the server model trains one epoch on its own data;
+2. it encodes this round's public rows in eval mode (the global representations);
+3. the strategy sends them to the sampled sites (``train.represent``);
+4. sites train and reply with their representations (validated; bad replies are dropped);
+5. the strategy aggregates them per modality;
+6. the server distils toward the aggregate, is evaluated (val and test), checkpoints, and the
+   round is recorded (run store, ``rounds.jsonl``). A round with fewer accepted sites than
+   ``server.min_sites`` is recorded as failed and its aggregate is not distilled.
+
+Baselines reuse the loop: ``server-only`` and ``centralized`` contact no site (``centralized``
+trains on the sites' pooled training rows as well), ``local`` lets sites train alone and skips
+the server, ``mean`` swaps the aggregation rule.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from mmfl.data.builtin import PreparedDataset
+from mmfl.data.partition import holdout_split
+from mmfl.data.tensors import Tensors, featurizers_for, load_tensors
+from mmfl.models.multimodal import MultiEncoder
+from mmfl.protocols.messages import (
+    MSG_CAPABILITIES,
+    Capabilities,
+    CapabilitiesQuery,
+    RepresentInstruction,
+    TrainSettings,
+)
+from mmfl.protocols.records import ProtocolError, decode, encode
+from mmfl.server.checkpoint import save_checkpoint
+from mmfl.server.model import ServerTrainer
+from mmfl.server.store import RunStore, open_store
+from mmfl.strategies.cream import CreamEnsemble
+from mmfl.strategies.mean import MeanEnsemble
+from mmfl.strategies.representation import RepresentationStrategy
+
+import mmfl
+from mmfl.config import RunPlan, SiteConfig, dump_toml, effective_cream
+from mmfl.files import atomic_write_text
+from mmfl.paths import feature_cache_root
+
+SITE_STRATEGIES = ("cream", "cream+", "mean", "local")
+SUMMARY_SCHEMA_VERSION = 1
+
+
+def send_and_collect(
+    grid: Grid, messages: list[Message], timeout: float, on_reply: Callable[[int, int], None] | None = None
+) -> list[Message]:
+    """Push ``messages`` and pull replies until all arrive or ``timeout`` passes, reporting
+    progress as (done, total) after each poll."""
+    ids = set(grid.push_messages(messages))
+    total, replies = len(ids), []
+    deadline = time.monotonic() + timeout
+    while ids and time.monotonic() < deadline:
+        got = list(grid.pull_messages(ids))
+        for reply in got:
+            ids.discard(reply.metadata.reply_to_message_id)
+        replies.extend(got)
+        if on_reply and got:
+            on_reply(len(replies), total)
+        if ids:
+            time.sleep(0.2)
+    return replies
+
+
+def versions() -> dict[str, str]:
+    import flwr
+    import opacus
+
+    out = {
+        "mmfl": mmfl.__version__,
+        "flwr": flwr.__version__,
+        "torch": torch.__version__,
+        "opacus": opacus.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        root = Path(__file__).resolve().parents[1]
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            out["code"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+class FederatedRun:
+    """One run of a plan on a grid (``grid`` may be None for server-only / centralized)."""
+
+    def __init__(
+        self, plan: RunPlan, grid: Grid | None, progress: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
+        self.plan = plan
+        self.spec = plan.spec
+        self.cream = effective_cream(self.spec)
+        self.grid = grid
+        self.out = Path(plan.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.progress_path = self.out / "rounds.jsonl"
+        self._progress_cb = progress
+        self.dataset = PreparedDataset(Path(plan.dataset_root))
+        self.by_class = self.dataset.info.pairing == "class"
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.store = RunStore(open_store(plan.store_url), plan.run_id)
+        self.rng = np.random.default_rng([self.spec.seed, 17])
+        self.strategy = self._make_strategy()
+        self.sites: dict[int, Capabilities] = {}
+        self.records: list[dict[str, Any]] = []
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _make_strategy(self) -> RepresentationStrategy | None:
+        kind = self.spec.strategy
+        if kind not in SITE_STRATEGIES:
+            return None
+        common = {
+            "modalities": self.spec.modalities,
+            "embed_dim": self.spec.embed_dim,
+            "sites_per_round": self.cream.sites_per_round,
+            "seed": self.spec.seed,
+        }
+        if kind == "mean":
+            return MeanEnsemble(**common)
+        return CreamEnsemble(
+            **common, temperature=self.cream.ensemble_temperature, chunk=self.cream.aggregation_chunk
+        )
+
+    def _server_data(self) -> tuple[Tensors, Tensors, Tensors, Tensors]:
+        info = self.dataset.info
+        feats = featurizers_for(self.spec.server.architectures, info.image_size, info.image_channels)
+        feats = {m: f for m, f in feats.items() if m in self.spec.modalities}
+        self._featurizers = feats
+        cache = feature_cache_root()
+        split = {
+            s: load_tensors(self.dataset.manifest(s).samples, feats, info.classes, cache)
+            for s in ("public", "val", "test")
+        }
+        own = split["public"]
+        if self.spec.strategy == "centralized":
+            own = concat([own, *self._pooled_site_data(feats)])
+        return split["public"], own, split["val"], split["test"]
+
+    def _pooled_site_data(self, feats: dict) -> list[Tensors]:  # noqa: ANN001
+        """The sites' training rows exactly as the sites hold them (their modalities only)."""
+        if self.plan.site_configs is None:
+            raise ValueError("the centralized baseline needs the sites' configurations (simulation only)")
+        from mmfl.client.site import site_seed
+        from mmfl.data.manifest import load_manifest
+
+        pooled = []
+        for raw in json.loads(Path(self.plan.site_configs).read_text(encoding="utf-8")):
+            cfg = SiteConfig.model_validate(raw)
+            samples = load_manifest(cfg.manifest, self.dataset.info.modalities).samples
+            data = load_tensors(samples, feats, self.dataset.info.classes, feature_cache_root())
+            train, _ = holdout_split(len(data), site_seed(cfg), cfg.holdout_fraction)
+            data = data.subset(train)
+            for m in data.present:
+                if m not in cfg.site.modalities:
+                    data.present[m] = torch.zeros_like(data.present[m])
+            pooled.append(data)
+        return pooled
+
+    def discover(self) -> None:
+        """Wait for the expected sites, ask their capabilities, register the compatible ones."""
+        assert self.grid is not None
+        deadline = time.monotonic() + self.plan.discovery_timeout
+        while len(list(self.grid.get_node_ids())) < self.plan.expected_sites and time.monotonic() < deadline:
+            time.sleep(0.5)
+        nodes = sorted(self.grid.get_node_ids())
+        query = CapabilitiesQuery(run_id=self.plan.run_id, public_fingerprint=self.public_fingerprint)
+        messages = [Message(encode(query), dst_node_id=n, message_type=MSG_CAPABILITIES) for n in nodes]
+        for msg in messages:
+            msg.metadata.group_id = "discovery"
+        replies = send_and_collect(self.grid, messages, self.spec.server.round_timeout)
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        for reply in replies:
+            node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error():
+                self._event("site-error", f"node {node}: capabilities failed: {reply.error.reason}")
+                continue
+            try:
+                caps = decode(reply.content, Capabilities)
+            except ProtocolError as exc:
+                self._event("site-refused", f"node {node}: {exc}")
+                continue
+            if caps.public_fingerprint != self.public_fingerprint:
+                self._event("site-refused", f"site {caps.site_id}: public-set fingerprint differs; excluded")
+                continue
+            bad = [m for m in caps.modalities if m not in self.spec.modalities]
+            if bad:
+                self._event(
+                    "site-refused", f"site {caps.site_id}: modality {bad[0]} is not in this federation"
+                )
+                continue
+            self.sites[node] = caps
+            assert self.strategy is not None
+            self.strategy.register(node, caps)
+            self.store.add_site(caps.site_id, caps.model_dump())
+        log(
+            INFO,
+            "registered %d of %d nodes: %s",
+            len(self.sites),
+            len(nodes),
+            [c.site_id for c in self.sites.values()],
+        )
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _event(self, kind: str, message: str) -> None:
+        log(WARNING if kind.endswith(("error", "refused", "failed")) else INFO, "%s: %s", kind, message)
+        self.store.event(kind, message)
+        self._emit({"event": kind, "message": message})
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        with self.progress_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+        if self._progress_cb:
+            self._progress_cb(record)
+
+    def _settings(self, caps: Capabilities | None = None) -> TrainSettings:
+        t = self.spec.train
+        return TrainSettings(
+            local_epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            public_batch_size=t.public_batch_size,
+            contrast_temperature=self.cream.contrast_temperature,
+            interintra_weight=self.cream.interintra_weight,
+            regularisers=self.spec.strategy != "local",
+            regulariser_mode=self.cream.regulariser_mode,
+            payload_dtype=self.cream.payload_dtype,
+        )
+
+    def _round_rows(self, public: Tensors) -> tuple[list[int], dict[str, list[int]]]:
+        n = len(public)
+        subset = self.cream.public_subset
+        if subset is None or subset >= n:
+            indices = list(range(n))
+        else:
+            indices = sorted(self.rng.choice(n, size=subset, replace=False).tolist())
+        present = {m: public.present[m] for m in self.spec.modalities}
+        rows = {m: [i for i in indices if bool(present[m][i])] for m in self.spec.modalities}
+        return indices, rows
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        if self.plan.threads:
+            torch.set_num_threads(self.plan.threads)
+        self.progress_path.write_text("")
+        self.store.start(
+            self.spec.name,
+            self.spec.strategy,
+            self.spec.dataset,
+            self.spec.seed,
+            self.spec.model_dump(mode="json"),
+            str(self.out),
+        )
+        public, own, val, test = self._server_data()
+        self.public_fingerprint = self.dataset.manifest("public").fingerprint()
+        shapes = {m: f.shape for m, f in self._featurizers.items()}
+        model = MultiEncoder(
+            {m: a for m, a in self.spec.server.architectures.items() if m in self.spec.modalities},
+            shapes,
+            self.spec.embed_dim,
+            len(self.dataset.info.classes),
+            seed=self.spec.seed,
+        )
+        trainer = ServerTrainer(model, self.spec.server, self.cream, self.by_class, self.device)
+        self.trainer = trainer
+        pairs = [
+            (self.spec.modalities[i], self.spec.modalities[j])
+            for i in range(len(self.spec.modalities))
+            for j in range(i + 1, len(self.spec.modalities))
+        ]
+        if self.strategy is not None:
+            if self.grid is None:
+                raise ValueError(f"strategy {self.spec.strategy} needs sites")
+            self.discover()
+        self._emit(
+            {"event": "start", "rounds": self.spec.rounds, "sites": [c.site_id for c in self.sites.values()]}
+        )
+        for r in range(1, self.spec.rounds + 1):
+            self.records.append(self._round(r, trainer, public, own, val, test, pairs))
+        final = {"retrieval": None, "val_retrieval": None, "site_metrics": {}}
+        if self.spec.strategy != "local":
+            final["retrieval"] = trainer.retrieval(test, pairs)
+            final["val_retrieval"] = trainer.retrieval(val, pairs)
+        if self.strategy is not None and self.sites:
+            final["site_metrics"] = self._evaluate_sites()
+        wall = time.perf_counter() - started
+        summary = self._summary(final, wall)
+        atomic_write_text(
+            self.out / "summary.json", json.dumps(finite(summary), indent=2, default=_json_default)
+        )
+        failed = sum(1 for rec in self.records if rec["status"] != "completed")
+        self.store.finish("completed" if not failed else "completed-with-failed-rounds", final)
+        self._emit({"event": "finish", "wall_seconds": wall, "final": final})
+        return summary
+
+    def _round(
+        self,
+        r: int,
+        trainer: ServerTrainer,
+        public: Tensors,
+        own: Tensors,
+        val: Tensors,
+        test: Tensors,
+        pairs,
+    ) -> dict[str, Any]:  # noqa: ANN001
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"round": r, "status": "completed", "reason": "", "server": {}, "sites": []}
+        self._emit({"event": "round-start", "round": r})
+        if self.spec.strategy != "local":
+            losses = [trainer.train_epoch(own, self.rng) for _ in range(self.spec.server.epochs_per_round)]
+            record["server"]["train_loss"] = losses[-1]
+        if self.strategy is not None:
+            indices, rows = self._round_rows(public)
+            globals_ = trainer.encode(public, rows)
+            instruction = RepresentInstruction(
+                run_id=self.plan.run_id,
+                round=r,
+                public_fingerprint=self.public_fingerprint,
+                public_indices=indices,
+                rows=rows,
+                embed_dim=self.spec.embed_dim,
+                settings=self._settings(),
+            )
+            wire = ArrayRecord(
+                {m: Array(g.numpy().astype(self.cream.payload_dtype)) for m, g in globals_.items()}
+            )
+            messages = list(
+                self.strategy.configure_train(
+                    r, wire, ConfigRecord({"instruction": instruction.model_dump_json()}), self.grid
+                )
+            )
+            for msg in messages:
+                msg.metadata.group_id = str(r)
+            replies = send_and_collect(
+                self.grid,
+                messages,
+                self.spec.server.round_timeout,
+                lambda done, total: self._emit({"event": "sites", "round": r, "done": done, "total": total}),
+            )
+            self.strategy.remember_sent(messages)
+            aggregated, _ = self.strategy.aggregate_train(r, replies)
+            report = self.strategy.last_round
+            record["sites"] = [asdict(s) for s in report.sites]
+            record["weight_entropy"] = report.weight_entropy
+            record["contributors"] = report.contributors
+            accepted = len(report.accepted)
+            if accepted < self.spec.server.min_sites:
+                record["status"] = "failed"
+                record["reason"] = (
+                    f"{accepted} sites accepted, fewer than the minimum of {self.spec.server.min_sites}"
+                )
+                self._event("round-failed", f"round {r}: {record['reason']}")
+            elif aggregated is not None and self.spec.strategy != "local":
+                targets = {m: torch.from_numpy(aggregated[m].numpy()) for m in aggregated}
+                record["server"]["distill_loss"] = trainer.distill(
+                    public, {m: rows[m] for m in targets}, targets, self.rng
+                )
+        if self.spec.strategy != "local":
+            record["server"]["val"] = trainer.retrieval(val, pairs)
+            record["server"]["test"] = trainer.retrieval(test, pairs)
+        record["wall_seconds"] = time.perf_counter() - t0
+        record["bytes_down"] = sum(s["bytes_down"] for s in record["sites"])
+        record["bytes_up"] = sum(s["bytes_up"] for s in record["sites"])
+        record["privacy"] = {s["site_id"]: s["epsilon"] for s in record["sites"] if s["epsilon"] is not None}
+        path, digest = save_checkpoint(
+            self.out / "checkpoints",
+            r,
+            {
+                "trainer": trainer.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.random.get_rng_state(),
+            },
+            self.plan.keep_checkpoints,
+        )
+        self.store.add_checkpoint(r, str(path), digest)
+        self.store.add_round(
+            r, record["status"], record["reason"], record["wall_seconds"], record["server"], record["sites"]
+        )
+        self._emit({"event": "round", **record})
+        return record
+
+    def _evaluate_sites(self) -> dict[str, dict[str, float]]:
+        assert self.strategy is not None and self.grid is not None
+        messages = list(
+            self.strategy.configure_evaluate(
+                self.spec.rounds, ArrayRecord(), ConfigRecord({"run-id": self.plan.run_id}), self.grid
+            )
+        )
+        replies = send_and_collect(self.grid, messages, self.spec.server.round_timeout)
+        self.strategy.aggregate_evaluate(self.spec.rounds, replies)
+        return dict(self.strategy.last_evaluation)
+
+    def _summary(self, final: dict[str, Any], wall: float) -> dict[str, Any]:
+        info = self.dataset.info
+        sites = [
+            {
+                "id": c.site_id,
+                "modalities": c.modalities,
+                "architectures": c.architectures,
+                "private_samples": c.samples,
+                "paired_samples": c.paired_samples,
+                "device": c.device.model_dump(),
+                "privacy": c.privacy.model_dump(),
+            }
+            for c in self.sites.values()
+        ]
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "run_id": self.plan.run_id,
+            "name": self.spec.name,
+            "strategy": self.spec.strategy,
+            "dataset": {
+                "name": info.name,
+                "pairing": info.pairing,
+                "splits": info.splits,
+                "public_fingerprint": self.public_fingerprint,
+            },
+            "modalities": self.spec.modalities,
+            "embed_dim": self.spec.embed_dim,
+            "seed": self.spec.seed,
+            "server": {"architectures": self.spec.server.architectures},
+            "sites": sites,
+            "rounds": [
+                {
+                    "round": rec["round"],
+                    "status": rec["status"],
+                    "reason": rec["reason"],
+                    "wall_seconds": rec["wall_seconds"],
+                    "bytes_down": rec["bytes_down"],
+                    "bytes_up": rec["bytes_up"],
+                    "server_metrics": rec["server"],
+                    "privacy": rec["privacy"],
+                    "weight_entropy": rec.get("weight_entropy", {}),
+                    "sites": [
+                        {
+                            k: s[k]
+                            for k in (
+                                "site_id",
+                                "accepted",
+                                "reason",
+                                "bytes_down",
+                                "bytes_up",
+                                "epsilon",
+                                "metrics",
+                            )
+                        }
+                        for s in rec["sites"]
+                    ],
+                }
+                for rec in self.records
+            ],
+            "final": final,
+            "wall_seconds": wall,
+            "versions": versions(),
+            "config": json.loads(json.dumps(self.spec.model_dump(mode="json"))),
+            "config_toml": dump_toml(self.spec),
+        }
+
+
+def concat(parts: Iterable[Tensors]) -> Tensors:
+    parts = list(parts)
+    return Tensors(
+        {m: torch.cat([p.inputs[m] for p in parts]) for m in parts[0].inputs},
+        {m: torch.cat([p.present[m] for p in parts]) for m in parts[0].present},
+        torch.cat([p.labels for p in parts]),
+    )
+
+
+def finite(value: Any) -> Any:
+    """A copy with NaN and infinities replaced by None (strict JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

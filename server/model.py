@@ -1,0 +1,132 @@
+"""The coordinator's own model: trained on its data, encodes the public set, distils.
+
+Per round (data flow steps 1, 2 and 6 of the design):
+
+1. ``train_epoch``: one epoch of the multimodal task loss on the server's own data (the
+   public set; for the ``centralized`` baseline also the sites' pooled data).
+2. ``encode``: eval-mode representations of the public rows (the global representations).
+6. ``distill``: one epoch toward the aggregated representations :math:`\\hat v`, per modality
+   with aggregated targets, weight ``kd_weight`` counted once:
+   ``mse`` (the reference): :math:`\\lambda \\cdot \\mathrm{MSE}(f(x_j), \\hat v_j)`;
+   ``contrastive``: :math:`\\lambda \\cdot \\mathrm{InfoNCE}(f(x_j), \\hat v / |\\hat v|)` over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from mmfl.data.tensors import Tensors
+from mmfl.models.losses import distill_contrastive, distill_mse, multimodal_task_loss
+from mmfl.models.metrics import retrieval_metrics
+from mmfl.models.multimodal import MultiEncoder, batches
+
+from mmfl.config import CreamConfig, ServerConfig
+
+
+class ServerTrainer:
+    """Owns the server model and its optimizer (both go into checkpoints)."""
+
+    def __init__(
+        self,
+        model: MultiEncoder,
+        config: ServerConfig,
+        cream: CreamConfig,
+        by_class: bool,
+        device: torch.device,
+    ) -> None:
+        self.model = model.to(device)
+        self.config = config
+        self.cream = cream
+        self.by_class = by_class
+        self.device = device
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+
+    def train_epoch(self, data: Tensors, rng: np.random.Generator) -> float:
+        """One epoch of the task loss over ``data``; returns the mean batch loss."""
+        self.model.train()
+        losses = []
+        for b in batches(len(data), self.config.batch_size, rng):
+            loss = multimodal_task_loss(
+                self.model, data.subset(b), self.by_class, self.config.temperature, self.device
+            )
+            if loss is None:
+                continue
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def encode(self, data: Tensors, rows: Mapping[str, Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Eval-mode representations of ``rows[m]`` for each modality m."""
+        return {
+            m: self.model.encode(
+                m, data.inputs[m][torch.as_tensor(r, dtype=torch.long)], self.config.eval_batch_size
+            )
+            for m, r in rows.items()
+        }
+
+    def distill(
+        self,
+        data: Tensors,
+        rows: Mapping[str, Sequence[int]],
+        targets: Mapping[str, torch.Tensor],
+        rng: np.random.Generator,
+    ) -> float:
+        """One epoch toward the aggregated representations; returns the mean batch loss."""
+        if not targets:
+            return float("nan")
+        self.model.train()
+        # One pass over the union of rows with a target; each batch sums the modalities'
+        # terms for the rows that hold a target of that modality.
+        lookup = {m: {r: i for i, r in enumerate(rows[m])} for m in targets}
+        union = sorted(set().union(*(set(rows[m]) for m in targets)))
+        losses = []
+        for b in batches(len(union), self.config.batch_size, rng):
+            batch_rows = [union[i] for i in b]
+            terms = []
+            for m, target in targets.items():
+                have = [(r, lookup[m][r]) for r in batch_rows if r in lookup[m]]
+                if len(have) < 2:
+                    continue
+                x = data.inputs[m][torch.as_tensor([r for r, _ in have])].to(self.device)
+                t = target[torch.as_tensor([i for _, i in have])].to(self.device)
+                z = self.model(m, x)
+                if self.cream.distill_loss == "mse":
+                    terms.append(distill_mse(z, t))
+                else:
+                    terms.append(distill_contrastive(z, t, self.cream.distill_temperature))
+            if not terms:
+                continue
+            loss = self.cream.kd_weight * torch.stack(terms).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else float("nan")
+
+    @torch.no_grad()
+    def retrieval(self, data: Tensors, pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
+        """Retrieval metrics for each modality pair over rows holding both; the first pair's
+        also appear unprefixed (``rsum``, ``image2text_r1``, ...)."""
+        out: dict[str, float] = {}
+        for i, (a, b) in enumerate(pairs):
+            rows = data.complete_rows([a, b])
+            if len(rows) < 2:
+                continue
+            za = self.model.encode(a, data.inputs[a][rows], self.config.eval_batch_size)
+            zb = self.model.encode(b, data.inputs[b][rows], self.config.eval_batch_size)
+            metrics = retrieval_metrics(za, zb, data.labels[rows], self.by_class, (a, b))
+            if i == 0:
+                out.update(metrics)
+            out.update({f"{a}-{b}/{k}": v for k, v in metrics.items()})
+        return out
+
+    def state_dict(self) -> dict[str, object]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]

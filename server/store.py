@@ -1,0 +1,207 @@
+"""The run store: runs, rounds, site participation, metrics, bytes, privacy spent, checkpoints,
+events. SQLAlchemy 2 ORM; a SQLite file by default, PostgreSQL by URL."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    strategy: Mapped[str] = mapped_column(String(40))
+    dataset: Mapped[str] = mapped_column(String(200))
+    seed: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    output_dir: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    rounds: Mapped[list[RoundRow]] = relationship(back_populates="run", order_by="RoundRow.round")
+
+
+class SiteRow(Base):
+    __tablename__ = "sites"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    capabilities: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RoundRow(Base):
+    __tablename__ = "rounds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    wall_seconds: Mapped[float] = mapped_column(Float)
+    bytes_down: Mapped[int] = mapped_column(Integer)
+    bytes_up: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    run: Mapped[Run] = relationship(back_populates="rounds")
+    sites: Mapped[list[SiteRoundRow]] = relationship(back_populates="round_row")
+
+
+class SiteRoundRow(Base):
+    __tablename__ = "site_rounds"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    bytes_down: Mapped[int] = mapped_column(Integer)
+    bytes_up: Mapped[int] = mapped_column(Integer)
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    round_row: Mapped[RoundRow] = relationship(back_populates="sites")
+
+
+class CheckpointRow(Base):
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+
+
+def store_url(value: str | Path) -> str:
+    """A SQLAlchemy URL: a path becomes a SQLite file URL."""
+    text = str(value)
+    return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
+
+
+def open_store(url: str | Path) -> Engine:
+    """Connect and create missing tables."""
+    engine = create_engine(store_url(url), future=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str, allow_nan=True).replace("NaN", "null"))
+
+
+class RunStore:
+    """Writes one run's records; each call is its own transaction."""
+
+    def __init__(self, engine: Engine, run_id: str) -> None:
+        self.engine = engine
+        self.run_id = run_id
+
+    def start(
+        self, name: str, strategy: str, dataset: str, seed: int, config: dict[str, Any], output_dir: str
+    ) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.merge(
+                Run(
+                    id=self.run_id,
+                    name=name,
+                    strategy=strategy,
+                    dataset=dataset,
+                    seed=seed,
+                    status="running",
+                    config=_jsonable(config),
+                    output_dir=output_dir,
+                )
+            )
+
+    def add_site(self, site_id: str, capabilities: dict[str, Any]) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(SiteRow(run_id=self.run_id, site_id=site_id, capabilities=_jsonable(capabilities)))
+
+    def add_round(
+        self,
+        round_: int,
+        status: str,
+        reason: str,
+        wall_seconds: float,
+        metrics: dict[str, Any],
+        sites: list[dict[str, Any]],
+    ) -> None:
+        with Session(self.engine) as s, s.begin():
+            row = RoundRow(
+                run_id=self.run_id,
+                round=round_,
+                status=status,
+                reason=reason,
+                wall_seconds=wall_seconds,
+                bytes_down=sum(int(x["bytes_down"]) for x in sites),
+                bytes_up=sum(int(x["bytes_up"]) for x in sites),
+                metrics=_jsonable(metrics),
+            )
+            s.add(row)
+            s.flush()
+            for x in sites:
+                s.add(
+                    SiteRoundRow(
+                        round_id=row.id,
+                        site_id=x["site_id"],
+                        accepted=bool(x["accepted"]),
+                        reason=x.get("reason", ""),
+                        bytes_down=int(x["bytes_down"]),
+                        bytes_up=int(x["bytes_up"]),
+                        epsilon=x.get("epsilon"),
+                        metrics=_jsonable(x.get("metrics", {})),
+                    )
+                )
+
+    def add_checkpoint(self, round_: int, path: str, sha256: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(CheckpointRow(run_id=self.run_id, round=round_, path=path, sha256=sha256))
+
+    def event(self, kind: str, message: str) -> None:
+        with Session(self.engine) as s, s.begin():
+            s.add(EventRow(run_id=self.run_id, kind=kind, message=message))
+
+    def finish(self, status: str, final_metrics: dict[str, Any]) -> None:
+        with Session(self.engine) as s, s.begin():
+            run = s.get(Run, self.run_id)
+            assert run is not None
+            run.status, run.finished_at, run.final_metrics = status, utcnow(), _jsonable(final_metrics)
+
+    def rounds(self) -> list[RoundRow]:
+        with Session(self.engine) as s:
+            return list(
+                s.scalars(select(RoundRow).where(RoundRow.run_id == self.run_id).order_by(RoundRow.round))
+            )

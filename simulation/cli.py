@@ -1,0 +1,197 @@
+"""``mmfl simulate``: a whole federation on one machine, with progress, a table, a report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from mmfl.simulation.engines import run_flower, run_inprocess
+from mmfl.simulation.plan import build_plan
+from mmfl.simulation.report import comparison_table, validate_summary, write_comparison, write_report
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mmfl.config import FederationSpec, dump_toml, load_config
+from mmfl.errors import MmflError
+
+app = typer.Typer(help="Run a federation on one machine (researchers).", invoke_without_command=True)
+console = Console(stderr=True)
+ENGINES = ("flower", "inprocess")
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="federation spec (TOML); defaults: digits, six sites")
+SetOpt = typer.Option(None, "--set", "-s", help="override a spec key, e.g. --set rounds=8 (repeatable)")
+EngineOpt = typer.Option("flower", "--engine", help="flower (Flower's simulation engine) or inprocess")
+
+
+def _spec(config: Path | None, overrides: list[str] | None, **fields: Any) -> FederationSpec:
+    extra = [f"{k}={json.dumps(v) if isinstance(v, str) else v}" for k, v in fields.items() if v is not None]
+    return load_config(FederationSpec, config, [*(overrides or []), *extra])
+
+
+class RoundProgress:
+    """Rich progress: one bar over rounds; the line shows sites done, loss, rsum and bytes."""
+
+    def __init__(self, progress: Progress, label: str) -> None:
+        self.progress = progress
+        self.label = label
+        self.task = progress.add_task(label, total=None, status="starting")
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            self.progress.update(
+                self.task, total=event["rounds"], status=f"{len(event['sites'])} sites registered"
+            )
+        elif kind == "round-start":
+            self.progress.update(self.task, status=f"round {event['round']}: server training")
+        elif kind == "sites":
+            self.progress.update(
+                self.task, status=f"round {event['round']}: sites {event['done']}/{event['total']}"
+            )
+        elif kind == "round":
+            sm = event["server"]
+            rsum = (sm.get("test") or {}).get("rsum")
+            loss = sm.get("train_loss")
+            accepted = sum(1 for s in event["sites"] if s["accepted"])
+            mb = (event["bytes_down"] + event["bytes_up"]) / 1e6
+            parts = [f"round {event['round']} {event['status']}", f"sites {accepted}/{len(event['sites'])}"]
+            if loss is not None:
+                parts.append(f"loss {loss:.3f}")
+            if rsum is not None:
+                parts.append(f"rsum {rsum:.1f}")
+            parts.append(f"{mb:.1f} MB")
+            self.progress.update(self.task, advance=1, status=", ".join(parts))
+        elif kind in ("site-refused", "site-error", "round-failed"):
+            self.progress.console.print(f"[yellow]{event['message']}[/yellow]")
+
+
+def run_one(
+    spec: FederationSpec, engine: str, out: Path | None, store: str | None, force: bool, progress: Progress
+) -> tuple[dict[str, Any], Path]:
+    if engine not in ENGINES:
+        raise MmflError(f"unknown engine {engine!r} (choose {' or '.join(ENGINES)})")
+    plan = build_plan(spec, out, store, force)
+    watcher = RoundProgress(progress, f"{spec.strategy} s{spec.seed}")
+    summary = run_flower(plan, watcher) if engine == "flower" else run_inprocess(plan, watcher)
+    validate_summary(summary)
+    write_report(summary, Path(plan.output_dir))
+    return summary, Path(plan.output_dir)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    table = Table(title=f"{summary['strategy']} on {summary['dataset']['name']} (seed {summary['seed']})")
+    for col in ("round", "status", "sites", "train loss", "val rsum", "test rsum", "MB down", "MB up", "s"):
+        table.add_column(col, justify="right")
+    for r in summary["rounds"]:
+        sm = r["server_metrics"]
+        fmt = lambda v, d=1: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
+        table.add_row(
+            str(r["round"]),
+            r["status"],
+            f"{sum(s['accepted'] for s in r['sites'])}/{len(r['sites'])}",
+            fmt(sm.get("train_loss"), 3),
+            fmt((sm.get("val") or {}).get("rsum")),
+            fmt((sm.get("test") or {}).get("rsum")),
+            f"{r['bytes_down'] / 1e6:.2f}",
+            f"{r['bytes_up'] / 1e6:.2f}",
+            f"{r['wall_seconds']:.1f}",
+        )
+    Console().print(table)
+    final = summary["final"]
+    if final.get("retrieval"):
+        ret = final["retrieval"]
+        Console().print(
+            "final test retrieval: " + ", ".join(f"{k} {v:.1f}" for k, v in ret.items() if "/" not in k)
+        )
+    for site, metrics in sorted((final.get("site_metrics") or {}).items()):
+        shown = {k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "retrieval_rsum"}
+        Console().print(
+            f"site {site}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items() if v is not None)
+        )
+    Console().print(f"wall time {summary['wall_seconds']:.1f} s; report: {out / 'report.md'}")
+
+
+@app.callback()
+def simulate(
+    ctx: typer.Context,
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    strategy: str | None = typer.Option(
+        None, "--strategy", help="cream | cream+ | mean | fedavg | server-only | local | centralized"
+    ),
+    engine: str = EngineOpt,
+    seed: int | None = typer.Option(None, "--seed"),
+    rounds: int | None = typer.Option(None, "--rounds"),
+    out: Path | None = typer.Option(
+        None, "--out", help="output folder (default: runs/NAME-STRATEGY-sSEED-TIME)"
+    ),
+    store: str | None = typer.Option(
+        None, "--store", help="run store URL or SQLite path (default: OUT/runs.sqlite)"
+    ),
+    force: bool = typer.Option(False, "--force", help="reuse an output folder that already holds a run"),
+) -> None:
+    """Run one federation (the default: CreamFL on digits, six sites of three kinds)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    spec = _spec(config, set_, strategy=strategy, seed=seed, rounds=rounds)
+    with _progress() as progress:
+        summary, run_dir = run_one(spec, engine, out, store, force, progress)
+    print_summary(summary, run_dir)
+
+
+@app.command("compare")
+def compare(
+    strategies: str = typer.Option(
+        "cream,cream+,mean,server-only,centralized", "--strategies", help="comma-separated"
+    ),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated"),
+    config: Path | None = ConfigOpt,
+    set_: list[str] | None = SetOpt,
+    engine: str = typer.Option("inprocess", "--engine"),
+    out: Path = typer.Option(Path("runs/compare"), "--out"),
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """Run several strategies and seeds on the same spec; write one comparison table."""
+    out.mkdir(parents=True, exist_ok=True)
+    store = f"sqlite:///{(out / 'runs.sqlite').resolve()}"
+    summaries = []
+    with _progress() as progress:
+        for name in [s.strip() for s in strategies.split(",") if s.strip()]:
+            for seed in [int(x) for x in seeds.split(",") if x.strip()]:
+                spec = _spec(config, set_, strategy=name, seed=seed)
+                run_dir = out / f"{name.replace('+', 'plus')}-s{seed}"
+                summaries.append(run_one(spec, engine, run_dir, store, force, progress)[0])
+    write_comparison(summaries, out)
+    table = Table(title="comparison (final test rsum, mean ± std over seeds)")
+    for col in ("strategy", "seeds", "test rsum", "val rsum"):
+        table.add_column(col)
+    for row in comparison_table(summaries):
+        fmt = lambda m, s: "—" if m is None else f"{m:.1f} ± {s:.1f}"  # noqa: E731
+        table.add_row(
+            row["strategy"],
+            str(len(row["seeds"])),
+            fmt(row["test_rsum_mean"], row["test_rsum_std"]),
+            fmt(row["val_rsum_mean"], row["val_rsum_std"]),
+        )
+    Console().print(table)
+    Console().print(f"written: {out / 'comparison.md'}")
+
+
+@app.command("init")
+def init(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt) -> None:
+    """Print a complete federation spec (the defaults, or CONFIG with overrides) as TOML."""
+    print(dump_toml(_spec(config, set_)))

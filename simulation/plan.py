@@ -1,0 +1,115 @@
+"""Turn a federation spec into a run plan: partition the private pool, write each site's
+manifest and configuration, and the plan the ServerApp reads."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmfl.data.builtin import PreparedDataset, open_dataset
+from mmfl.data.manifest import Sample, write_manifest
+from mmfl.data.partition import drop_modalities, partition_dirichlet, partition_iid
+from mmfl.server.loop import SITE_STRATEGIES
+from mmfl.server.store import store_url
+
+from mmfl.config import FederationSpec, RunPlan, SiteConfig, dump_toml
+from mmfl.errors import MmflError
+from mmfl.files import atomic_write_text
+
+
+def default_output_dir(spec: FederationSpec) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    strategy = spec.strategy.replace("+", "plus")
+    return Path("runs") / f"{spec.name}-{strategy}-s{spec.seed}-{stamp}"
+
+
+def check_architectures(spec: FederationSpec) -> None:
+    """Every named architecture exists and encodes the modality it is given for."""
+    from mmfl.models.encoders import architecture
+
+    named = [("server", m, a) for m, a in spec.server.architectures.items()]
+    named += [(f"site {s.id}", m, a) for s in spec.sites for m, a in s.architectures.items()]
+    for owner, modality, name in named:
+        try:
+            architecture(name, modality)
+        except ValueError as exc:
+            raise MmflError(f"{owner}: {exc}") from None
+
+
+def partition_sites(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample]]:
+    """Each site's private samples, holding only the site's own modalities."""
+    pool = ds.manifest("private")
+    rng = np.random.default_rng([spec.seed, 101])
+    shares = [s.share for s in spec.sites]
+    p = spec.partition
+    if p.scheme == "iid":
+        parts = partition_iid(len(pool), shares, rng)
+    else:
+        parts = partition_dirichlet(pool.labels, shares, p.alpha, rng, p.min_samples)
+    out = []
+    for site, part in zip(spec.sites, parts, strict=True):
+        samples = [pool.samples[i] for i in part]
+        seen = drop_modalities(
+            [set(s.values) for s in samples], site.modalities, p.missing_modality_rate, rng
+        )
+        rows = [
+            Sample(s.id, {m: s.values[m] for m in sorted(mods)}, s.label, s.group)
+            for s, mods in zip(samples, seen, strict=True)
+            if mods
+        ]
+        if not rows:
+            raise MmflError(f"site {site.id} received no samples holding {site.modalities}")
+        out.append(rows)
+    return out
+
+
+def build_plan(
+    spec: FederationSpec, output_dir: Path | None = None, store: str | None = None, force: bool = False
+) -> RunPlan:
+    """Write the run's folder (site manifests and configs, plan.json, spec.toml); return the plan."""
+    check_architectures(spec)
+    out = Path(output_dir or default_output_dir(spec)).resolve()
+    if (out / "plan.json").exists() and not force:
+        raise MmflError(f"output folder {out} already holds a run; choose another --out or pass --force")
+    ds = open_dataset(spec.data_dir or spec.dataset)
+    missing = [m for m in spec.modalities if m not in ds.info.modalities]
+    if missing:
+        raise MmflError(f"data set {ds.info.name} has no {missing[0]} modality (it has {ds.info.modalities})")
+    out.mkdir(parents=True, exist_ok=True)
+    uses_sites = spec.strategy in SITE_STRATEGIES or spec.strategy == "centralized"
+    site_configs: list[SiteConfig] = []
+    if uses_sites and spec.sites:
+        for site, rows in zip(spec.sites, partition_sites(spec, ds), strict=True):
+            folder = out / "sites" / site.id
+            manifest = write_manifest(folder / "data.jsonl", rows)
+            site_configs.append(
+                SiteConfig(
+                    site=site,
+                    train=spec.train_for(site),
+                    manifest=manifest,
+                    public_manifest=ds.root / "public.jsonl",
+                    state_dir=folder / "state",
+                    embed_dim=spec.embed_dim,
+                    seed=spec.seed,
+                    threads=1,
+                )
+            )
+    configs_path = out / "site_configs.json"
+    atomic_write_text(configs_path, json.dumps([c.model_dump(mode="json") for c in site_configs], indent=2))
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    plan = RunPlan(
+        run_id=f"{spec.name}-{spec.strategy.replace('+', 'plus')}-s{spec.seed}-{stamp}",
+        spec=spec,
+        dataset_root=ds.root,
+        output_dir=out,
+        store_url=store or store_url(out / "runs.sqlite"),
+        site_configs=configs_path if site_configs else None,
+        expected_sites=len(site_configs) if spec.strategy in SITE_STRATEGIES else 0,
+        threads=torch.get_num_threads(),
+    )
+    atomic_write_text(out / "spec.toml", dump_toml(spec))
+    atomic_write_text(out / "plan.json", plan.model_dump_json(indent=2))
+    return plan

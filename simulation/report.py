@@ -1,0 +1,255 @@
+"""The run's report: ``report.md`` and PNG plots from ``summary.json``; and the comparison of
+several runs (strategies x seeds)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmfl.files import atomic_write_text
+
+
+def summary_schema() -> dict[str, Any]:
+    return json.loads((files("mmfl") / "schemas" / "summary.schema.json").read_text(encoding="utf-8"))
+
+
+def validate_summary(summary: dict[str, Any]) -> None:
+    """Raise ``jsonschema.ValidationError`` if ``summary`` does not follow the schema."""
+    import jsonschema
+
+    jsonschema.validate(summary, summary_schema())
+
+
+def _rsum(metrics: dict[str, Any] | None, split: str = "test") -> float | None:
+    if not metrics:
+        return None
+    block = metrics.get(split)
+    return None if not block else block.get("rsum")
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _plt():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: str, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for label, points in series.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(summary: dict[str, Any], out: Path) -> Path:
+    """``report.md``, ``rsum.png`` and ``bytes.png`` in ``out``."""
+    rounds = summary["rounds"]
+    plot_rounds(
+        {
+            f"{summary['strategy']} test": [
+                (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"])) is not None
+            ],
+            f"{summary['strategy']} val": [
+                (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"], "val")) is not None
+            ],
+        },
+        "rsum",
+        f"server retrieval, {summary['dataset']['name']}",
+        out / "rsum.png",
+    )
+    plot_rounds(
+        {
+            "down": [(r["round"], r["bytes_down"] / 1e6) for r in rounds],
+            "up": [(r["round"], r["bytes_up"] / 1e6) for r in rounds],
+        },
+        "MB",
+        "bytes per round",
+        out / "bytes.png",
+    )
+    lines = [
+        f"# {summary['name']}: {summary['strategy']} on {summary['dataset']['name']}",
+        "",
+        f"Run `{summary['run_id']}`, seed {summary['seed']}, {len(rounds)} rounds, "
+        f"{summary['wall_seconds']:.1f} s; modalities {', '.join(summary['modalities'])}, "
+        f"representations of dimension {summary['embed_dim']}; public set `{summary['dataset']['public_fingerprint'][:16]}`.",
+        "",
+        "## Sites",
+        "",
+        "| site | modalities | architectures | private samples | device | DP |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summary["sites"]:
+        samples = ", ".join(f"{m} {n}" for m, n in s["private_samples"].items())
+        archs = ", ".join(f"{m}: {a}" for m, a in s["architectures"].items())
+        dp = f"ε ≤ {s['privacy']['target_epsilon']}" if s["privacy"]["enabled"] else "off"
+        lines.append(
+            f"| {s['id']} | {', '.join(s['modalities'])} | {archs} | {samples} | {s['device']['name']} | {dp} |"
+        )
+    lines += [
+        "",
+        "## Rounds",
+        "",
+        "| round | status | sites accepted | train loss | distill loss | val rsum | test rsum | MB down | MB up | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        sm = r["server_metrics"]
+        accepted = sum(1 for s in r["sites"] if s["accepted"])
+        lines.append(
+            f"| {r['round']} | {r['status']} | {accepted}/{len(r['sites'])} | {_fmt(sm.get('train_loss'), 3)} | "
+            f"{_fmt(sm.get('distill_loss'), 4)} | {_fmt(_rsum(sm, 'val'))} | {_fmt(_rsum(sm))} | "
+            f"{r['bytes_down'] / 1e6:.2f} | {r['bytes_up'] / 1e6:.2f} | {r['wall_seconds']:.1f} |"
+        )
+    dropped = [
+        (r["round"], s["site_id"], s["reason"]) for r in rounds for s in r["sites"] if not s["accepted"]
+    ]
+    if dropped:
+        lines += ["", "Dropped replies:", ""] + [
+            f"- round {n}, {site}: {reason}" for n, site, reason in dropped
+        ]
+    final = summary["final"]
+    lines += ["", "## Final", ""]
+    if final.get("retrieval"):
+        ret = final["retrieval"]
+        keys = [k for k in ret if "/" not in k]
+        lines += [
+            "| " + " | ".join(keys) + " |",
+            "|" + "---|" * len(keys),
+            "| " + " | ".join(_fmt(ret[k]) for k in keys) + " |",
+            "",
+        ]
+        lines.append(
+            f"Validation rsum {_fmt(final['val_retrieval'].get('rsum'))}; test rsum {_fmt(ret.get('rsum'))}."
+        )
+    if final.get("site_metrics"):
+        lines += [
+            "",
+            "Per-site task metrics (held-out private rows):",
+            "",
+            "| site | metric | value |",
+            "|---|---|---|",
+        ]
+        for site, metrics in sorted(final["site_metrics"].items()):
+            for k, v in metrics.items():
+                if k == "holdout_samples" or (k.startswith("retrieval_") and not k.endswith("rsum")):
+                    continue
+                lines.append(f"| {site} | {k} | {_fmt(v)} |")
+    eps = defaultdict(list)
+    for r in rounds:
+        for site, e in r["privacy"].items():
+            eps[site].append((r["round"], e))
+    if eps:
+        lines += ["", "## Privacy spent (ε after each round)", ""]
+        for site, pts in eps.items():
+            lines.append(f"- {site}: " + ", ".join(f"r{n} {e:.3f}" for n, e in pts))
+    lines += ["", "![rsum per round](rsum.png)", "", "![bytes per round](bytes.png)", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per strategy: mean and std over seeds of the final test and val rsum, and the
+    mean of each site metric."""
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        by[s["strategy"]].append(s)
+    rows = []
+    for strategy, runs in by.items():
+        test = [r["final"]["retrieval"]["rsum"] for r in runs if r["final"].get("retrieval")]
+        val = [r["final"]["val_retrieval"]["rsum"] for r in runs if r["final"].get("val_retrieval")]
+        site_values: dict[str, list[float]] = defaultdict(list)
+        for r in runs:
+            for site, metrics in (r["final"].get("site_metrics") or {}).items():
+                for k, v in metrics.items():
+                    if v is not None and (k.endswith("accuracy") or k == "retrieval_rsum"):
+                        site_values[f"{site}/{k}"].append(v)
+        rows.append(
+            {
+                "strategy": strategy,
+                "seeds": [r["seed"] for r in runs],
+                "test_rsum_mean": float(np.mean(test)) if test else None,
+                "test_rsum_std": float(np.std(test)) if test else None,
+                "val_rsum_mean": float(np.mean(val)) if val else None,
+                "val_rsum_std": float(np.std(val)) if val else None,
+                "site_metrics": {
+                    k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in site_values.items()
+                },
+                "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in runs])),
+                "bytes_per_round_mean": float(
+                    np.mean([x["bytes_down"] + x["bytes_up"] for r in runs for x in r["rounds"]])
+                ),
+            }
+        )
+    return rows
+
+
+def write_comparison(summaries: Sequence[dict[str, Any]], out: Path) -> Path:
+    """``comparison.json``, ``comparison.md`` and ``rsum.png`` (mean test rsum per round)."""
+    rows = comparison_table(summaries)
+    atomic_write_text(out / "comparison.json", json.dumps(rows, indent=2))
+    curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in summaries:
+        for r in s["rounds"]:
+            v = _rsum(r["server_metrics"])
+            if v is not None:
+                curves[s["strategy"]][r["round"]].append(v)
+    plot_rounds(
+        {k: sorted((n, float(np.mean(v))) for n, v in c.items()) for k, c in curves.items()},
+        "test rsum (mean over seeds)",
+        "server retrieval per round",
+        out / "rsum.png",
+    )
+    dataset = summaries[0]["dataset"]["name"] if summaries else "?"
+    lines = [
+        f"# Comparison on {dataset}",
+        "",
+        "| strategy | seeds | test rsum | val rsum | MB per round | s per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        test = "—" if r["test_rsum_mean"] is None else f"{r['test_rsum_mean']:.1f} ± {r['test_rsum_std']:.1f}"
+        val = "—" if r["val_rsum_mean"] is None else f"{r['val_rsum_mean']:.1f} ± {r['val_rsum_std']:.1f}"
+        lines.append(
+            f"| {r['strategy']} | {len(r['seeds'])} | {test} | {val} | {r['bytes_per_round_mean'] / 1e6:.2f} | {r['wall_seconds_mean']:.0f} |"
+        )
+    site_keys = sorted({k for r in rows for k in r["site_metrics"]})
+    if site_keys:
+        lines += ["", "Per-site task metrics (mean ± std over seeds):", ""]
+        lines.append("| metric | " + " | ".join(r["strategy"] for r in rows) + " |")
+        lines.append("|---|" + "---|" * len(rows))
+        for k in site_keys:
+            cells = [
+                f"{r['site_metrics'][k]['mean']:.1f} ± {r['site_metrics'][k]['std']:.1f}"
+                if k in r["site_metrics"]
+                else "—"
+                for r in rows
+            ]
+            lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines += ["", "![test rsum per round](rsum.png)", ""]
+    path = out / "comparison.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
