@@ -148,6 +148,7 @@ class RepresentationStrategy(Strategy):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         assert self._instruction is not None, "configure_train must run first"
         instruction = self._instruction
+        self.last_round = RoundReport()
         accepted: dict[int, dict[str, torch.Tensor]] = {}
         for reply in replies:
             node_id = self._node_of(reply)

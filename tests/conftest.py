@@ -33,3 +33,12 @@ def openclipart_root() -> Path:
     if not (root / "png").is_dir():
         pytest.fail("openclipart is not installed: sudo apt-get install openclipart-png openclipart-svg")
     return root
+
+
+@pytest.fixture()
+def flower_identity():
+    """Building a flwr Message outside a Flower runtime needs a process-level task identity."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    yield
