@@ -34,8 +34,7 @@ system:
 	fi
 
 demo: $(STAMP)
-	$(BIN)/mmfl data prepare digits
-	$(BIN)/mmfl data info digits
+	$(BIN)/mmfl simulate
 
 test: system $(STAMP)
 	$(BIN)/ruff check .

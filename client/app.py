@@ -27,6 +27,8 @@ from mmfl.protocols.messages import (
     EvaluateReply,
     RepresentInstruction,
     RepresentReply,
+    WeightsInstruction,
+    WeightsReply,
 )
 from mmfl.protocols.records import ProtocolError, arrays_of, decode, encode
 
@@ -109,6 +111,28 @@ def represent(msg: Message, context: Context) -> Message:
         )
         reps = {}
     return Message(encode(reply, reps), reply_to=msg)
+
+
+@app.train("weights")
+def train_weights(msg: Message, context: Context) -> Message:
+    """FedAvg baseline: weights in, weights out, with ``num-examples`` for the weighting."""
+    site = site_for(context)
+    instruction = decode(msg.content, WeightsInstruction)
+    try:
+        with torch_threads(site.config.threads):
+            reply, weights, n = site.train_weights(instruction, arrays_of(msg.content))
+    except (ProtocolError, MmflError) as exc:
+        reply = WeightsReply(
+            site_id=site.spec.id,
+            round=instruction.round,
+            status="refused",
+            reason=str(exc),
+            architecture="",
+            privacy=site.privacy_status(),
+        )
+        return Message(encode(reply), reply_to=msg)
+    metrics = {"num-examples": n, "task_loss": float(reply.metrics.get("task_loss", float("nan")))}
+    return Message(encode(reply, weights, metrics), reply_to=msg)
 
 
 @app.evaluate("task")

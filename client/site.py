@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 import zlib
 from functools import cached_property
@@ -23,6 +24,8 @@ from mmfl.protocols.messages import (
     PrivacyStatus,
     RepresentInstruction,
     RepresentReply,
+    WeightsInstruction,
+    WeightsReply,
 )
 from mmfl.protocols.records import ProtocolError, from_wire, to_wire
 
@@ -223,6 +226,44 @@ class Site:
                 privacy=self.privacy_status(),
             )
         return None
+
+    def train_weights(
+        self, instruction: WeightsInstruction, weights: dict[str, np.ndarray]
+    ) -> tuple[WeightsReply, dict[str, np.ndarray], int]:
+        """FedAvg baseline: start from the global weights, train the task loss, return weights."""
+        model = self.new_model()
+        try:
+            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        except RuntimeError as exc:
+            raise ProtocolError(
+                f"global weights do not fit this site's architectures: {str(exc).splitlines()[0]}"
+            ) from None
+        model.to(self.device)
+        settings = instruction.settings.model_copy(update={"regularisers": False})
+        rng = np.random.default_rng([self.seed, instruction.round])
+        metrics = train_round(
+            model,
+            None,
+            self.train_data,
+            None,
+            settings,
+            self.by_class,
+            self.config.train.task_temperature,
+            rng,
+            self.device,
+        )
+        self.state.save_model(
+            model, instruction.round, self.spec.architectures, {"run_id": instruction.run_id}
+        )
+        out = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        reply = WeightsReply(
+            site_id=self.spec.id,
+            round=instruction.round,
+            architecture=json.dumps(self.spec.architectures, sort_keys=True),
+            metrics=metrics,
+            privacy=self.privacy_status(),
+        )
+        return reply, out, len(self.train_data)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:

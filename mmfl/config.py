@@ -105,7 +105,22 @@ class ServerConfig(StrictModel):
     eval_batch_size: int = Field(512, ge=1)
     temperature: float = Field(0.1, gt=0, description="InfoNCE temperature of the server's own training")
     min_sites: int = Field(1, ge=0, description="a round with fewer valid replies is failed")
+    gpu_work: dict[str, int] = Field(
+        default_factory=dict,
+        description="settings for sites that declare a GPU, e.g. {local_epochs = 3, batch_size = 256}",
+    )
     round_timeout: float = Field(600.0, gt=0)
+
+    @field_validator("gpu_work")
+    @classmethod
+    def _gpu_keys(cls, value: dict[str, int]) -> dict[str, int]:
+        allowed = ("local_epochs", "batch_size", "public_batch_size")
+        for key, v in value.items():
+            if key not in allowed:
+                raise ValueError(f"gpu_work key {key!r} is not one of {allowed}")
+            if v < 1:
+                raise ValueError(f"gpu_work.{key} must be at least 1")
+        return value
 
 
 class CreamConfig(StrictModel):
@@ -161,6 +176,17 @@ class FederationSpec(StrictModel):
         if missing:
             raise ValueError(f"server has no architecture for modality {missing[0]!r}")
         return self
+
+    def paired_sites(self) -> list[SiteSpec]:
+        """Sites holding every modality of the federation."""
+        return [s for s in self.sites if set(self.modalities) <= set(s.modalities)]
+
+    def fedavg_architectures(self) -> dict[str, str]:
+        """The one architecture the FedAvg baseline gives every paired site (the first one's)."""
+        paired = self.paired_sites()
+        if not paired:
+            raise ValueError("the fedavg baseline needs at least one site holding every modality")
+        return {m: paired[0].architectures[m] for m in self.modalities}
 
     def train_for(self, site: SiteSpec) -> TrainConfig:
         """The site's own training settings, or the federation's defaults."""

@@ -43,12 +43,14 @@ from mmfl.protocols.messages import (
     CapabilitiesQuery,
     RepresentInstruction,
     TrainSettings,
+    WeightsInstruction,
 )
 from mmfl.protocols.records import ProtocolError, decode, encode
 from mmfl.server.checkpoint import save_checkpoint
 from mmfl.server.model import ServerTrainer
 from mmfl.server.store import RunStore, open_store
 from mmfl.strategies.cream import CreamEnsemble
+from mmfl.strategies.fedavg import PairedFedAvg
 from mmfl.strategies.mean import MeanEnsemble
 from mmfl.strategies.representation import RepresentationStrategy
 
@@ -57,7 +59,8 @@ from mmfl.config import RunPlan, SiteConfig, dump_toml, effective_cream
 from mmfl.files import atomic_write_text
 from mmfl.paths import feature_cache_root
 
-SITE_STRATEGIES = ("cream", "cream+", "mean", "local")
+SITE_STRATEGIES = ("cream", "cream+", "mean", "local", "fedavg")
+REPRESENTATION_STRATEGIES = ("cream", "cream+", "mean", "local")
 SUMMARY_SCHEMA_VERSION = 1
 
 
@@ -125,19 +128,28 @@ class FederatedRun:
         self.store = RunStore(open_store(plan.store_url), plan.run_id)
         self.rng = np.random.default_rng([self.spec.seed, 17])
         self.strategy = self._make_strategy()
+        self.fedavg: PairedFedAvg | None = None
+        self.architectures = (
+            self.spec.fedavg_architectures()
+            if self.spec.strategy == "fedavg"
+            else dict(self.spec.server.architectures)
+        )
         self.sites: dict[int, Capabilities] = {}
         self.records: list[dict[str, Any]] = []
 
     # -- set-up ---------------------------------------------------------------------------------
     def _make_strategy(self) -> RepresentationStrategy | None:
         kind = self.spec.strategy
-        if kind not in SITE_STRATEGIES:
+        if kind not in REPRESENTATION_STRATEGIES:
             return None
         common = {
             "modalities": self.spec.modalities,
             "embed_dim": self.spec.embed_dim,
             "sites_per_round": self.cream.sites_per_round,
             "seed": self.spec.seed,
+            "work_by_device": {"cuda": dict(self.spec.server.gpu_work)}
+            if self.spec.server.gpu_work
+            else None,
         }
         if kind == "mean":
             return MeanEnsemble(**common)
@@ -147,7 +159,7 @@ class FederatedRun:
 
     def _server_data(self) -> tuple[Tensors, Tensors, Tensors, Tensors]:
         info = self.dataset.info
-        feats = featurizers_for(self.spec.server.architectures, info.image_size, info.image_channels)
+        feats = featurizers_for(self.architectures, info.image_size, info.image_channels)
         feats = {m: f for m, f in feats.items() if m in self.spec.modalities}
         self._featurizers = feats
         cache = feature_cache_root()
@@ -213,9 +225,19 @@ class FederatedRun:
                 )
                 continue
             self.sites[node] = caps
-            assert self.strategy is not None
-            self.strategy.register(node, caps)
+            if self.strategy is not None:
+                self.strategy.register(node, caps)
             self.store.add_site(caps.site_id, caps.model_dump())
+        if self.spec.strategy == "fedavg":
+            common = self.architectures
+            eligible = {n: c.site_id for n, c in self.sites.items() if c.architectures == common}
+            for n, c in self.sites.items():
+                if n not in eligible:
+                    self._event(
+                        "site-refused",
+                        f"site {c.site_id}: architectures {c.architectures} differ from {common}",
+                    )
+            self.fedavg = PairedFedAvg(eligible)
         log(
             INFO,
             "registered %d of %d nodes: %s",
@@ -236,7 +258,7 @@ class FederatedRun:
         if self._progress_cb:
             self._progress_cb(record)
 
-    def _settings(self, caps: Capabilities | None = None) -> TrainSettings:
+    def _settings(self) -> TrainSettings:
         t = self.spec.train
         return TrainSettings(
             local_epochs=t.local_epochs,
@@ -280,7 +302,7 @@ class FederatedRun:
         self.public_fingerprint = self.dataset.manifest("public").fingerprint()
         shapes = {m: f.shape for m, f in self._featurizers.items()}
         model = MultiEncoder(
-            {m: a for m, a in self.spec.server.architectures.items() if m in self.spec.modalities},
+            {m: a for m, a in self.architectures.items() if m in self.spec.modalities},
             shapes,
             self.spec.embed_dim,
             len(self.dataset.info.classes),
@@ -293,7 +315,7 @@ class FederatedRun:
             for i in range(len(self.spec.modalities))
             for j in range(i + 1, len(self.spec.modalities))
         ]
-        if self.strategy is not None:
+        if self.spec.strategy in SITE_STRATEGIES:
             if self.grid is None:
                 raise ValueError(f"strategy {self.spec.strategy} needs sites")
             self.discover()
@@ -306,7 +328,7 @@ class FederatedRun:
         if self.spec.strategy != "local":
             final["retrieval"] = trainer.retrieval(test, pairs)
             final["val_retrieval"] = trainer.retrieval(val, pairs)
-        if self.strategy is not None and self.sites:
+        if self.spec.strategy in REPRESENTATION_STRATEGIES and self.sites:
             final["site_metrics"] = self._evaluate_sites()
         wall = time.perf_counter() - started
         summary = self._summary(final, wall)
@@ -331,9 +353,11 @@ class FederatedRun:
         t0 = time.perf_counter()
         record: dict[str, Any] = {"round": r, "status": "completed", "reason": "", "server": {}, "sites": []}
         self._emit({"event": "round-start", "round": r})
-        if self.spec.strategy != "local":
+        if self.spec.strategy not in ("local", "fedavg"):
             losses = [trainer.train_epoch(own, self.rng) for _ in range(self.spec.server.epochs_per_round)]
             record["server"]["train_loss"] = losses[-1]
+        if self.fedavg is not None:
+            self._fedavg_round(r, trainer, record)
         if self.strategy is not None:
             indices, rows = self._round_rows(public)
             globals_ = trainer.encode(public, rows)
@@ -403,6 +427,39 @@ class FederatedRun:
         )
         self._emit({"event": "round", **record})
         return record
+
+    def _fedavg_round(self, r: int, trainer: ServerTrainer, record: dict[str, Any]) -> None:
+        """Send the global weights, let the paired sites train, average with Flower's FedAvg."""
+        assert self.fedavg is not None and self.grid is not None
+        state = ArrayRecord(
+            {k: Array(v.detach().cpu().numpy()) for k, v in trainer.model.state_dict().items()}
+        )
+        instruction = WeightsInstruction(run_id=self.plan.run_id, round=r, settings=self._settings())
+        messages = list(
+            self.fedavg.configure_train(
+                r, state, ConfigRecord({"instruction": instruction.model_dump_json()}), self.grid
+            )
+        )
+        replies = send_and_collect(
+            self.grid,
+            messages,
+            self.spec.server.round_timeout,
+            lambda done, total: self._emit({"event": "sites", "round": r, "done": done, "total": total}),
+        )
+        self.fedavg.remember_sent(messages)
+        averaged, _ = self.fedavg.aggregate_train(r, replies)
+        record["sites"] = [asdict(s) for s in self.fedavg.last_round.sites]
+        accepted = len(self.fedavg.last_round.accepted)
+        if accepted < self.spec.server.min_sites or averaged is None:
+            record["status"] = "failed"
+            record["reason"] = (
+                f"{accepted} sites accepted, fewer than the minimum of {max(1, self.spec.server.min_sites)}"
+            )
+            self._event("round-failed", f"round {r}: {record['reason']}")
+            return
+        trainer.model.load_state_dict(
+            {k: v.to(self.device) for k, v in averaged.to_torch_state_dict().items()}
+        )
 
     def _evaluate_sites(self) -> dict[str, dict[str, float]]:
         assert self.strategy is not None and self.grid is not None

@@ -83,6 +83,10 @@ def build_plan(
     site_configs: list[SiteConfig] = []
     if uses_sites and spec.sites:
         for site, rows in zip(spec.sites, partition_sites(spec, ds), strict=True):
+            if spec.strategy == "fedavg":
+                if site not in spec.paired_sites():
+                    continue  # weights cannot be averaged across modalities: uni-modal sites sit out
+                site = site.model_copy(update={"architectures": spec.fedavg_architectures()})
             folder = out / "sites" / site.id
             manifest = write_manifest(folder / "data.jsonl", rows)
             site_configs.append(

@@ -85,8 +85,10 @@ class RepresentationStrategy(Strategy):
         sites_per_round: int | None = None,
         seed: int = 0,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        work_by_device: dict[str, dict[str, int]] | None = None,
     ) -> None:
         self.modalities = list(modalities)
+        self.work_by_device = work_by_device or {}
         self.embed_dim = embed_dim
         self.sites_per_round = sites_per_round
         self.max_payload_bytes = max_payload_bytes
@@ -130,10 +132,18 @@ class RepresentationStrategy(Strategy):
         messages = []
         wire = {m: a.numpy() for m, a in arrays.items()}
         for node_id in self.select(grid):
-            content = encode(instruction, wire)
+            content = encode(self._scaled(instruction, self.sites[node_id]), wire)
             self._bytes_down[node_id] = payload_bytes(content)
             messages.append(Message(content, dst_node_id=node_id, message_type=MSG_REPRESENT))
         return messages
+
+    def _scaled(self, instruction: RepresentInstruction, caps: Capabilities) -> RepresentInstruction:
+        """The instruction with the site's work scaled to its declared device (e.g. more local
+        epochs and larger batches on a GPU)."""
+        work = self.work_by_device.get(caps.device.kind)
+        if not work:
+            return instruction
+        return instruction.model_copy(update={"settings": instruction.settings.model_copy(update=work)})
 
     def remember_sent(self, messages: Iterable[Message]) -> None:
         """Map message ids to nodes (error replies from the SuperLink carry another src id)."""

@@ -133,7 +133,14 @@ def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
     assert abs(mean["rounds"][0]["weight_entropy"]["image"] - math.log(3)) < 1e-6
     central = run_inprocess(build_plan(small_spec("strategy=centralized", "rounds=1"), tmp_path / "central"))
     assert central["sites"] == [] and central["final"]["retrieval"]["rsum"] > 0
-    for s in (server_only, local, mean, central):
+    fedavg = run_inprocess(build_plan(small_spec("strategy=fedavg", "rounds=2"), tmp_path / "fedavg"))
+    # Only the paired sites take part, all with the first paired site's architectures.
+    assert {s["id"] for s in fedavg["sites"]} == {"pair-a", "pair-b"}
+    assert all(s["architectures"] == {"image": "cnn-small", "text": "glove-mlp"} for s in fedavg["sites"])
+    assert all(x["accepted"] for r in fedavg["rounds"] for x in r["sites"])
+    assert fedavg["rounds"][0]["bytes_up"] > 4 * 100_000  # weights travel, not representations
+    assert fedavg["final"]["retrieval"]["rsum"] > 0
+    for s in (server_only, local, mean, central, fedavg):
         validate_summary(s)
 
 
