@@ -7,6 +7,7 @@ problem becomes a one-line :class:`~mmfl.errors.ConfigError` that names the key.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -138,8 +139,11 @@ class CreamConfig(StrictModel):
     )
     distill_loss: Literal["mse", "contrastive"] = "mse"
     distill_temperature: float = Field(0.1, gt=0)
+    distill_cross_modal: bool = Field(
+        False, description="also pull each modality toward the other modality's aggregate (contrastive only)"
+    )
     sites_per_round: int | None = Field(None, ge=1, description="sampled sites per round; None = all")
-    aggregation_chunk: int = Field(4096, ge=1)
+    aggregation_chunk: int = Field(1024, ge=1)
     payload_dtype: Literal["float32", "float16"] = "float32"
 
 
@@ -197,6 +201,7 @@ CREAM_PLUS_DEFAULTS: dict[str, Any] = {
     "ensemble_temperature": 0.05,
     "distill_loss": "contrastive",
     "kd_weight": 1.0,
+    "distill_cross_modal": True,
 }
 """What ``cream+`` changes where the spec leaves a field at its default (see the README)."""
 
@@ -292,15 +297,24 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def apply_override(data: dict[str, Any], path: list[str], value: Any) -> None:
-    """Set ``data[path[0]][path[1]]... = value``; list items are addressed by index."""
+def apply_override(
+    data: dict[str, Any], path: list[str], value: Any, defaults: dict[str, Any] | None = None
+) -> None:
+    """Set ``data[path[0]][path[1]]... = value``; list items are addressed by index.
+
+    A list the data does not hold yet (``sites`` left at its default) is copied from
+    ``defaults`` first, so ``sites.0.train.lr=...`` works without restating the sites.
+    """
     node: Any = data
+    default: Any = defaults or {}
     for depth, part in enumerate(path[:-1]):
         if isinstance(node, list):
-            node = node[_index(part, path, depth, len(node))]
+            i = _index(part, path, depth, len(node))
+            node, default = node[i], (default[i] if isinstance(default, list) and i < len(default) else {})
         else:
-            if node.get(part) is None:  # an unset optional section becomes a fresh table
-                node[part] = {}
+            default = default.get(part, {}) if isinstance(default, dict) else {}
+            if node.get(part) is None:  # an unset section: the default list, or a fresh table
+                node[part] = json.loads(json.dumps(default)) if isinstance(default, list) else {}
             node = node[part]
         if not isinstance(node, dict | list):
             raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: depth + 1])} is a value")
@@ -345,15 +359,15 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     if overrides:
-        # Materialise defaults first so that overrides can address nested defaults
-        # such as sites.0.train.lr without restating the whole list.
+        # Only what the file and the overrides set counts as set (``cream+`` fills the rest);
+        # default lists are copied in when an override addresses one of their items.
         try:
-            data = model.model_validate(data).model_dump(mode="json", exclude_none=False)
+            defaults = model.model_validate(data).model_dump(mode="json")
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc, source)) from None
         for item in overrides:
             key_path, value = parse_override(item)
-            apply_override(data, key_path, value)
+            apply_override(data, key_path, value, defaults)
         source += " with overrides"
     try:
         return model.model_validate(data)

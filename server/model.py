@@ -83,21 +83,30 @@ class ServerTrainer:
         # terms for the rows that hold a target of that modality.
         lookup = {m: {r: i for i, r in enumerate(rows[m])} for m in targets}
         union = sorted(set().union(*(set(rows[m]) for m in targets)))
+        cross = self.cream.distill_cross_modal and self.cream.distill_loss == "contrastive"
+        students = [m for m in self.model.modalities if m in targets or cross]
         losses = []
         for b in batches(len(union), self.config.batch_size, rng):
             batch_rows = [union[i] for i in b]
             terms = []
-            for m, target in targets.items():
-                have = [(r, lookup[m][r]) for r in batch_rows if r in lookup[m]]
-                if len(have) < 2:
-                    continue
-                x = data.inputs[m][torch.as_tensor([r for r, _ in have])].to(self.device)
-                t = target[torch.as_tensor([i for _, i in have])].to(self.device)
-                z = self.model(m, x)
-                if self.cream.distill_loss == "mse":
-                    terms.append(distill_mse(z, t))
-                else:
-                    terms.append(distill_contrastive(z, t, self.cream.distill_temperature))
+            for m in students:
+                for source, target in targets.items():
+                    if source != m and not cross:
+                        continue
+                    have = [
+                        (r, lookup[source][r])
+                        for r in batch_rows
+                        if r in lookup[source] and bool(data.present[m][r])
+                    ]
+                    if len(have) < 2:
+                        continue
+                    x = data.inputs[m][torch.as_tensor([r for r, _ in have])].to(self.device)
+                    t = target[torch.as_tensor([i for _, i in have])].to(self.device)
+                    z = self.model(m, x)
+                    if self.cream.distill_loss == "mse":
+                        terms.append(distill_mse(z, t))
+                    else:
+                        terms.append(distill_contrastive(z, t, self.cream.distill_temperature))
             if not terms:
                 continue
             loss = self.cream.kd_weight * torch.stack(terms).sum()

@@ -83,3 +83,20 @@ def test_every_config_forbids_unknown_keys(tmp_path: Path) -> None:
         bad = tmp_path / "bad.toml"
         bad.write_text("rounds = = 3")
         load_config(FederationSpec, bad)
+
+
+def test_cream_plus_fills_only_what_the_spec_leaves_unset(tmp_path: Path) -> None:
+    from mmfl.config import CREAM_PLUS_DEFAULTS, effective_cream
+
+    spec = load_config(FederationSpec, overrides=['strategy="cream+"'])
+    cream = effective_cream(spec)
+    assert {k: getattr(cream, k) for k in CREAM_PLUS_DEFAULTS} == CREAM_PLUS_DEFAULTS
+    path = tmp_path / "s.toml"
+    path.write_text('strategy = "cream+"\n[cream]\nkd_weight = 0.25\n')
+    chosen = effective_cream(load_config(FederationSpec, path, ["cream.ensemble_temperature=0.2"]))
+    assert (
+        chosen.kd_weight == 0.25
+        and chosen.ensemble_temperature == 0.2
+        and chosen.distill_loss == "contrastive"
+    )
+    assert effective_cream(load_config(FederationSpec)).ensemble_temperature == 1.0  # plain cream untouched
