@@ -76,15 +76,16 @@ def distill_contrastive(z: torch.Tensor, target: torch.Tensor, tau: float) -> to
 
 
 class ClassifierHead(nn.Module):
-    """Cosine classifier: ``scale * <z, w_c / |w_c|>`` (z is already unit length)."""
+    """Linear classifier on unit vectors, logits scaled by a fixed factor. A plain
+    ``nn.Linear`` keeps it compatible with Opacus' per-sample gradient samplers."""
 
     def __init__(self, embed_dim: int, num_classes: int, scale: float = 16.0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(num_classes, embed_dim) / embed_dim**0.5)
+        self.linear = nn.Linear(embed_dim, num_classes, bias=False)
         self.scale = scale
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.scale * z @ F.normalize(self.weight, dim=-1).T
+        return self.scale * self.linear(z)
 
 
 def multimodal_task_loss(
