@@ -17,13 +17,13 @@ import json
 import time
 from pathlib import Path
 
-from mmfl.simulation.engines import run_inprocess
-from mmfl.simulation.plan import build_plan
-from mmfl.simulation.report import comparison_table, write_comparison
 from rich.console import Console
 from rich.table import Table
 
 from mmfl.config import FederationSpec, load_config
+from mmfl.simulation.engines import run_inprocess
+from mmfl.simulation.plan import build_plan
+from mmfl.simulation.report import comparison_table, write_comparison
 
 HERE = Path(__file__).resolve().parent
 SPECS = {"digits": HERE / "specs" / "digits.toml", "openclipart": HERE / "specs" / "openclipart.toml"}

@@ -20,7 +20,10 @@ from pathlib import Path
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+
 from mmfl.client.site import Site
+from mmfl.config import SiteConfig, load_config
+from mmfl.errors import MmflError
 from mmfl.protocols.messages import (
     CapabilitiesQuery,
     EvaluateInstruction,
@@ -31,9 +34,6 @@ from mmfl.protocols.messages import (
     WeightsReply,
 )
 from mmfl.protocols.records import ProtocolError, arrays_of, decode, encode
-
-from mmfl.config import SiteConfig, load_config
-from mmfl.errors import MmflError
 
 log = logging.getLogger("mmfl.client")
 app = ClientApp()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import time
 import zlib
@@ -10,14 +11,20 @@ from functools import cached_property
 
 import numpy as np
 import torch
+
+from mmfl.client.ledger import LedgerError, PrivacyLedger
+from mmfl.client.privacy import PoissonSampler, PrivateTraining, plan_noise, private_losses
 from mmfl.client.state import SiteState
-from mmfl.client.training import PublicRound, encode_rows, train_round
+from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round
+from mmfl.config import SiteConfig
 from mmfl.data.builtin import DatasetInfo
 from mmfl.data.manifest import Manifest, load_manifest
 from mmfl.data.partition import holdout_split
 from mmfl.data.tensors import Tensors, featurizers_for, load_tensors
+from mmfl.errors import MmflError
 from mmfl.models.metrics import accuracy, retrieval_metrics
-from mmfl.models.multimodal import MultiEncoder
+from mmfl.models.multimodal import MultiEncoder, batches
+from mmfl.paths import feature_cache_root
 from mmfl.protocols.messages import (
     Capabilities,
     DeviceInfo,
@@ -28,10 +35,6 @@ from mmfl.protocols.messages import (
     WeightsReply,
 )
 from mmfl.protocols.records import ProtocolError, from_wire, to_wire
-
-from mmfl.config import SiteConfig
-from mmfl.errors import MmflError
-from mmfl.paths import feature_cache_root
 
 
 def site_seed(config: SiteConfig) -> int:
@@ -131,8 +134,33 @@ class Site:
         return model.to(self.device), last_round
 
     # -- messages ---------------------------------------------------------------------------------
+    @cached_property
+    def ledger(self) -> PrivacyLedger:
+        return PrivacyLedger(self.config.state_dir, self.spec.id, self.private_manifest.fingerprint())
+
+    def _trained_with_dp(self) -> bool:
+        meta = self.state.meta_path
+        return meta.exists() and bool(json.loads(meta.read_text(encoding="utf-8")).get("dp"))
+
     def privacy_status(self) -> PrivacyStatus:
-        return PrivacyStatus(enabled=False)
+        p = self.spec.privacy
+        if not p.enabled:
+            return PrivacyStatus(enabled=False)
+        try:
+            ledger = self.ledger.load(expected_existing=self._trained_with_dp())
+        except LedgerError:
+            spent = p.target_epsilon  # an unverifiable ledger counts as exhausted
+            ledger = None
+        else:
+            spent = PrivacyLedger.spent(ledger) if ledger else 0.0
+        return PrivacyStatus(
+            enabled=True,
+            target_epsilon=p.target_epsilon,
+            delta=p.delta,
+            epsilon_spent=spent,
+            noise_multiplier=ledger.noise_multiplier if ledger else p.noise_multiplier,
+            unit=p.unit,
+        )
 
     def capabilities(self) -> Capabilities:
         train = self.train_data
@@ -184,19 +212,28 @@ class Site:
             p.requires_grad_(False)
         settings = instruction.settings
         rng = np.random.default_rng([self.seed, instruction.round])
-        metrics = train_round(
-            model,
-            old,
-            self.train_data,
-            pub,
-            settings,
-            self.by_class,
-            self.config.train.task_temperature,
-            rng,
-            self.device,
-        )
+        if self.spec.privacy.enabled:
+            outcome = self._train_private(model, old, pub, instruction, rng)
+            if isinstance(outcome, RepresentReply):
+                return outcome, {}
+            metrics = outcome
+        else:
+            metrics = train_round(
+                model,
+                old,
+                self.train_data,
+                pub,
+                settings,
+                self.by_class,
+                self.config.train.task_temperature,
+                rng,
+                self.device,
+            )
         self.state.save_model(
-            model, instruction.round, self.spec.architectures, {"run_id": instruction.run_id}
+            model,
+            instruction.round,
+            self.spec.architectures,
+            {"run_id": instruction.run_id, "dp": self.spec.privacy.enabled},
         )
         rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
         reps = encode_rows(model, self.public, rows)
@@ -211,6 +248,113 @@ class Site:
             train_seconds=seconds,
         )
         return reply, wire
+
+    def _train_private(
+        self,
+        model: MultiEncoder,
+        old: MultiEncoder,
+        pub: PublicRound,
+        instruction: RepresentInstruction,
+        rng: np.random.Generator,
+    ) -> dict[str, float] | RepresentReply:
+        """A DP-SGD round, refused beforehand if it would exceed the budget; the ledger is
+        durable before this returns (and so before any reply)."""
+        p, settings, train = self.spec.privacy, instruction.settings, self.train_data
+        try:
+            ledger = self.ledger.load(expected_existing=self._trained_with_dp())
+        except LedgerError as exc:
+            return self._refused(instruction, str(exc))
+        if ledger is None:
+            ledger = self.ledger.create(p.accountant, p.delta, p.target_epsilon, p.unit)
+        groups = [self.private_group(i) for i in self._train_rows] if p.unit == "group" else None
+        try:
+            sampler = PoissonSampler.build(groups, len(train), settings.batch_size, rng)
+        except ValueError as exc:
+            return self._refused(instruction, str(exc))
+        steps = settings.local_epochs * sampler.steps_per_epoch
+        sigma = ledger.noise_multiplier or plan_noise(p, sampler.sample_rate, steps)
+        spent = PrivacyLedger.spent(ledger)
+        projected = PrivacyLedger.project(ledger, sigma, sampler.sample_rate, steps)
+        if projected > p.target_epsilon * (1 + 1e-9):
+            return self._refused(
+                instruction,
+                f"privacy budget: target epsilon {p.target_epsilon:.3f}, spent {spent:.3f}, "
+                f"this round would reach {projected:.3f}",
+            )
+        labels = {
+            m: self.public.labels[torch.as_tensor(rows, dtype=torch.long)]
+            for m, rows in instruction.rows.items()
+        }
+        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
+        dp = PrivateTraining(
+            model,
+            p,
+            settings.lr,
+            settings.weight_decay,
+            sigma,
+            sampler.sample_rate,
+            settings.batch_size,
+            [tuple(h) for h in ledger.history],
+            generator,  # type: ignore[misc]
+        )
+        model.train()
+        public_batches = (
+            itertools.cycle(batches(len(pub.tensors), settings.public_batch_size, rng))
+            if settings.regularisers
+            else None
+        )
+        public_losses: list[float] = []
+
+        def public_term() -> torch.Tensor | None:
+            assert public_batches is not None
+            loss = public_loss(model, old, pub, next(public_batches), settings, self.device)
+            if loss is not None:
+                public_losses.append(float(loss.detach()))
+            return loss
+
+        try:
+            for _ in range(steps):
+                batch = train.subset(sampler.draw())
+                dp.step(
+                    lambda batch=batch: private_losses(
+                        model,
+                        batch,
+                        pub.globals_,
+                        labels,
+                        self.by_class,
+                        self.config.train.task_temperature,
+                        self.device,
+                    ),
+                    public_term if public_batches is not None else None,
+                )
+        finally:
+            dp.close()
+        self.ledger.commit(
+            ledger, instruction.run_id, instruction.round, dp.history, sigma, sampler.sample_rate, steps
+        )
+        # No metric computed on private data leaves the site (it would not be covered by epsilon).
+        out = {"dp_steps": float(steps), "noise_multiplier": sigma, "sample_rate": sampler.sample_rate}
+        if public_losses:
+            out["public_loss"] = float(np.mean(public_losses))
+        return out
+
+    @cached_property
+    def _train_rows(self) -> np.ndarray:
+        return holdout_split(
+            len(self.private_manifest), site_seed(self.config), self.config.holdout_fraction
+        )[0]
+
+    def private_group(self, train_index: int) -> str | None:
+        return self.private_manifest.samples[int(self._train_rows[train_index])].group
+
+    def _refused(self, instruction: RepresentInstruction, reason: str) -> RepresentReply:
+        return RepresentReply(
+            site_id=self.spec.id,
+            round=instruction.round,
+            status="refused",
+            reason=reason,
+            privacy=self.privacy_status(),
+        )
 
     def _refusal(self, instruction: RepresentInstruction) -> RepresentReply | None:
         mine = self.public_manifest.fingerprint()
@@ -269,6 +413,8 @@ class Site:
     def evaluate(self) -> dict[str, float]:
         """Task metrics on the held-out private rows: accuracy per class head, and for paired
         sites retrieval between their first two modalities."""
+        if self.spec.privacy.enabled and not self.spec.privacy.report_private_metrics:
+            return {}  # held-out private metrics are not covered by the DP guarantee
         model, _ = self.load_model()
         model.eval()
         data = self.holdout

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from mmfl.data.tensors import Tensors
 from mmfl.models.losses import inter_modal, intra_modal, multimodal_task_loss
 from mmfl.models.multimodal import MultiEncoder, batches

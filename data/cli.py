@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from mmfl.data.builtin import BUILTIN, SPLITS, info_summary, open_dataset, prepare
-from mmfl.data.manifest import load_manifest
 from rich.console import Console
 from rich.table import Table
+
+from mmfl.data.builtin import BUILTIN, SPLITS, info_summary, open_dataset, prepare
+from mmfl.data.manifest import load_manifest
 
 app = typer.Typer(
     help="Prepare built-in data sets; validate and fingerprint manifests.", no_args_is_help=True

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
+
 from mmfl.data.audio import fixed_length, load_mfcc, pooled_stats
 from mmfl.data.fingerprint import item_fingerprint
 from mmfl.data.images import load_image
 from mmfl.data.manifest import Sample
 from mmfl.data.text import hashed_ids
-from tqdm import tqdm
 
 HASH_VOCAB = 1 << 13
 TEXT_MAX_LEN = 32

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from mmfl.data.features import Featurizer, featurize, get_featurizer
 from mmfl.data.manifest import Sample
 

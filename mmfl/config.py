@@ -41,6 +41,9 @@ class PrivacyConfig(StrictModel):
     accountant: Literal["rdp", "prv"] = "rdp"
     unit: Literal["sample", "group"] = "sample"
     grad_sample_mode: Literal["auto", "hooks", "ghost"] = "auto"
+    report_private_metrics: bool = Field(
+        False, description="send task metrics computed on private data (not covered by epsilon)"
+    )
 
 
 class TrainConfig(StrictModel):

@@ -16,6 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+
 from mmfl.data.images import imagenet_normalise
 from mmfl.data.text import words
 

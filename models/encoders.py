@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from mmfl.data.features import HASH_VOCAB
 from torch import nn
 from torch.nn import functional as F
+
+from mmfl.data.features import HASH_VOCAB
 
 
 class Encoder(nn.Module):

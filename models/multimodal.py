@@ -7,9 +7,10 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+from torch import nn
+
 from mmfl.models.encoders import build_encoder
 from mmfl.models.losses import ClassifierHead
-from torch import nn
 
 # torch.manual_seed is process-global: concurrent sites must not interleave their inits.
 _INIT_LOCK = threading.Lock()

@@ -14,8 +14,9 @@ from typing import TypeVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from mmfl.protocols.messages import PROTOCOL_VERSION, Message
 from pydantic import ValidationError
+
+from mmfl.protocols.messages import PROTOCOL_VERSION, Message
 
 M = TypeVar("M", bound=Message)
 

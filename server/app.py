@@ -10,10 +10,10 @@ from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
-from mmfl.server.loop import FederatedRun
 
 from mmfl.config import RunPlan
 from mmfl.errors import MmflError
+from mmfl.server.loop import FederatedRun
 
 app = ServerApp()
 

@@ -33,10 +33,15 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+
+import mmfl
+from mmfl.config import RunPlan, SiteConfig, dump_toml, effective_cream
 from mmfl.data.builtin import PreparedDataset
 from mmfl.data.partition import holdout_split
 from mmfl.data.tensors import Tensors, featurizers_for, load_tensors
+from mmfl.files import atomic_write_text
 from mmfl.models.multimodal import MultiEncoder
+from mmfl.paths import feature_cache_root
 from mmfl.protocols.messages import (
     MSG_CAPABILITIES,
     Capabilities,
@@ -53,11 +58,6 @@ from mmfl.strategies.cream import CreamEnsemble
 from mmfl.strategies.fedavg import PairedFedAvg
 from mmfl.strategies.mean import MeanEnsemble
 from mmfl.strategies.representation import RepresentationStrategy
-
-import mmfl
-from mmfl.config import RunPlan, SiteConfig, dump_toml, effective_cream
-from mmfl.files import atomic_write_text
-from mmfl.paths import feature_cache_root
 
 SITE_STRATEGIES = ("cream", "cream+", "mean", "local", "fedavg")
 REPRESENTATION_STRATEGIES = ("cream", "cream+", "mean", "local")

@@ -17,12 +17,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+
+from mmfl.config import CreamConfig, ServerConfig
 from mmfl.data.tensors import Tensors
 from mmfl.models.losses import distill_contrastive, distill_mse, multimodal_task_loss
 from mmfl.models.metrics import retrieval_metrics
 from mmfl.models.multimodal import MultiEncoder, batches
-
-from mmfl.config import CreamConfig, ServerConfig
 
 
 class ServerTrainer:

@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from mmfl.simulation.engines import run_flower, run_inprocess
-from mmfl.simulation.plan import build_plan
-from mmfl.simulation.report import comparison_table, validate_summary, write_comparison, write_report
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmfl.config import FederationSpec, dump_toml, load_config
 from mmfl.errors import MmflError
+from mmfl.simulation.engines import run_flower, run_inprocess
+from mmfl.simulation.plan import build_plan
+from mmfl.simulation.report import comparison_table, validate_summary, write_comparison, write_report
 
 app = typer.Typer(help="Run a federation on one machine (researchers).", invoke_without_command=True)
 console = Console(stderr=True)

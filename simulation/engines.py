@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
-from mmfl.server.loop import FederatedRun
 
 from mmfl.config import RunPlan
 from mmfl.errors import MmflError
+from mmfl.server.loop import FederatedRun
 
 Progress = Callable[[dict[str, Any]], None]
 

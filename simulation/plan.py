@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from mmfl.config import FederationSpec, RunPlan, SiteConfig, dump_toml
 from mmfl.data.builtin import PreparedDataset, open_dataset
 from mmfl.data.manifest import Sample, write_manifest
 from mmfl.data.partition import drop_modalities, partition_dirichlet, partition_iid
-from mmfl.server.loop import SITE_STRATEGIES
-from mmfl.server.store import store_url
-
-from mmfl.config import FederationSpec, RunPlan, SiteConfig, dump_toml
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
+from mmfl.server.loop import SITE_STRATEGIES
+from mmfl.server.store import store_url
 
 
 def default_output_dir(spec: FederationSpec) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from mmfl.strategies.ensemble import OtherModality, contrastive_weights, weight_entropy, weighted_sum
 from mmfl.strategies.representation import RepresentationStrategy
 

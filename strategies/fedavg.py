@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+
 from mmfl.protocols.messages import MSG_WEIGHTS, WeightsInstruction, WeightsReply
 from mmfl.protocols.records import ProtocolError, decode, encode, payload_bytes
 from mmfl.strategies.representation import RoundReport, SiteReport

@@ -24,6 +24,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+
 from mmfl.protocols.messages import (
     MSG_EVALUATE,
     MSG_REPRESENT,

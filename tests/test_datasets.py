@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from mmfl.data.builtin import SPLITS, open_dataset, prepare
 from mmfl.data.builtin.digits import WORDS, load_fsdd_mfcc, load_mnist_5k
 from mmfl.data.builtin.openclipart import normalise
 from mmfl.data.fingerprint import file_sha256
-from PIL import Image
-
 from mmfl.errors import DataSetMissing
 
 

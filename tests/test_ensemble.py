@@ -7,6 +7,8 @@ import sys
 
 import pytest
 import torch
+from torch.nn.functional import normalize
+
 from mmfl.strategies.ensemble import (
     OtherModality,
     contrastive_scores,
@@ -15,7 +17,6 @@ from mmfl.strategies.ensemble import (
     weight_entropy,
     weighted_sum,
 )
-from torch.nn.functional import normalize
 
 
 def unit(*shape: int, seed: int) -> torch.Tensor:

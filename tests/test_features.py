@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+
 from mmfl.data.features import featurize, get_featurizer
 from mmfl.data.text import hashed_ids
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+
 from mmfl.protocols.messages import PrivacyStatus, TrainSettings, WeightsInstruction, WeightsReply
 from mmfl.protocols.records import encode
 from mmfl.strategies.fedavg import PairedFedAvg

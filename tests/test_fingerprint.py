@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from mmfl.data.manifest import load_manifest
 from PIL import Image
+
+from mmfl.data.manifest import load_manifest
 
 
 def make_set(root: Path) -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn.functional import cross_entropy, normalize
+
 from mmfl.models.losses import (
     distill_contrastive,
     inter_modal,
@@ -12,7 +14,6 @@ from mmfl.models.losses import (
     paired_contrastive,
     positives_matrix,
 )
-from torch.nn.functional import cross_entropy, normalize
 
 
 def unit(*shape: int, seed: int) -> torch.Tensor:

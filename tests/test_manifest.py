@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mmfl.data.manifest import Sample, load_manifest, write_manifest
 from PIL import Image
 
+from mmfl.data.manifest import Sample, load_manifest, write_manifest
 from mmfl.errors import ManifestError
 
 

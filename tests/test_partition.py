@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from mmfl.data.partition import drop_modalities, label_skew, partition_dirichlet, partition_iid
 
 LABELS = np.repeat(np.arange(10), 250)

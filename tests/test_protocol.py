@@ -8,6 +8,7 @@ import uuid
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message
+
 from mmfl.protocols.messages import (
     Capabilities,
     DeviceInfo,

@@ -10,31 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from helpers import SMALL, small_spec
+from mmfl.config import FederationSpec, load_config
 from mmfl.server.store import CheckpointRow, EventRow, RoundRow, Run, SiteRoundRow, open_store
 from mmfl.simulation.engines import run_flower, run_inprocess
 from mmfl.simulation.plan import build_plan
 from mmfl.simulation.report import validate_summary, write_report
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
-from mmfl.config import FederationSpec, load_config
-
-SMALL = [
-    "rounds=2",
-    "train.local_epochs=1",
-    "server.epochs_per_round=1",
-    "cream.public_subset=300",
-    'server.architectures={image = "cnn-small", text = "glove-mlp-large"}',
-    # four sites: image-only, text-only, two paired with different architectures
-    'sites=[{id = "img", modalities = ["image"], architectures = {image = "mlp"}},'
-    ' {id = "txt", modalities = ["text"], architectures = {text = "bag"}},'
-    ' {id = "pair-a", modalities = ["image", "text"], architectures = {image = "cnn-small", text = "glove-mlp"}},'
-    ' {id = "pair-b", modalities = ["image", "text"], architectures = {image = "mlp", text = "bag"}}]',
-]
-
-
-def small_spec(*extra: str) -> FederationSpec:
-    return load_config(FederationSpec, overrides=[*SMALL, *extra])
 
 
 def server_numbers(summary: dict) -> list[float]:
@@ -145,9 +129,8 @@ def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
 
 
 def test_centralized_pools_site_rows_as_the_sites_hold_them(digits, tmp_path: Path) -> None:
-    from mmfl.server.loop import FederatedRun
-
     from mmfl.config import RunPlan
+    from mmfl.server.loop import FederatedRun
 
     plan = build_plan(small_spec("strategy=centralized"), tmp_path / "c")
     run = FederatedRun(RunPlan.model_validate_json((tmp_path / "c" / "plan.json").read_text()), None)

@@ -16,9 +16,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from mmfl.data.manifest import Manifest, load_manifest
 from pydantic import BaseModel, ConfigDict
 
+from mmfl.data.manifest import Manifest, load_manifest
 from mmfl.errors import DataSetMissing, MmflError
 from mmfl.paths import data_root
 

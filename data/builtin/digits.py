@@ -20,11 +20,11 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
-from mmfl.data.builtin import DatasetInfo, PreparedDataset, write_info
-from mmfl.data.manifest import Sample, write_manifest
 from PIL import Image
 from tqdm import tqdm
 
+from mmfl.data.builtin import DatasetInfo, PreparedDataset, write_info
+from mmfl.data.manifest import Sample, write_manifest
 from mmfl.errors import DataSetMissing
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -23,12 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from mmfl.data.builtin import DatasetInfo, PreparedDataset, write_info
-from mmfl.data.fingerprint import file_sha256
-from mmfl.data.manifest import Sample, write_manifest
 from PIL import Image
 from tqdm import tqdm
 
+from mmfl.data.builtin import DatasetInfo, PreparedDataset, write_info
+from mmfl.data.fingerprint import file_sha256
+from mmfl.data.manifest import Sample, write_manifest
 from mmfl.errors import DataSetMissing
 
 DEFAULT_SOURCE = Path("/usr/share/openclipart")
