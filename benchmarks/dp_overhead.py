@@ -1,0 +1,227 @@
+"""DP-SGD overhead per site architecture: time per step and peak memory, non-private vs DP.
+
+Each configuration runs in a fresh process (so peak RSS belongs to it alone). Both sides use the
+same per-sample private loss (fixed public negatives) and the same Adam; the DP side adds
+Opacus' per-sample gradients, clipping, noise and accounting (``auto``: ghost clipping;
+``--mode hooks`` for the alternative). Prints a table and writes
+``benchmarks/results/dp_overhead.json``. Target: DP at most 3x the non-private time per step.
+
+    python benchmarks/dp_overhead.py [--batch 64] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SITES = {
+    # the default digits federation
+    "img-cnn (cnn-small)": ({"image": "cnn-small"}, "digits"),
+    "img-mlp (mlp)": ({"image": "mlp"}, "digits"),
+    "txt-bag (bag)": ({"text": "bag"}, "digits"),
+    "txt-glove (glove-mlp)": ({"text": "glove-mlp"}, "digits"),
+    "pair-cnn-bag": ({"image": "cnn-small", "text": "bag"}, "digits"),
+    "pair-mlp-glove": ({"image": "mlp", "text": "glove-mlp"}, "digits"),
+    # the openclipart federation (frozen-backbone heads, 64 px CNN)
+    "img-effnet (effnet-mlp)": ({"image": "effnet-mlp"}, "openclipart"),
+    "img-cnn64 (cnn-small)": ({"image": "cnn-small"}, "openclipart"),
+    "txt-minilm (minilm-mlp)": ({"text": "minilm-mlp"}, "openclipart"),
+    "pair-linear (effnet+minilm linear)": (
+        {"image": "effnet-linear", "text": "minilm-linear"},
+        "openclipart",
+    ),
+    "pair-glove (effnet-mlp+glove-mlp)": ({"image": "effnet-mlp", "text": "glove-mlp"}, "openclipart"),
+}
+GEOMETRY = {"digits": (28, 1), "openclipart": (64, 3)}
+
+
+def child(name: str, private: bool, batch: int, steps: int, mode: str = "auto") -> dict:
+    import torch
+
+    from mmfl.client.privacy import PrivateTraining, private_losses
+    from mmfl.config import PrivacyConfig
+    from mmfl.data.tensors import Tensors, featurizers_for
+    from mmfl.models.encoders import count_parameters
+    from mmfl.models.multimodal import MultiEncoder
+
+    torch.manual_seed(0)
+    archs, dataset = SITES[name]
+    size, channels = GEOMETRY[dataset]
+    feats = featurizers_for(archs, size, channels)
+    model = MultiEncoder(archs, {m: f.shape for m, f in feats.items()}, 256, 10)
+    n_public = 1000
+
+    def make_batch() -> Tensors:
+        inputs = {}
+        for m, f in feats.items():
+            inputs[m] = (
+                torch.randint(1, 8000, (batch, *f.shape))
+                if f.dtype == "int64"
+                else torch.rand(batch, *f.shape)
+            )
+        present = {m: torch.ones(batch, dtype=torch.bool) for m in feats}
+        return Tensors(inputs, present, torch.randint(0, 10, (batch,)))
+
+    other = {"image": "text", "text": "image"}
+    globals_ = {
+        m: torch.nn.functional.normalize(torch.randn(n_public, 256), dim=1) for m in ("image", "text")
+    }
+    labels = {m: torch.randint(0, 10, (n_public,)) for m in globals_}
+    del other
+    device = torch.device("cpu")
+    data = [make_batch() for _ in range(4)]
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if private:
+        dp = PrivateTraining(
+            model,
+            PrivacyConfig(enabled=True, grad_sample_mode=mode),
+            1e-3,
+            0.0,
+            1.0,
+            batch / 1000,
+            batch,
+            [],
+            torch.Generator().manual_seed(0),
+        )
+
+        def step(x: Tensors) -> None:
+            dp.step(lambda: private_losses(model, x, globals_, labels, False, 0.1, device), None)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(x: Tensors) -> None:
+            opt.zero_grad(set_to_none=True)
+            private_losses(model, x, globals_, labels, False, 0.1, device).mean().backward()
+            opt.step()
+
+    for i in range(3):  # warm-up
+        step(data[i % 4])
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        step(data[i % 4])
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {
+        "site": name,
+        "private": private,
+        "mode": dp.mode if private else "none",
+        "params": count_parameters(model),
+        "ms_per_step": 1000 * times[len(times) // 2],
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_growth_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (sites train with one in simulation)"
+    )
+    parser.add_argument("--child", nargs=2, metavar=("SITE", "PRIVATE"))
+    parser.add_argument(
+        "--mode", default="auto", choices=["auto", "hooks", "ghost"], help="per-sample gradient engine"
+    )
+    parser.add_argument("--sites", default="", help="comma-separated subset of the site models")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dp_overhead.json"
+    )
+    args = parser.parse_args()
+    if args.child:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(child(args.child[0], args.child[1] == "1", args.batch, args.steps, args.mode)))
+        return
+    rows = []
+    chosen = [s.strip() for s in args.sites.split(",") if s.strip()] or list(SITES)
+    for name in chosen:
+        pair = {}
+        for private in (False, True):
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    "1" if private else "0",
+                    "--batch",
+                    str(args.batch),
+                    "--steps",
+                    str(args.steps),
+                    "--threads",
+                    str(args.threads),
+                    "--mode",
+                    args.mode,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            pair[private] = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(
+            {
+                "site": name,
+                "params": pair[False]["params"],
+                "mode": pair[True]["mode"],
+                "ms_nonprivate": pair[False]["ms_per_step"],
+                "ms_dp": pair[True]["ms_per_step"],
+                "ratio": pair[True]["ms_per_step"] / pair[False]["ms_per_step"],
+                "peak_mb_nonprivate": pair[False]["peak_rss_mb"],
+                "peak_mb_dp": pair[True]["peak_rss_mb"],
+            }
+        )
+        r = rows[-1]
+        print(
+            f"{name:38s} {r['params']:>9d} {r['mode']:6s} {r['ms_nonprivate']:8.1f} {r['ms_dp']:8.1f} {r['ratio']:5.2f}x "
+            f"{r['peak_mb_nonprivate']:7.0f} {r['peak_mb_dp']:7.0f}",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"batch": args.batch, "steps": args.steps, "threads": args.threads, "rows": rows}, indent=2
+        )
+    )
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"DP-SGD overhead per step (batch {args.batch}, {args.threads} thread, median of {args.steps})"
+    )
+    for col in (
+        "site model",
+        "params",
+        "mode",
+        "ms non-private",
+        "ms DP",
+        "DP / non-private",
+        "peak MB non-private",
+        "peak MB DP",
+    ):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(
+            r["site"],
+            f"{r['params']:,}",
+            r["mode"],
+            f"{r['ms_nonprivate']:.1f}",
+            f"{r['ms_dp']:.1f}",
+            f"{r['ratio']:.2f}x",
+            f"{r['peak_mb_nonprivate']:.0f}",
+            f"{r['peak_mb_dp']:.0f}",
+        )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
