@@ -21,6 +21,7 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from mmfl.client import audit
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig, load_config
 from mmfl.errors import MmflError
@@ -83,11 +84,39 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+def _leave(
+    site, msg: Message, content, run_id: str, round_: int, status: str, epsilon: float | None, modalities=None
+) -> Message:  # noqa: ANN001
+    """Log what leaves the site (audit log, fsynced), then hand the reply to Flower."""
+    audit.append(
+        site.config.state_dir, msg.metadata.message_type, run_id, round_, status, content, epsilon, modalities
+    )
+    return Message(content, reply_to=msg)
+
+
 @app.query("capabilities")
 def capabilities(msg: Message, context: Context) -> Message:
-    decode(msg.content, CapabilitiesQuery)
+    query = decode(msg.content, CapabilitiesQuery)
     site = site_for(context)
-    return Message(encode(site.capabilities()), reply_to=msg)
+    caps = site.capabilities()
+    return _leave(
+        site,
+        msg,
+        encode(caps),
+        query.run_id,
+        0,
+        "ok",
+        caps.privacy.epsilon_spent if caps.privacy.enabled else None,
+        [],
+    )
+
+
+def _requested(msg: Message, key: str, default: object) -> object:
+    """A field of the instruction as sent, even when the instruction does not validate."""
+    try:
+        return json.loads(str(msg.content["meta"]["json"])).get(key, default)
+    except (KeyError, TypeError, ValueError):
+        return default
 
 
 @app.train("represent")
@@ -99,18 +128,17 @@ def represent(msg: Message, context: Context) -> Message:
             reply, reps = site.represent(instruction, arrays_of(msg.content))
     except (ProtocolError, MmflError) as exc:
         log.warning("site %s refused a round: %s", site.spec.id, exc)
-        round_ = (
-            int(json.loads(str(msg.content["meta"]["json"])).get("round", 0)) if "meta" in msg.content else 0
-        )
         reply = RepresentReply(
             site_id=site.spec.id,
-            round=round_,
+            round=int(_requested(msg, "round", 0)),
             status="refused",
-            reason=str(exc),
+            reason=str(exc),  # type: ignore[arg-type]
             privacy=site.privacy_status(),
         )
         reps = {}
-    return Message(encode(reply, reps), reply_to=msg)
+    eps = reply.privacy.epsilon_spent if reply.privacy.enabled else None
+    run_id = str(_requested(msg, "run_id", ""))
+    return _leave(site, msg, encode(reply, reps), run_id, reply.round, reply.status, eps)
 
 
 @app.train("weights")
@@ -130,9 +158,18 @@ def train_weights(msg: Message, context: Context) -> Message:
             architecture="",
             privacy=site.privacy_status(),
         )
-        return Message(encode(reply), reply_to=msg)
+        return _leave(site, msg, encode(reply), instruction.run_id, instruction.round, "refused", None, [])
     metrics = {"num-examples": n, "task_loss": float(reply.metrics.get("task_loss", float("nan")))}
-    return Message(encode(reply, weights, metrics), reply_to=msg)
+    return _leave(
+        site,
+        msg,
+        encode(reply, weights, metrics),
+        instruction.run_id,
+        instruction.round,
+        "ok",
+        None,
+        list(site.spec.modalities),
+    )
 
 
 @app.evaluate("task")
@@ -140,7 +177,6 @@ def evaluate_task(msg: Message, context: Context) -> Message:
     instruction = decode(msg.content, EvaluateInstruction)
     site = site_for(context)
     with torch_threads(site.config.threads):
-        metrics = site.evaluate()
-    return Message(
-        encode(EvaluateReply(site_id=site.spec.id, round=instruction.round, metrics=metrics)), reply_to=msg
-    )
+        metrics = site.evaluate(instruction.run_id)
+    content = encode(EvaluateReply(site_id=site.spec.id, round=instruction.round, metrics=metrics))
+    return _leave(site, msg, content, instruction.run_id, instruction.round, "ok", None, [])

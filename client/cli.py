@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from mmfl.client import audit
+from mmfl.client.agent import Agent, validate_inputs, write_site_config
 from mmfl.client.ledger import LedgerError, LedgerFile, PrivacyLedger
-from mmfl.config import SiteConfig, load_config
+from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
 from mmfl.data.manifest import load_manifest
 from mmfl.errors import MmflError
 
@@ -86,3 +94,171 @@ def ledger_reset_cmd(
         reason, p.accountant, p.delta, p.target_epsilon, p.unit
     )
     console.print(f"new ledger for {site.site.id} on data {fingerprint[:16]}: {ledger.resets[0].reason}")
+
+
+@app.command("keygen")
+def keygen_cmd(
+    out: Path = typer.Option(Path("."), "--out", help="folder for the key pair"),
+    name: str = typer.Option("site", "--name", help="file name of the private key (NAME.pub is public)"),
+) -> None:
+    """Create the site's SuperNode key pair; send NAME.pub to the coordinator's operator."""
+    from mmfl.server.pki import create_site_keys, key_fingerprint
+
+    private, public = create_site_keys(out, name)
+    console.print(
+        f"private key {private} (keep it on this machine); public key {public} ({key_fingerprint(public.read_bytes())})"
+    )
+
+
+@app.command("start")
+def start_cmd(
+    server: str = typer.Option(..., "--server", help="the coordinator's public HOST:PORT"),
+    data: Path = typer.Option(..., "--data", help="this site's manifest (CSV or JSONL)"),
+    public: Path = typer.Option(..., "--public", help="the public set's manifest (dataset.json beside it)"),
+    state: Path = typer.Option(..., "--state", help="the site's state folder (models, ledger, audit log)"),
+    ca: Path = typer.Option(..., "--ca", help="the federation CA certificate"),
+    key: Path = typer.Option(..., "--key", help="this site's private key (mmfl client keygen)"),
+    config: Path | None = typer.Option(None, "--config", help="site settings (TOML: site, train, ...)"),
+    site_id: str | None = typer.Option(None, "--id", help="site name (default: the key's file name)"),
+    arch: list[str] | None = typer.Option(None, "--arch", help="MODALITY=ARCHITECTURE (repeatable)"),
+    epsilon: float | None = typer.Option(None, "--epsilon", help="turn on DP-SGD with this lifetime budget"),
+    delta: float = typer.Option(1e-5, "--delta"),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
+    privacy_unit: str = typer.Option("sample", "--privacy-unit", help="sample or group (e.g. per patient)"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]"),
+    foreground: bool = typer.Option(False, "--foreground", help="stay attached (systemd)"),
+) -> None:
+    """Validate the data and the public set, then join the federation (and stay joined)."""
+    for path, what in ((ca, "CA certificate"), (key, "private key")):
+        if not path.is_file():
+            raise MmflError(f"{what} {path} does not exist")
+    base = {
+        "manifest": str(data.resolve()),
+        "public_manifest": str(public.resolve()),
+        "state_dir": str(state.resolve()),
+    }
+    overrides: list[str] = []
+    if config is None:
+        from mmfl.data.manifest import load_manifest
+
+        held = [m for m in load_manifest(data).modalities]
+        chosen = dict(DEFAULT_ARCHITECTURES)
+        for item in arch or []:
+            if "=" not in item:
+                raise MmflError(f"--arch {item!r} is not MODALITY=ARCHITECTURE")
+            m, a = item.split("=", 1)
+            chosen[m.strip()] = a.strip()
+        base["site"] = {
+            "id": site_id or key.stem,
+            "modalities": held,
+            "architectures": {m: chosen[m] for m in held},
+            "device": device,
+        }
+    if epsilon is not None:
+        overrides += [
+            "site.privacy.enabled=true",
+            f"site.privacy.target_epsilon={epsilon}",
+            f"site.privacy.delta={delta}",
+            f"site.privacy.max_grad_norm={max_grad_norm}",
+            f'site.privacy.unit="{privacy_unit}"',
+        ]
+    site = load_config(SiteConfig, config, overrides, base=base)
+    from mmfl.models.encoders import architecture
+
+    for m, a in site.site.architectures.items():
+        try:
+            architecture(a, m)
+        except ValueError as exc:
+            raise MmflError(str(exc)) from None
+    console.print(f"site {site.site.id}: " + validate_inputs(site))
+    config_path = write_site_config(site)
+    server_args = ["--server", server, "--ca", str(ca.resolve()), "--key", str(key.resolve())]
+    if foreground:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        Agent(config_path, server, ca.resolve(), key.resolve()).run()
+        return
+    if _agent_pid(site.state_dir):
+        raise MmflError(f"an agent already runs for {site.state_dir}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmfl.cli", "client", "run-agent", str(config_path), *server_args],
+        stdout=(site.state_dir / "agent.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    console.print(f"agent pid {proc.pid}; logs in {site.state_dir}")
+
+
+@app.command("run-agent", hidden=True)
+def run_agent(
+    config_path: Path,
+    server: str = typer.Option(...),
+    ca: Path = typer.Option(...),
+    key: Path = typer.Option(...),
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Agent(config_path, server, ca, key).run()
+
+
+def _agent_pid(state: Path) -> int | None:
+    try:
+        pid = int((state / "agent.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+@app.command("stop")
+def stop_cmd(state: Path = typer.Option(..., "--state")) -> None:
+    """Stop the site agent (and its SuperNode)."""
+    pid = _agent_pid(state)
+    if pid is None:
+        raise MmflError(f"no agent runs for {state}")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _agent_pid(state) == pid and time.monotonic() < deadline:
+        time.sleep(0.2)
+    console.print("stopped")
+
+
+@app.command("audit")
+def audit_cmd(
+    state: Path = typer.Option(..., "--state"), as_json: bool = typer.Option(False, "--json")
+) -> None:
+    """Print the log of every message that left this site."""
+    entries = audit.read(state)
+    if as_json:
+        print(json.dumps([e.model_dump() for e in entries], indent=2))
+        return
+    table = Table(title=f"messages that left {state}")
+    for col in (
+        "time",
+        "run",
+        "round",
+        "type",
+        "status",
+        "modalities",
+        "shapes",
+        "bytes",
+        "sha256",
+        "epsilon",
+    ):
+        table.add_column(col)
+    for e in entries:
+        shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in e.shapes.items())
+        table.add_row(
+            e.time,
+            e.run_id,
+            str(e.round),
+            e.message_type,
+            e.status,
+            ",".join(e.modalities),
+            shapes,
+            str(e.bytes),
+            e.sha256[:16],
+            "—" if e.epsilon_after is None else f"{e.epsilon_after:.3f}",
+        )
+    console.print(table)
+    total = audit.summary(entries)
+    console.print(f"{total['messages']} messages, {total['bytes']} bytes, runs: {', '.join(total['runs'])}")

@@ -125,10 +125,11 @@ class Site:
             self.spec.architectures, shapes, self.config.embed_dim, len(self.info.classes), self.seed
         )
 
-    def load_model(self) -> tuple[MultiEncoder, int]:
+    def load_model(self, run_id: str, before_round: int | None = None) -> tuple[MultiEncoder, int]:
+        """The model this run had before ``before_round`` (a fresh one for a run's first round)."""
         model = self.new_model()
         try:
-            last_round = self.state.load_model(model, self.spec.architectures)
+            last_round = self.state.load_model(model, self.spec.architectures, run_id, before_round)
         except ValueError as exc:
             raise MmflError(str(exc)) from None
         return model.to(self.device), last_round
@@ -175,6 +176,7 @@ class Site:
             classes=len(self.info.classes),
             device=describe_device(self.device),
             public_fingerprint=self.public_manifest.fingerprint(),
+            data_fingerprint=self.private_manifest.fingerprint(),
             privacy=self.privacy_status(),
         )
 
@@ -206,7 +208,7 @@ class Site:
             return refused, {}
         started = time.perf_counter()
         pub = self._public_round(instruction, arrays)
-        model, _ = self.load_model()
+        model, _ = self.load_model(instruction.run_id, before_round=instruction.round)
         old = copy.deepcopy(model).eval()
         for p in old.parameters():
             p.requires_grad_(False)
@@ -233,7 +235,8 @@ class Site:
             model,
             instruction.round,
             self.spec.architectures,
-            {"run_id": instruction.run_id, "dp": self.spec.privacy.enabled},
+            instruction.run_id,
+            {"dp": self.spec.privacy.enabled},
         )
         rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
         reps = encode_rows(model, self.public, rows)
@@ -397,7 +400,7 @@ class Site:
             self.device,
         )
         self.state.save_model(
-            model, instruction.round, self.spec.architectures, {"run_id": instruction.run_id}
+            model, instruction.round, self.spec.architectures, instruction.run_id, {"dp": False}
         )
         out = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         reply = WeightsReply(
@@ -410,12 +413,12 @@ class Site:
         return reply, out, len(self.train_data)
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, run_id: str) -> dict[str, float]:
         """Task metrics on the held-out private rows: accuracy per class head, and for paired
         sites retrieval between their first two modalities."""
         if self.spec.privacy.enabled and not self.spec.privacy.report_private_metrics:
             return {}  # held-out private metrics are not covered by the DP guarantee
-        model, _ = self.load_model()
+        model, _ = self.load_model(run_id)
         model.eval()
         data = self.holdout
         out: dict[str, float] = {"holdout_samples": float(len(data))}

@@ -1,13 +1,22 @@
-"""The site's state folder: its model between rounds, written atomically.
+"""The site's state folder: its models between rounds, written atomically.
 
 Flower's ``Context.state`` lives in SuperNode memory and dies with it; a site's model, privacy
-ledger and audit log must survive restarts, so they live here, on the site's disk.
+ledger and audit log must survive restarts, so they live here, on the site's disk::
+
+    models/RUN/round-NNNN.pt   the model after each round of a run (the newest few are kept)
+    model.json                 the newest snapshot's metadata, for people and for checks
+    privacy/                   the privacy ledger (see ledger.py)
+    audit.jsonl                one line per message that left the site (see audit.py)
+
+A round r of run R starts from the snapshot of the newest earlier round of R, so a coordinator
+that repeats a round after a crash gets the same result as if it had not crashed.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,40 +25,60 @@ from torch import nn
 
 from mmfl.files import atomic_write_bytes
 
+KEEP_SNAPSHOTS = 3
+_ROUND = re.compile(r"^round-(\d{4,})\.pt$")
+
+
+def _safe(run_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:120] or "run"
+
 
 class SiteState:
-    """``model.pt``: the weights with the round and architectures that wrote them (one file,
-    replaced atomically); ``model.json`` repeats the metadata for people to read."""
-
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.model_path = self.root / "model.pt"
         self.meta_path = self.root / "model.json"
 
-    def load_model(self, model: nn.Module, architectures: dict[str, str]) -> int:
-        """Load saved weights into ``model``; returns the round that saved them (0 if none).
+    def _run_dir(self, run_id: str) -> Path:
+        return self.root / "models" / _safe(run_id)
+
+    def snapshots(self, run_id: str) -> list[tuple[int, Path]]:
+        folder = self._run_dir(run_id)
+        if not folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _ROUND.match(p.name))]
+        return sorted(found)
+
+    def load_model(
+        self, model: nn.Module, architectures: dict[str, str], run_id: str, before_round: int | None = None
+    ) -> int:
+        """Load the newest snapshot of ``run_id`` older than ``before_round`` into ``model``;
+        returns its round (0 when there is none and the model keeps its initial weights).
 
         Saved weights of other architectures are refused rather than silently ignored.
         """
-        if not self.model_path.exists():
+        candidates = [(r, p) for r, p in self.snapshots(run_id) if before_round is None or r < before_round]
+        if not candidates:
             return 0
-        saved = torch.load(self.model_path, map_location="cpu", weights_only=True)
+        round_, path = candidates[-1]
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         meta = saved["meta"]
         if meta.get("architectures") != architectures:
             raise ValueError(
-                f"state folder {self.root} holds a model of architectures {meta.get('architectures')}, "
-                f"not {architectures}"
+                f"state folder {self.root} holds a model of architectures {meta.get('architectures')}, not {architectures}"
             )
         model.load_state_dict(saved["state"])
-        return int(meta["round"])
+        return round_
 
     def save_model(
-        self, model: nn.Module, round_: int, architectures: dict[str, str], extra: dict[str, Any]
+        self, model: nn.Module, round_: int, architectures: dict[str, str], run_id: str, extra: dict[str, Any]
     ) -> None:
-        meta = {"round": round_, "architectures": architectures, **extra}
+        meta = {"round": round_, "run_id": run_id, "architectures": architectures, **extra}
         buffer = io.BytesIO()
         torch.save(
             {"state": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "meta": meta}, buffer
         )
-        atomic_write_bytes(self.model_path, buffer.getvalue())
+        folder = self._run_dir(run_id)
+        atomic_write_bytes(folder / f"round-{round_:04d}.pt", buffer.getvalue())
+        for _, old in self.snapshots(run_id)[:-KEEP_SNAPSHOTS]:
+            old.unlink(missing_ok=True)
         atomic_write_bytes(self.meta_path, json.dumps(meta, indent=2).encode())

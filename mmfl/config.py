@@ -230,6 +230,28 @@ class RunPlan(StrictModel):
     discovery_timeout: float = Field(300.0, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads of the server")
     keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
+
+
+class DaemonConfig(StrictModel):
+    """The coordinator daemon (``server.toml`` in the server folder)."""
+
+    public_host: str = Field("0.0.0.0", description="where nginx listens for sites")
+    public_port: int = Field(8443, ge=1, le=65535)
+    superlink_port: int = Field(9092, ge=1, le=65535, description="SuperLink on 127.0.0.1 only")
+    names: list[str] = Field(
+        default_factory=lambda: ["localhost"], description="DNS names in the proxy certificate"
+    )
+    ips: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"], description="IP addresses in the proxy certificate"
+    )
+    store_url: str | None = Field(None, description="run store; None = a SQLite file in the server folder")
+    nginx: str = "/usr/sbin/nginx"
+    max_body_size: str = Field(
+        "64m", pattern=r"^\d+[kKmM]?$", description="nginx client_max_body_size for uploads"
+    )
+    nginx_extra: str = Field("", description="directives added to nginx's public server block")
+    restart_delay: float = Field(2.0, gt=0, description="seconds before restarting a dead SuperLink")
 
 
 class AdaptConfig(StrictModel):
@@ -246,6 +268,10 @@ class AdaptConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     seed: int = 0
+
+
+DEFAULT_ARCHITECTURES: dict[str, str] = {"image": "cnn-small", "text": "bag", "audio": "mfcc-mlp"}
+"""What a site uses for a modality it holds when its configuration names no architecture."""
 
 
 class SiteConfig(StrictModel):

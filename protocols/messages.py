@@ -73,6 +73,7 @@ class Capabilities(Message):
     classes: int
     device: DeviceInfo
     public_fingerprint: str
+    data_fingerprint: str = ""  # content hash of the site's private manifest (for the evidence file)
     privacy: PrivacyStatus
 
 

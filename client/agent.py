@@ -1,0 +1,151 @@
+"""The site agent: validates the site's data and the public set, then supervises
+``flower-supernode`` and reconnects with back-off when the coordinator is away.
+
+The state folder holds ``site.toml`` (the site's configuration, which the ClientApp reads via
+the SuperNode's node config), the models, the privacy ledger, the audit log, ``agent.log`` and
+``agent.pid``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mmfl.config import SiteConfig, dump_toml
+from mmfl.data.builtin import DatasetInfo
+from mmfl.data.manifest import load_manifest
+from mmfl.errors import MmflError
+from mmfl.files import atomic_write_text
+
+MAX_BACKOFF = 60.0
+# Opacus' per-sample buffers churn glibc's mmap/munmap on CPU; these keep freed memory mapped
+# (measured in shared/notes/differential-privacy.md: hooks 184 -> 41 ms per step).
+MALLOC_TUNING = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+
+
+def validate_inputs(config: SiteConfig) -> str:
+    """Load both manifests (every row checked) and the public set's description; returns a
+    one-line account. Raises MmflError naming what is wrong."""
+    info_path = config.public_manifest.parent / "dataset.json"
+    if not info_path.exists():
+        raise MmflError(f"the public set needs its dataset.json next to {config.public_manifest}")
+    info = DatasetInfo.model_validate_json(info_path.read_text(encoding="utf-8"))
+    public = load_manifest(config.public_manifest, info.modalities)
+    private = load_manifest(config.manifest, info.modalities)
+    missing = [m for m in config.site.modalities if private.count(m) == 0]
+    if missing:
+        raise MmflError(f"the site declares modality {missing[0]!r} but {config.manifest} holds none")
+    if (
+        config.site.privacy.enabled
+        and config.site.privacy.unit == "group"
+        and any(s.group is None for s in private.samples)
+    ):
+        raise MmflError(f"group-level privacy needs a group id on every row of {config.manifest}")
+    return (
+        f"{len(private)} private samples ({', '.join(f'{m} {private.count(m)}' for m in config.site.modalities)}), "
+        f"public set {public.fingerprint()[:16]} ({len(public)} rows)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Agent:
+    """Runs ``flower-supernode`` for this site until stopped; restarts it with exponential
+    back-off (capped at a minute) when it exits, e.g. because the coordinator is away."""
+
+    def __init__(self, config_path: Path, server: str, ca: Path, key: Path) -> None:
+        self.config_path = config_path
+        self.server, self.ca, self.key = server, ca, key
+        self.state = config_path.parent
+        self.log = logging.getLogger("mmfl.client.agent")
+        self._stopping = False
+        self.proc: subprocess.Popen | None = None
+
+    def command(self, port: int) -> list[str]:
+        exe = Path(sys.executable).parent / "flower-supernode"
+        return [
+            str(exe if exe.exists() else "flower-supernode"),
+            "--root-certificates",
+            str(self.ca),
+            "--auth-supernode-private-key",
+            str(self.key),
+            "--superlink",
+            self.server,
+            "--port",
+            str(port),
+            "--node-config",
+            f'site-config="{self.config_path}"',
+            "--max-retries",
+            "0",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(MALLOC_TUNING)
+        env.update(
+            FLWR_HOME=str(self.state / "flwr-home"),
+            FLWR_TELEMETRY_ENABLED="0",
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def _stop(self, *_: object) -> None:
+        self._stopping = True
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def run(self) -> None:
+        atomic_write_text(self.state / "agent.pid", f"{os.getpid()}\n")
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        backoff = 1.0
+        try:
+            while not self._stopping:
+                started = time.monotonic()
+                log_file = (self.state / "supernode.log").open("ab")
+                self.proc = subprocess.Popen(
+                    self.command(free_port()), env=self.env(), stdout=log_file, stderr=subprocess.STDOUT
+                )
+                self.log.info("flower-supernode pid %d connecting to %s", self.proc.pid, self.server)
+                code = self.proc.wait()
+                log_file.close()
+                if self._stopping:
+                    break
+                backoff = 1.0 if time.monotonic() - started > 120 else min(MAX_BACKOFF, backoff * 2)
+                self.log.warning(
+                    "flower-supernode exited with status %s; reconnecting in %.0f s", code, backoff
+                )
+                deadline = time.monotonic() + backoff
+                while time.monotonic() < deadline and not self._stopping:
+                    time.sleep(0.2)
+        finally:
+            if self.proc is not None and self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+            (self.state / "agent.pid").unlink(missing_ok=True)
+
+
+def write_site_config(config: SiteConfig) -> Path:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    path = config.state_dir / "site.toml"
+    atomic_write_text(path, dump_toml(config))
+    return path

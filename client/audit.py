@@ -1,0 +1,110 @@
+"""The site's audit log: one JSON line per message that left the site, written (fsync) before
+the message is handed to Flower.
+
+Each line: time, run, round, message type, status, modalities, array shapes, bytes, the
+SHA-256 of the payload (the message JSON and every array's bytes, in key order) and the
+site's epsilon after the round. ``mmfl client audit --state DIR`` prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flwr.app import RecordDict
+from pydantic import BaseModel, ConfigDict
+
+
+class AuditEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    time: str
+    run_id: str
+    round: int
+    message_type: str
+    status: str
+    modalities: list[str]
+    shapes: dict[str, list[int]]
+    bytes: int
+    sha256: str
+    epsilon_after: float | None
+
+
+def payload_digest(content: RecordDict) -> tuple[str, int, dict[str, list[int]]]:
+    """(sha256, bytes, shapes) of everything the payload carries."""
+    digest, size, shapes = hashlib.sha256(), 0, {}
+    for name in sorted(content.config_records):
+        data = json.dumps(
+            {k: content.config_records[name][k] for k in sorted(content.config_records[name])}, default=str
+        ).encode()
+        digest.update(data)
+        size += len(data)
+    for name in sorted(content.metric_records):
+        data = json.dumps(dict(content.metric_records[name]), sort_keys=True).encode()
+        digest.update(data)
+        size += len(data)
+    for name in sorted(content.array_records):
+        record = content.array_records[name]
+        for key in sorted(record):
+            array = record[key]
+            digest.update(key.encode())
+            digest.update(array.data)
+            size += len(array.data)
+            shapes[key] = list(array.shape)
+    return digest.hexdigest(), size, shapes
+
+
+def append(
+    state_dir: Path,
+    message_type: str,
+    run_id: str,
+    round_: int,
+    status: str,
+    content: RecordDict,
+    epsilon: float | None,
+    modalities: list[str] | None = None,
+) -> AuditEntry:
+    sha, size, shapes = payload_digest(content)
+    entry = AuditEntry(
+        time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+        run_id=run_id,
+        round=round_,
+        message_type=message_type,
+        status=status,
+        modalities=sorted(
+            modalities if modalities is not None else [k for k in shapes if k in ("image", "text", "audio")]
+        ),
+        shapes=shapes,
+        bytes=size,
+        sha256=sha,
+        epsilon_after=epsilon,
+    )
+    path = Path(state_dir) / "audit.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(entry.model_dump_json() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return entry
+
+
+def read(state_dir: Path) -> list[AuditEntry]:
+    path = Path(state_dir) / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [
+        AuditEntry.model_validate_json(line)
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+
+
+def summary(entries: list[AuditEntry]) -> dict[str, Any]:
+    return {
+        "messages": len(entries),
+        "bytes": sum(e.bytes for e in entries),
+        "runs": sorted({e.run_id for e in entries}),
+    }

@@ -1,0 +1,297 @@
+"""``mmfl server``: the operator's commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mmfl.config import DaemonConfig, FederationSpec, RunPlan, load_config
+from mmfl.data.builtin import open_dataset
+from mmfl.errors import MmflError
+from mmfl.files import atomic_write_text
+from mmfl.server.daemon import (
+    CONNECTION,
+    ServerLayout,
+    Supervisor,
+    daemon_pid,
+    flwr,
+    init_server,
+    registered_sites,
+    start_detached,
+    stop_daemon,
+)
+from mmfl.server.pki import key_fingerprint, load_site_public_key
+from mmfl.server.store import RoundRow, Run, SiteRoundRow, open_store
+
+app = typer.Typer(help="The coordinator daemon and its runs (operators).", no_args_is_help=True)
+run_app = typer.Typer(help="Submit and inspect runs.", no_args_is_help=True)
+app.add_typer(run_app, name="run")
+console = Console()
+DirOpt = typer.Option(Path("."), "--dir", help="the server folder")
+
+
+@app.command("init")
+def init_cmd(
+    dir_: Path = DirOpt,
+    name: list[str] = typer.Option(["localhost"], "--name", help="DNS name of the coordinator (repeatable)"),
+    ip: list[str] = typer.Option(["127.0.0.1"], "--ip", help="IP address of the coordinator (repeatable)"),
+    public_host: str = typer.Option("0.0.0.0", "--public-host", help="where nginx listens"),
+    public_port: int = typer.Option(8443, "--public-port"),
+    superlink_port: int = typer.Option(9092, "--superlink-port", help="SuperLink port on 127.0.0.1"),
+    store: str | None = typer.Option(None, "--store", help="run store URL (default: SQLite in the folder)"),
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """Create the CA, the coordinator's certificates and server.toml."""
+    config = DaemonConfig(
+        public_host=public_host,
+        public_port=public_port,
+        superlink_port=superlink_port,
+        names=name,
+        ips=ip,
+        store_url=store,
+    )
+    layout = init_server(dir_, config, force)
+    console.print(
+        f"server folder {layout.root}: give sites {layout.tls / 'ca.crt'} and the address {name[0]}:{public_port}"
+    )
+
+
+@app.command("start")
+def start_cmd(
+    dir_: Path = DirOpt,
+    foreground: bool = typer.Option(False, "--foreground", help="stay attached (systemd)"),
+) -> None:
+    """Start the daemon: SuperLink on loopback (TLS, SuperNode auth) behind nginx (Fleet API only)."""
+    layout = ServerLayout(dir_.resolve())
+    layout.config()
+    if foreground:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        Supervisor(layout).run()
+        return
+    pid = start_detached(layout)
+    console.print(f"daemon pid {pid}; logs in {layout.logs}")
+
+
+@app.command("stop")
+def stop_cmd(dir_: Path = DirOpt) -> None:
+    """Stop the daemon (SuperLink and nginx with it)."""
+    if not stop_daemon(ServerLayout(dir_.resolve())):
+        raise MmflError(f"no daemon runs for {dir_}")
+    console.print("stopped")
+
+
+@app.command("register-site")
+def register_site(name: str, pubkey: Path, dir_: Path = DirOpt) -> None:
+    """Allow the site with this public key (from `mmfl client keygen`) to connect."""
+    layout = ServerLayout(dir_.resolve())
+    key = load_site_public_key(pubkey)
+    sites = registered_sites(layout)
+    if name in sites and not sites[name].get("revoked"):
+        raise MmflError(f"site {name} is already registered")
+    out = flwr(layout, "supernode", "register", str(pubkey), CONNECTION, "--name", name, "--format", "json")
+    if out.returncode != 0:
+        raise MmflError(f"the SuperLink refused the key: {_flwr_error(out)}")
+    node_id = json.loads(out.stdout).get("node-id")
+    sites[name] = {
+        "public_key": key.decode(),
+        "fingerprint": key_fingerprint(key),
+        "node_id": node_id,
+        "registered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "revoked": False,
+    }
+    atomic_write_text(layout.sites_file, json.dumps(sites, indent=2))
+    console.print(f"registered {name} as node {node_id} ({key_fingerprint(key)})")
+
+
+@app.command("revoke-site")
+def revoke_site(name: str, dir_: Path = DirOpt) -> None:
+    """Remove a site's key: it can no longer connect."""
+    layout = ServerLayout(dir_.resolve())
+    sites = registered_sites(layout)
+    if name not in sites or sites[name].get("revoked"):
+        raise MmflError(f"no registered site {name}")
+    out = flwr(layout, "supernode", "unregister", str(sites[name]["node_id"]), CONNECTION, "--format", "json")
+    if out.returncode != 0:
+        raise MmflError(f"the SuperLink refused: {_flwr_error(out)}")
+    sites[name]["revoked"] = True
+    sites[name]["revoked_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    atomic_write_text(layout.sites_file, json.dumps(sites, indent=2))
+    console.print(f"revoked {name}")
+
+
+def _flwr_error(out) -> str:  # noqa: ANN001
+    text = (out.stdout + out.stderr).strip()
+    try:
+        return str(json.loads(out.stdout).get("error", text))
+    except (json.JSONDecodeError, AttributeError):
+        return text.splitlines()[-1] if text else f"exit {out.returncode}"
+
+
+@app.command("status")
+def status_cmd(dir_: Path = DirOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Daemon, sites online, runs and their last rounds, epsilon per site."""
+    layout = ServerLayout(dir_.resolve())
+    config = layout.config()
+    pid = daemon_pid(layout)
+    report: dict = {
+        "daemon": {
+            "pid": pid,
+            "running": pid is not None,
+            "public": f"{config.public_host}:{config.public_port}",
+        }
+    }
+    nodes = []
+    if pid is not None:
+        out = flwr(layout, "supernode", "list", CONNECTION, "--format", "json")
+        if out.returncode == 0:
+            nodes = json.loads(out.stdout).get("nodes", [])
+    by_id = {str(n.get("node-id")): n for n in nodes}
+    report["sites"] = [
+        {
+            "name": name,
+            "node_id": s["node_id"],
+            "revoked": s.get("revoked", False),
+            "status": by_id.get(str(s["node_id"]), {}).get("status", "unknown"),
+        }
+        for name, s in registered_sites(layout).items()
+    ]
+    engine = open_store(layout.store())
+    runs = []
+    with Session(engine) as session:
+        for run in session.scalars(select(Run).order_by(Run.started_at.desc()).limit(10)):
+            rounds = session.scalars(
+                select(RoundRow).where(RoundRow.run_id == run.id).order_by(RoundRow.round)
+            ).all()
+            eps: dict[str, float] = {}
+            for row in rounds:
+                for sr in session.scalars(select(SiteRoundRow).where(SiteRoundRow.round_id == row.id)):
+                    if sr.epsilon is not None:
+                        eps[sr.site_id] = sr.epsilon
+            last = rounds[-1] if rounds else None
+            runs.append(
+                {
+                    "run_id": run.id,
+                    "status": run.status,
+                    "strategy": run.strategy,
+                    "rounds": len(rounds),
+                    "last_round": None
+                    if last is None
+                    else {
+                        "round": last.round,
+                        "status": last.status,
+                        "rsum": (last.metrics.get("test") or {}).get("rsum"),
+                    },
+                    "epsilon": eps,
+                }
+            )
+    report["runs"] = runs
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    console.print(
+        f"daemon: {'running, pid ' + str(pid) if pid else 'stopped'}; public address {report['daemon']['public']}"
+    )
+    table = Table(title="sites")
+    for col in ("name", "node", "status"):
+        table.add_column(col)
+    for s in report["sites"]:
+        table.add_row(s["name"], str(s["node_id"]), "revoked" if s["revoked"] else s["status"])
+    console.print(table)
+    table = Table(title="runs")
+    for col in ("run", "status", "rounds", "last round", "epsilon per site"):
+        table.add_column(col)
+    for r in runs:
+        last = r["last_round"]
+        lr = (
+            "—"
+            if last is None
+            else f"{last['round']} {last['status']} rsum {last['rsum'] if last['rsum'] is None else round(last['rsum'], 1)}"
+        )
+        table.add_row(
+            r["run_id"],
+            r["status"],
+            str(r["rounds"]),
+            lr,
+            ", ".join(f"{k} {v:.2f}" for k, v in r["epsilon"].items()) or "—",
+        )
+    console.print(table)
+
+
+def _submit(layout: ServerLayout, plan: RunPlan) -> str:
+    app_dir = Path(str(files("mmfl") / "flower_app"))
+    out = flwr(
+        layout,
+        "run",
+        str(app_dir),
+        CONNECTION,
+        "--run-config",
+        f"plan='{Path(plan.output_dir) / 'plan.json'}'",
+        "--format",
+        "json",
+    )
+    if out.returncode != 0:
+        raise MmflError(f"flwr run failed: {_flwr_error(out)}")
+    flower_run = json.loads(out.stdout).get("run-id")
+    history = Path(plan.output_dir) / "flower_runs.json"
+    ids = json.loads(history.read_text()) if history.exists() else []
+    atomic_write_text(history, json.dumps([*ids, flower_run]))
+    return str(flower_run)
+
+
+@run_app.command("submit")
+def run_submit(
+    config: Path = typer.Argument(..., help="federation spec (TOML); its [[sites]] are not used"),
+    dir_: Path = DirOpt,
+    sites: int | None = typer.Option(None, "--sites", help="sites to wait for (default: all registered)"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a spec key (repeatable)"),
+) -> None:
+    """Start a run on the connected sites; prints the run id."""
+    layout = ServerLayout(dir_.resolve())
+    if daemon_pid(layout) is None:
+        raise MmflError("the daemon is not running (mmfl server start)")
+    spec = load_config(FederationSpec, config, set_)
+    expected = (
+        sites
+        if sites is not None
+        else sum(1 for s in registered_sites(layout).values() if not s.get("revoked"))
+    )
+    ds = open_dataset(spec.data_dir or spec.dataset)
+    run_id = f"{spec.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    out_dir = layout.runs / run_id
+    out_dir.mkdir(parents=True, exist_ok=False)
+    plan = RunPlan(
+        run_id=run_id,
+        spec=spec,
+        dataset_root=ds.root,
+        output_dir=out_dir,
+        store_url=layout.store(),
+        expected_sites=expected,
+    )
+    atomic_write_text(out_dir / "plan.json", plan.model_dump_json(indent=2))
+    flower_run = _submit(layout, plan)
+    console.print(f"run {run_id} submitted (Flower run {flower_run}); output in {out_dir}")
+    print(run_id)
+
+
+@app.command("resume")
+def resume_cmd(run_id: str, dir_: Path = DirOpt) -> None:
+    """Continue a run from its last completed round (after a crash of the coordinator)."""
+    layout = ServerLayout(dir_.resolve())
+    if daemon_pid(layout) is None:
+        raise MmflError("the daemon is not running (mmfl server start)")
+    plan_path = layout.runs / run_id / "plan.json"
+    if not plan_path.exists():
+        raise MmflError(f"no run {run_id} in {layout.runs}")
+    plan = RunPlan.model_validate_json(plan_path.read_text()).model_copy(update={"resume": True})
+    atomic_write_text(plan_path, plan.model_dump_json(indent=2))
+    flower_run = _submit(layout, plan)
+    console.print(f"run {run_id} resumed (Flower run {flower_run})")

@@ -1,0 +1,344 @@
+"""The operator's coordinator daemon: supervises ``flower-superlink`` and nginx.
+
+The server folder (``mmfl server init``) holds everything::
+
+    server.toml          DaemonConfig
+    tls/                 ca.crt ca.key (the federation CA), superlink.pem/.key (loopback),
+                         proxy.pem/.key (public names)
+    state/superlink.db   the SuperLink's state (runs, nodes) across restarts
+    flwr-home/           the flwr CLI's connection to the loopback SuperLink
+    nginx/               rendered nginx.conf and its temp folders
+    logs/                daemon.log, superlink.log, nginx-error.log, nginx-access.log
+    runs/RUN/            each run's plan, output, checkpoints, summary.json, evidence.json
+    runs.sqlite          the run store (unless server.toml names a PostgreSQL URL)
+    sites.json           registered site keys
+    daemon.pid
+
+The SuperLink listens on 127.0.0.1 with TLS and SuperNode authentication, runtime dependency
+installation off and telemetry off; nginx exposes only the Fleet API on the public address.
+A SuperLink that dies is restarted after ``restart_delay`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmfl.config import DaemonConfig, dump_toml, load_config
+from mmfl.errors import MmflError
+from mmfl.files import atomic_write_text
+from mmfl.server import nginx
+from mmfl.server.pki import create_ca, issue_server_certificate
+from mmfl.server.store import store_url
+
+CONNECTION = "mmfl-local"
+
+
+@dataclass(frozen=True)
+class ServerLayout:
+    root: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "server.toml"
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr-home"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "daemon.pid"
+
+    @property
+    def sites_file(self) -> Path:
+        return self.root / "sites.json"
+
+    def config(self) -> DaemonConfig:
+        if not self.config_path.exists():
+            raise MmflError(f"{self.root} is not a server folder (run `mmfl server init --dir {self.root}`)")
+        return load_config(DaemonConfig, self.config_path)
+
+    def store(self) -> str:
+        return self.config().store_url or store_url(self.root / "runs.sqlite")
+
+
+def init_server(root: Path, config: DaemonConfig, force: bool = False) -> ServerLayout:
+    """Create the CA, the SuperLink's and the proxy's certificates, and ``server.toml``."""
+    layout = ServerLayout(root.resolve())
+    if layout.config_path.exists() and not force:
+        raise MmflError(
+            f"{layout.root} already holds a server (server.toml); pass --force to replace its keys"
+        )
+    create_ca(layout.tls)
+    issue_server_certificate(layout.tls, layout.tls, "superlink", ["localhost"], ["127.0.0.1", "::1"])
+    issue_server_certificate(layout.tls, layout.tls, "proxy", config.names, config.ips)
+    for folder in (layout.logs, layout.runs, layout.root / "state", layout.root / "nginx", layout.flwr_home):
+        folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(layout.config_path, dump_toml(config))
+    write_cli_config(layout, config)
+    return layout
+
+
+def write_cli_config(layout: ServerLayout, config: DaemonConfig) -> None:
+    atomic_write_text(
+        layout.flwr_home / "config.toml",
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "127.0.0.1:{config.superlink_port}"\nroot-certificates = "{layout.tls / "ca.crt"}"\n',
+    )
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def flower_bin(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def flwr(layout: ServerLayout, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The flwr CLI against the loopback SuperLink (the Control API never leaves the host)."""
+    return subprocess.run(
+        [flower_bin("flwr"), *args],
+        env=flower_env(layout.flwr_home),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def daemon_pid(layout: ServerLayout) -> int | None:
+    """The running daemon's pid, or None (a stale pid file is ignored)."""
+    try:
+        pid = int(layout.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+class Supervisor:
+    """Runs in the foreground: starts the SuperLink and nginx, restarts the SuperLink if it dies,
+    stops both on SIGTERM or SIGINT."""
+
+    def __init__(self, layout: ServerLayout) -> None:
+        self.layout = layout
+        self.config = layout.config()
+        self.log = logging.getLogger("mmfl.server.daemon")
+        self.superlink: subprocess.Popen | None = None
+        self.proxy: subprocess.Popen | None = None
+        self._stopping = False
+
+    def _superlink_cmd(self) -> list[str]:
+        t = self.layout.tls
+        return [
+            flower_bin("flower-superlink"),
+            "--ssl-ca-certfile",
+            str(t / "ca.crt"),
+            "--ssl-certfile",
+            str(t / "superlink.pem"),
+            "--ssl-keyfile",
+            str(t / "superlink.key"),
+            "--enable-supernode-auth",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.config.superlink_port),
+            "--database",
+            str(self.layout.root / "state" / "superlink.db"),
+            "--disable-runtime-dependency-installation",
+            "--log-file",
+            str(self.layout.logs / "superlink.log"),
+        ]
+
+    def _nginx_conf(self) -> Path:
+        prefix = self.layout.root / "nginx"
+        prefix.mkdir(parents=True, exist_ok=True)
+        paths = nginx.ProxyPaths(
+            prefix=prefix,
+            pid=prefix / "nginx.pid",
+            error_log=self.layout.logs / "nginx-error.log",
+            access_log=self.layout.logs / "nginx-access.log",
+            proxy_cert=self.layout.tls / "proxy.pem",
+            proxy_key=self.layout.tls / "proxy.key",
+            upstream_ca=self.layout.tls / "ca.crt",
+        )
+        listen = f"{self.config.public_host}:{self.config.public_port}"
+        if ":" in self.config.public_host:
+            listen = f"[{self.config.public_host}]:{self.config.public_port}"
+        conf = prefix / "nginx.conf"
+        atomic_write_text(
+            conf,
+            nginx.render(
+                paths, listen, self.config.superlink_port, self.config.max_body_size, self.config.nginx_extra
+            ),
+        )
+        return conf
+
+    def _start_superlink(self) -> None:
+        out = (self.layout.logs / "superlink.stdout").open("ab")
+        self.superlink = subprocess.Popen(
+            self._superlink_cmd(), env=flower_env(self.layout.flwr_home), stdout=out, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 60
+        while not port_open(self.config.superlink_port):
+            if self.superlink.poll() is not None or time.monotonic() > deadline:
+                raise MmflError(f"flower-superlink did not start; see {self.layout.logs / 'superlink.log'}")
+            time.sleep(0.2)
+        self.log.info("SuperLink pid %d on 127.0.0.1:%d", self.superlink.pid, self.config.superlink_port)
+
+    def _start_proxy(self) -> None:
+        conf = self._nginx_conf()
+        cmd = [
+            self.config.nginx,
+            "-p",
+            str(conf.parent),
+            "-c",
+            str(conf),
+            "-e",
+            str(self.layout.logs / "nginx-error.log"),
+            "-g",
+            "daemon off;",
+        ]
+        check = subprocess.run([*cmd[:-2], "-t"], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise MmflError(f"nginx refused its configuration: {check.stderr.strip().splitlines()[-1:]}")
+        self.proxy = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=(self.layout.logs / "nginx-error.log").open("ab")
+        )
+        deadline = time.monotonic() + 20
+        host = "127.0.0.1" if self.config.public_host in ("0.0.0.0", "::") else self.config.public_host
+        while not port_open(self.config.public_port, host):
+            if self.proxy.poll() is not None or time.monotonic() > deadline:
+                raise MmflError(f"nginx did not start; see {self.layout.logs / 'nginx-error.log'}")
+            time.sleep(0.1)
+        self.log.info(
+            "nginx pid %d on %s:%d (Fleet API only)",
+            self.proxy.pid,
+            self.config.public_host,
+            self.config.public_port,
+        )
+
+    def _stop(self, *_: object) -> None:
+        self._stopping = True
+
+    def run(self) -> None:
+        if daemon_pid(self.layout) not in (None, os.getpid()):
+            raise MmflError(f"a daemon already runs for {self.layout.root} (pid {daemon_pid(self.layout)})")
+        atomic_write_text(self.layout.pid_file, f"{os.getpid()}\n")
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        write_cli_config(self.layout, self.config)
+        try:
+            self._start_superlink()
+            self._start_proxy()
+            while not self._stopping:
+                time.sleep(0.5)
+                if self.superlink is not None and self.superlink.poll() is not None and not self._stopping:
+                    self.log.warning(
+                        "SuperLink exited with status %s; restarting in %.0f s",
+                        self.superlink.returncode,
+                        self.config.restart_delay,
+                    )
+                    time.sleep(self.config.restart_delay)
+                    self._start_superlink()
+                if self.proxy is not None and self.proxy.poll() is not None and not self._stopping:
+                    self.log.warning("nginx exited with status %s; restarting", self.proxy.returncode)
+                    self._start_proxy()
+        finally:
+            for proc in (self.proxy, self.superlink):
+                if proc is not None and proc.poll() is None:
+                    proc.terminate()
+            for proc in (self.proxy, self.superlink):
+                if proc is not None:
+                    try:
+                        proc.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+            self.layout.pid_file.unlink(missing_ok=True)
+            self.log.info("daemon stopped")
+
+
+def start_detached(layout: ServerLayout, timeout: float = 90) -> int:
+    """Start the supervisor in the background (its own session); wait until the public port
+    answers. Returns its pid."""
+    config = layout.config()
+    if daemon_pid(layout):
+        raise MmflError(f"a daemon already runs for {layout.root} (pid {daemon_pid(layout)})")
+    layout.logs.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mmfl.cli", "server", "start", "--dir", str(layout.root), "--foreground"],
+        stdout=(layout.logs / "daemon.log").open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=flower_env(layout.flwr_home),
+    )
+    deadline = time.monotonic() + timeout
+    host = "127.0.0.1" if config.public_host in ("0.0.0.0", "::") else config.public_host
+    while not (port_open(config.public_port, host) and port_open(config.superlink_port)):
+        if proc.poll() is not None:
+            tail = (layout.logs / "daemon.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise MmflError(f"the daemon exited during start-up: {tail}")
+        if time.monotonic() > deadline:
+            raise MmflError(f"the daemon did not come up within {timeout:.0f} s; see {layout.logs}")
+        time.sleep(0.2)
+    return proc.pid
+
+
+def stop_daemon(layout: ServerLayout, timeout: float = 40) -> bool:
+    pid = daemon_pid(layout)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while daemon_pid(layout) == pid and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return True
+
+
+def registered_sites(layout: ServerLayout) -> dict[str, dict]:
+    if not layout.sites_file.exists():
+        return {}
+    return json.loads(layout.sites_file.read_text(encoding="utf-8"))

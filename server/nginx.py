@@ -1,0 +1,98 @@
+"""The reverse proxy in front of the SuperLink: only the Fleet API and ``/health`` are public.
+
+Flower 1.42 serves the Fleet, Control and Runtime APIs on one port, and the Control API has no
+authentication: whoever reaches it can run code on the coordinator and every site. So the
+SuperLink listens on loopback and nginx, on the public address, forwards only canonical
+``/v1/fleet/*`` POSTs and ``GET /health``; everything else is 404 at nginx. Settings and the
+one that is required (``client_max_body_size``, else array uploads get 413 and rounds silently
+have zero sites) are explained in ``shared/notes/flower-behind-nginx.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+FLEET_LOCATIONS = """\
+    location /v1/fleet/ {{
+        if ($request_uri !~ "^/v1/fleet/[a-z][a-z-]*$") {{ return 404; }}
+        limit_except POST {{ deny all; }}
+        client_max_body_size {max_body};
+        proxy_request_buffering off;
+        proxy_buffering off;
+        proxy_connect_timeout 5s;
+        proxy_send_timeout 60s;
+        proxy_read_timeout 60s;
+        proxy_pass https://flwr_superlink;
+    }}
+    location = /v1/fleet {{ return 404; }}
+    location = /v1/fleet/register-node {{ return 404; }}
+    location = /v1/fleet/unregister-node {{ return 404; }}
+    location = /health {{
+        limit_except GET {{ deny all; }}
+        proxy_pass https://flwr_superlink;
+    }}
+    location / {{ return 404; }}
+"""
+
+
+@dataclass(frozen=True)
+class ProxyPaths:
+    """Where nginx finds its certificates and writes its files."""
+
+    prefix: Path  # nginx -p; temp folders live here
+    pid: Path
+    error_log: Path
+    access_log: Path
+    proxy_cert: Path
+    proxy_key: Path
+    upstream_ca: Path
+
+
+def render(
+    paths: ProxyPaths, listen: str, superlink_port: int, max_body: str = "64m", extra: str = ""
+) -> str:
+    """A complete ``nginx.conf`` (one worker). ``max_body`` must stay well above Flower's 5 MiB
+    array chunks; ``extra`` is inserted into the public server block (e.g. allow/deny lists)."""
+    p = paths
+    temps = "\n".join(
+        f"    {name}_temp_path {p.prefix / ('tmp-' + name)};"
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""# written by mmfl; see server/nginx.py
+worker_processes 1;
+pid {p.pid};
+error_log {p.error_log} info;
+events {{ worker_connections 512; }}
+http {{
+{temps}
+    server_tokens off;
+    map $http_flwr_public_key $flwr_pk {{ "~^.{{100}}(?<p>.{{12}})" $p; default "-"; }}
+    map $http_flwr_signature $flwr_sig {{ "" "no"; default "yes"; }}
+    log_format flwr '$remote_addr [$time_local] "$request" $status up=$upstream_status '
+                    'len=$request_length sent=$bytes_sent rt=$request_time pk=$flwr_pk sig=$flwr_sig';
+    access_log {p.access_log} flwr;
+    upstream flwr_superlink {{
+        server 127.0.0.1:{superlink_port};
+        keepalive 16;
+        keepalive_timeout 4s;
+    }}
+    server {{
+        listen {listen} ssl;
+        server_name _;
+        ssl_certificate {p.proxy_cert};
+        ssl_certificate_key {p.proxy_key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        proxy_ssl_trusted_certificate {p.upstream_ca};
+        proxy_ssl_verify on;
+        proxy_ssl_verify_depth 2;
+        proxy_ssl_name localhost;
+        proxy_ssl_server_name on;
+        proxy_ssl_session_reuse on;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header X-Forwarded-For $remote_addr;
+        proxy_set_header X-Forwarded-Proto $scheme;
+{extra}{FLEET_LOCATIONS.format(max_body=max_body)}    }}
+}}
+"""
