@@ -24,6 +24,7 @@ from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 
 MAX_BACKOFF = 60.0
+TERMINATED = b"SuperNode terminated"
 # Opacus' per-sample buffers churn glibc's mmap/munmap on CPU; these keep freed memory mapped
 # (measured in shared/notes/differential-privacy.md: hooks 184 -> 41 ms per step).
 MALLOC_TUNING = {
@@ -107,8 +108,6 @@ class Agent:
 
     def _stop(self, *_: object) -> None:
         self._stopping = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
 
     def run(self) -> None:
         atomic_write_text(self.state / "agent.pid", f"{os.getpid()}\n")
@@ -118,30 +117,62 @@ class Agent:
         try:
             while not self._stopping:
                 started = time.monotonic()
-                log_file = (self.state / "supernode.log").open("ab")
-                self.proc = subprocess.Popen(
-                    self.command(free_port()), env=self.env(), stdout=log_file, stderr=subprocess.STDOUT
-                )
-                self.log.info("flower-supernode pid %d connecting to %s", self.proc.pid, self.server)
-                code = self.proc.wait()
-                log_file.close()
+                code = self._run_once()
                 if self._stopping:
                     break
                 backoff = 1.0 if time.monotonic() - started > 120 else min(MAX_BACKOFF, backoff * 2)
-                self.log.warning(
-                    "flower-supernode exited with status %s; reconnecting in %.0f s", code, backoff
-                )
+                self.log.warning("flower-supernode ended (%s); reconnecting in %.0f s", code, backoff)
                 deadline = time.monotonic() + backoff
                 while time.monotonic() < deadline and not self._stopping:
                     time.sleep(0.2)
         finally:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
+            self._kill()
             (self.state / "agent.pid").unlink(missing_ok=True)
+
+    def _run_once(self) -> str:
+        """Run one SuperNode until it exits, or until it says it terminated (it can then hang
+        in interpreter shutdown without exiting, which would stall the reconnect)."""
+        log_path = self.state / "supernode.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                self.command(free_port()),
+                env=self.env(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.log.info("flower-supernode pid %d connecting to %s", self.proc.pid, self.server)
+        while not self._stopping:
+            code = self.proc.poll()
+            if code is not None:
+                return f"exit status {code}"
+            with log_path.open("rb") as fh:
+                fh.seek(offset)
+                fresh = fh.read()
+            if TERMINATED in fresh:
+                time.sleep(2.0)  # let it exit on its own first
+                self._kill()
+                return "terminated"
+            time.sleep(1.0)
+        return "stopped"
+
+    def _kill(self) -> None:
+        """Stop the SuperNode and its helper processes (their own process group)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def write_site_config(config: SiteConfig) -> Path:

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from opacus.accountants import create_accountant
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mmfl.errors import MmflError
@@ -72,6 +71,8 @@ def epsilon_of(history: list[Segment] | list[list[float]], delta: float, account
     """Epsilon at ``delta`` after the given (sigma, q, steps) segments (0 when empty)."""
     if not history:
         return 0.0
+    from opacus.accountants import create_accountant  # opacus takes seconds to import
+
     acc = create_accountant(accountant)
     acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
     return float(acc.get_epsilon(delta=delta))

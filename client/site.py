@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from mmfl.client.ledger import LedgerError, PrivacyLedger
-from mmfl.client.privacy import PoissonSampler, PrivateTraining, plan_noise, private_losses
 from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round
 from mmfl.config import SiteConfig
@@ -80,13 +79,16 @@ class Site:
             raise MmflError(f"no dataset.json next to the public manifest {self.config.public_manifest}")
         return DatasetInfo.model_validate_json(path.read_text(encoding="utf-8"))
 
+    # Rows are checked here; files were checked in full when the agent started (mmfl client
+    # start) and their content is hashed into the fingerprints below, so a changed or missing
+    # file still stops the site. Skipping the image decode keeps each ClientApp process fast.
     @cached_property
     def public_manifest(self) -> Manifest:
-        return load_manifest(self.config.public_manifest, self.info.modalities)
+        return load_manifest(self.config.public_manifest, self.info.modalities, check_files=False)
 
     @cached_property
     def private_manifest(self) -> Manifest:
-        return load_manifest(self.config.manifest, self.info.modalities)
+        return load_manifest(self.config.manifest, self.info.modalities, check_files=False)
 
     @cached_property
     def _featurizers(self):  # noqa: ANN202
@@ -262,6 +264,9 @@ class Site:
     ) -> dict[str, float] | RepresentReply:
         """A DP-SGD round, refused beforehand if it would exceed the budget; the ledger is
         durable before this returns (and so before any reply)."""
+        # Opacus takes seconds to import; sites without DP never load it.
+        from mmfl.client.privacy import PoissonSampler, PrivateTraining, plan_noise, private_losses
+
         p, settings, train = self.spec.privacy, instruction.settings, self.train_data
         try:
             ledger = self.ledger.load(expected_existing=self._trained_with_dp())

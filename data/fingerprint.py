@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mmfl.data.manifest import FILE_MODALITIES
+from mmfl.errors import ManifestError
 
 if TYPE_CHECKING:
     from mmfl.data.manifest import Manifest, Sample
@@ -53,11 +54,12 @@ def manifest_fingerprint(manifest: Manifest) -> str:
     """SHA-256 over every row: id, label, group and the item fingerprints, in row order."""
     digest = hashlib.sha256(b"mmfl-manifest-v1\n")
     for sample in manifest.samples:
-        row = {
-            "id": sample.id,
-            "label": sample.label,
-            "group": sample.group,
-            "items": {m: item_fingerprint(sample, m) for m in sorted(sample.values)},
-        }
+        try:
+            items = {m: item_fingerprint(sample, m) for m in sorted(sample.values)}
+        except OSError as exc:
+            raise ManifestError(
+                f"manifest {manifest.path}: sample {sample.id}: {exc.strerror}: {exc.filename}"
+            ) from None
+        row = {"id": sample.id, "label": sample.label, "group": sample.group, "items": items}
         digest.update(json.dumps(row, sort_keys=True).encode("utf-8") + b"\n")
     return digest.hexdigest()

@@ -220,7 +220,7 @@ def effective_cream(spec: FederationSpec) -> CreamConfig:
 class RunPlan(StrictModel):
     """What a ServerApp run needs; written by ``mmfl simulate`` (or the operator daemon)."""
 
-    run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,119}$")
     spec: FederationSpec
     dataset_root: Path = Field(description="prepared data set: public/val/test manifests, dataset.json")
     output_dir: Path
@@ -238,7 +238,14 @@ class DaemonConfig(StrictModel):
 
     public_host: str = Field("0.0.0.0", description="where nginx listens for sites")
     public_port: int = Field(8443, ge=1, le=65535)
-    superlink_port: int = Field(9092, ge=1, le=65535, description="SuperLink on 127.0.0.1 only")
+    superlink_port: int = Field(9092, ge=1, le=65535)
+    superlink_host: str = Field(
+        "127.0.0.1", description="keep loopback unless the proxy runs in another container"
+    )
+    superlink_names: list[str] = Field(
+        default_factory=lambda: ["localhost"], description="DNS names in the SuperLink certificate"
+    )
+    manage_proxy: bool = Field(True, description="start and supervise nginx (False when it runs elsewhere)")
     names: list[str] = Field(
         default_factory=lambda: ["localhost"], description="DNS names in the proxy certificate"
     )

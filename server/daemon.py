@@ -92,7 +92,9 @@ def init_server(root: Path, config: DaemonConfig, force: bool = False) -> Server
             f"{layout.root} already holds a server (server.toml); pass --force to replace its keys"
         )
     create_ca(layout.tls)
-    issue_server_certificate(layout.tls, layout.tls, "superlink", ["localhost"], ["127.0.0.1", "::1"])
+    issue_server_certificate(
+        layout.tls, layout.tls, "superlink", config.superlink_names, ["127.0.0.1", "::1"]
+    )
     issue_server_certificate(layout.tls, layout.tls, "proxy", config.names, config.ips)
     for folder in (layout.logs, layout.runs, layout.root / "state", layout.root / "nginx", layout.flwr_home):
         folder.mkdir(parents=True, exist_ok=True)
@@ -182,7 +184,7 @@ class Supervisor:
             str(t / "superlink.key"),
             "--enable-supernode-auth",
             "--host",
-            "127.0.0.1",
+            self.config.superlink_host,
             "--port",
             str(self.config.superlink_port),
             "--database",
@@ -211,7 +213,12 @@ class Supervisor:
         atomic_write_text(
             conf,
             nginx.render(
-                paths, listen, self.config.superlink_port, self.config.max_body_size, self.config.nginx_extra
+                paths,
+                listen,
+                f"127.0.0.1:{self.config.superlink_port}",
+                self.config.max_body_size,
+                self.config.nginx_extra,
+                self.config.superlink_names[0],
             ),
         )
         return conf
@@ -272,7 +279,8 @@ class Supervisor:
         write_cli_config(self.layout, self.config)
         try:
             self._start_superlink()
-            self._start_proxy()
+            if self.config.manage_proxy:
+                self._start_proxy()
             while not self._stopping:
                 time.sleep(0.5)
                 if self.superlink is not None and self.superlink.poll() is not None and not self._stopping:

@@ -50,10 +50,17 @@ class ProxyPaths:
 
 
 def render(
-    paths: ProxyPaths, listen: str, superlink_port: int, max_body: str = "64m", extra: str = ""
+    paths: ProxyPaths,
+    listen: str,
+    superlink: str,
+    max_body: str = "64m",
+    extra: str = "",
+    superlink_name: str = "localhost",
 ) -> str:
     """A complete ``nginx.conf`` (one worker). ``max_body`` must stay well above Flower's 5 MiB
-    array chunks; ``extra`` is inserted into the public server block (e.g. allow/deny lists)."""
+    array chunks; ``extra`` is inserted into the public server block (e.g. allow/deny lists).
+    ``superlink`` is HOST:PORT of the SuperLink; ``superlink_name`` a DNS name in its certificate
+    (nginx checks DNS names only, not IP addresses)."""
     p = paths
     temps = "\n".join(
         f"    {name}_temp_path {p.prefix / ('tmp-' + name)};"
@@ -73,7 +80,7 @@ http {{
                     'len=$request_length sent=$bytes_sent rt=$request_time pk=$flwr_pk sig=$flwr_sig';
     access_log {p.access_log} flwr;
     upstream flwr_superlink {{
-        server 127.0.0.1:{superlink_port};
+        server {superlink};
         keepalive 16;
         keepalive_timeout 4s;
     }}
@@ -86,7 +93,7 @@ http {{
         proxy_ssl_trusted_certificate {p.upstream_ca};
         proxy_ssl_verify on;
         proxy_ssl_verify_depth 2;
-        proxy_ssl_name localhost;
+        proxy_ssl_name {superlink_name};
         proxy_ssl_server_name on;
         proxy_ssl_session_reuse on;
         proxy_http_version 1.1;
@@ -96,3 +103,17 @@ http {{
 {extra}{FLEET_LOCATIONS.format(max_body=max_body)}    }}
 }}
 """
+
+
+def container_config() -> str:
+    """The nginx.conf of ``deploy/compose.yaml`` (nginx in its own container)."""
+    paths = ProxyPaths(
+        prefix=Path("/var/cache/nginx"),
+        pid=Path("/tmp/nginx.pid"),
+        error_log=Path("/dev/stderr"),
+        access_log=Path("/dev/stdout"),
+        proxy_cert=Path("/etc/mmfl/tls/proxy.pem"),
+        proxy_key=Path("/etc/mmfl/tls/proxy.key"),
+        upstream_ca=Path("/etc/mmfl/tls/ca.crt"),
+    )
+    return render(paths, "0.0.0.0:8443", "coordinator:9092", superlink_name="coordinator")

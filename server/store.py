@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -34,12 +35,12 @@ class Base(DeclarativeBase):
 
 class Run(Base):
     __tablename__ = "runs"
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     strategy: Mapped[str] = mapped_column(String(40))
     dataset: Mapped[str] = mapped_column(String(200))
     seed: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20), default="running")
+    status: Mapped[str] = mapped_column(String(40), default="running")
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     output_dir: Mapped[str] = mapped_column(Text)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -61,11 +62,11 @@ class RoundRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     round: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(40))
     reason: Mapped[str] = mapped_column(Text, default="")
     wall_seconds: Mapped[float] = mapped_column(Float)
-    bytes_down: Mapped[int] = mapped_column(Integer)
-    bytes_up: Mapped[int] = mapped_column(Integer)
+    bytes_down: Mapped[int] = mapped_column(BigInteger)
+    bytes_up: Mapped[int] = mapped_column(BigInteger)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     run: Mapped[Run] = relationship(back_populates="rounds")
@@ -79,8 +80,8 @@ class SiteRoundRow(Base):
     site_id: Mapped[str] = mapped_column(String(64))
     accepted: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(Text, default="")
-    bytes_down: Mapped[int] = mapped_column(Integer)
-    bytes_up: Mapped[int] = mapped_column(Integer)
+    bytes_down: Mapped[int] = mapped_column(BigInteger)
+    bytes_up: Mapped[int] = mapped_column(BigInteger)
     epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
     round_row: Mapped[RoundRow] = relationship(back_populates="sites")
@@ -111,10 +112,32 @@ def store_url(value: str | Path) -> str:
     return text if "://" in text else f"sqlite:///{Path(text).resolve()}"
 
 
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (``server/migrations``)."""
+    from importlib.resources import files
+
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("mmfl.server") / "migrations"))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "head")
+
+
+_migrated: set[str] = set()
+
+
 def open_store(url: str | Path) -> Engine:
-    """Connect and create missing tables."""
-    engine = create_engine(store_url(url), future=True)
-    Base.metadata.create_all(engine)
+    """Connect and migrate the schema (once per URL and process). SQLite waits for locks
+    instead of failing, since a simulation and a status command may share the file."""
+    full = store_url(url)
+    connect_args = {"timeout": 60} if full.startswith("sqlite") else {}
+    engine = create_engine(full, future=True, connect_args=connect_args)
+    if full not in _migrated:
+        migrate(engine)
+        _migrated.add(full)
     return engine
 
 

@@ -1,0 +1,110 @@
+"""``mmfl train-unimodal`` and ``mmfl adapt``: uni-modal models in, a multimodal site's models out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import typer
+from rich.console import Console
+
+from mmfl.client.adaptation import (
+    FeaturizerSpec,
+    adapt,
+    fused_probabilities,
+    load_unimodal,
+    save_unimodal,
+    train_unimodal,
+)
+from mmfl.config import AdaptConfig, load_config
+from mmfl.data.builtin import DatasetInfo
+from mmfl.data.features import get_featurizer
+from mmfl.data.manifest import load_manifest
+from mmfl.data.tensors import load_tensors
+from mmfl.errors import MmflError
+from mmfl.files import atomic_write_text
+from mmfl.models.encoders import architecture
+from mmfl.paths import feature_cache_root
+
+console = Console()
+
+
+def train_unimodal_cmd(
+    data: Path = typer.Option(..., "--data", help="labeled manifest (CSV or JSONL)"),
+    modality: str = typer.Option(..., "--modality", help="image, text or audio"),
+    arch: str = typer.Option(..., "--arch", help="architecture, e.g. mlp, cnn-small, bag, mfcc-mlp"),
+    out: Path = typer.Option(..., "--out", help="checkpoint to write"),
+    epochs: int = typer.Option(20, "--epochs"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="default: dataset.json beside the manifest, else 32"
+    ),
+    image_channels: int | None = typer.Option(None, "--image-channels"),
+) -> None:
+    """Train one uni-modal classifier (a source model for `mmfl adapt`)."""
+    try:
+        spec = architecture(arch, modality)
+    except ValueError as exc:
+        raise MmflError(str(exc)) from None
+    manifest = load_manifest(data, [modality], require_label=True)
+    info_path = data.parent / "dataset.json"
+    info = DatasetInfo.model_validate_json(info_path.read_text()) if info_path.exists() else None
+    classes = info.classes if info else sorted({s.label for s in manifest.samples if s.label is not None})
+    feat_spec = FeaturizerSpec(
+        name=spec.featurizer,
+        image_size=image_size or (info.image_size if info else 32),
+        image_channels=image_channels or (info.image_channels if info else 3),
+    )
+    feat = get_featurizer(feat_spec.name, feat_spec.image_size, feat_spec.image_channels)
+    tensors = load_tensors(manifest.samples, {modality: feat}, classes, feature_cache_root())
+    model, meta = train_unimodal(tensors, modality, arch, classes, feat_spec, epochs, lr, seed=seed)
+    meta.trained_on["manifest_fingerprint"] = manifest.fingerprint()
+    save_unimodal(out, model, meta)
+    console.print(
+        f"{modality} model ({arch}, {meta.trained_on['samples']} samples, {len(classes)} classes) -> {out}"
+    )
+
+
+def adapt_cmd(
+    model: list[str] = typer.Option(..., "--model", help="MODALITY=CHECKPOINT (one per modality)"),
+    data: Path = typer.Option(..., "--data", help="the site's manifest of paired samples (labels unused)"),
+    out: Path = typer.Option(..., "--out", help="folder for the adapted models and adapt_report.json"),
+    config: Path | None = typer.Option(None, "--config", help="adaptation settings (TOML)"),
+    set_: list[str] | None = typer.Option(None, "--set", help="override a setting, e.g. --set fusion=af"),
+) -> None:
+    """Adapt uni-modal models to this site's unlabeled paired data, without any source data."""
+    settings = load_config(AdaptConfig, config, set_)
+    checkpoints = {}
+    for item in model:
+        if "=" not in item:
+            raise MmflError(f"--model {item!r} is not MODALITY=CHECKPOINT")
+        m, path = item.split("=", 1)
+        checkpoints[m.strip()] = load_unimodal(Path(path.strip()))
+    target = load_manifest(data)
+    adapted, report = adapt(checkpoints, target, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for m, (mdl, meta) in adapted.items():
+        paths[m] = str(out / f"adapted-{m}.pt")
+        save_unimodal(Path(paths[m]), mdl, meta)
+    paired = [s for s in target.samples if all(s.has(m) for m in adapted)]
+    fused = fused_probabilities(adapted, paired)
+    report["fused_predictor"] = {"rule": "mean of the adapted models' class probabilities", "models": paths}
+    report["predictions"] = [
+        {"id": s.id, "class": adapted[next(iter(adapted))][1].classes[int(c)]}
+        for s, c in zip(paired, fused.argmax(1), strict=True)
+    ]
+    report.pop("pseudo_labels", None)
+    atomic_write_text(out / "adapt_report.json", json.dumps(report, indent=2))
+    labels = [s.label for s in paired]
+    msg = f"gap {report['gap']['mean']:.3f} (threshold {report['gap']['threshold']}) -> {report['fusion'].upper()}; pseudo-label coverage {report['rounds'][-1]['coverage']:.0%}"
+    if all(lbl is not None for lbl in labels):
+        classes = adapted[next(iter(adapted))][1].classes
+        truth = np.array([classes.index(lbl) if lbl in classes else -1 for lbl in labels])
+        msg += (
+            f"; accuracy against the manifest's labels {100 * float((fused.argmax(1) == truth).mean()):.1f} %"
+        )
+    console.print(msg)
+    console.print(f"written: {out / 'adapt_report.json'}")

@@ -1,0 +1,1 @@
+"""Alembic migrations of the run store (applied by ``open_store``)."""

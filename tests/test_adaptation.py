@@ -1,0 +1,279 @@
+"""SUMMIT pseudo-labels on hand-made tables with known answers, and ``mmfl adapt``'s refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmfl.client.pseudo_labels import (
+    IGNORE,
+    agreement_filter,
+    certainty_filter,
+    entropy_fusion,
+    entropy_weighting,
+    hypothesis_recovery,
+)
+
+# Five samples, three classes. Predicted classes: 0, 0, 0, 1, 2.
+P_A = np.array(
+    [
+        [0.95, 0.03, 0.02],  # conf 0.95
+        [0.60, 0.30, 0.10],  # conf 0.60
+        [0.80, 0.10, 0.10],  # conf 0.80 -> class-0 median 0.80
+        [0.20, 0.70, 0.10],  # the only class-1 prediction: median 0.70, kept
+        [0.05, 0.05, 0.90],
+    ]
+)
+
+
+def test_certainty_filter_keeps_labels_at_or_above_the_capped_class_median() -> None:
+    assert certainty_filter(P_A).tolist() == [0, IGNORE, 0, 1, 2]
+    # The cap: a class whose median confidence exceeds it uses the cap instead.
+    high = np.array([[0.97, 0.03], [0.93, 0.07], [0.99, 0.01]])  # median 0.97 > cap 0.95
+    assert certainty_filter(high, cap=0.95).tolist() == [0, IGNORE, 0]
+    assert certainty_filter(high, cap=0.9).tolist() == [0, 0, 0]
+
+
+def test_agreement_filter_keeps_only_agreeing_confident_labels() -> None:
+    p_b = np.array(
+        [
+            [0.90, 0.05, 0.05],  # agrees (0)
+            [0.90, 0.05, 0.05],  # A's label was filtered out -> ignored
+            [0.10, 0.80, 0.10],  # disagrees (A: 0, B: 1)
+            [0.10, 0.85, 0.05],  # agrees (1)
+            [0.10, 0.10, 0.80],  # agrees (2)
+        ]
+    )
+    assert agreement_filter(P_A, p_b).tolist() == [0, IGNORE, IGNORE, 1, 2]
+
+
+def test_entropy_weighting_trusts_the_confident_modality() -> None:
+    assert np.allclose(entropy_fusion(P_A, P_A), P_A)
+    confident = np.array([[0.98, 0.01, 0.01]])
+    unsure = np.array([[0.30, 0.40, 0.30]])
+    fused = entropy_fusion(confident, unsure)
+    h_c = -(confident * np.log(confident)).sum()
+    h_u = -(unsure * np.log(unsure)).sum()
+    w_c, w_u = np.exp(-h_c), np.exp(-h_u)
+    assert np.allclose(fused, (w_c * confident + w_u * unsure) / (w_c + w_u))
+    assert fused.argmax() == 0
+    assert entropy_weighting(np.vstack([confident, confident]), np.vstack([unsure, unsure])).tolist() == [
+        0,
+        0,
+    ]
+
+
+def gaussian_features(centres: dict[int, float], labels: list[int], spread: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.array(
+        [[centres[y] + rng.normal(0, spread), centres[y] + rng.normal(0, spread)] for y in labels]
+    )
+
+
+@pytest.mark.parametrize("trusted", ["a", "b"])
+def test_hypothesis_recovery_works_both_ways(trusted: str) -> None:
+    # 40 labeled samples (classes 0 and 1) fit the class Gaussians; sample 40 is unlabeled and
+    # the modalities disagree: its features sit on class 1 in the trusted modality and between
+    # the classes in the other, which is then rejected.
+    labels = np.array([0] * 20 + [1] * 20 + [IGNORE])
+    fit_labels = [0] * 20 + [1] * 20
+    f_trusted = np.vstack([gaussian_features({0: 0.0, 1: 4.0}, fit_labels, 0.3, 1), [[4.0, 4.0]]])
+    f_other = np.vstack([gaussian_features({0: 0.0, 1: 4.0}, fit_labels, 0.3, 2), [[2.0, 2.0]]])
+    onehot = np.eye(2)[fit_labels]
+    p_trusted = np.vstack([onehot, [[0.4, 0.6]]])  # says 1
+    p_other = np.vstack([onehot, [[0.6, 0.4]]])  # says 0
+    if trusted == "a":
+        out = hypothesis_recovery(labels, p_trusted, p_other, f_trusted, f_other, k=0.5)
+    else:
+        out = hypothesis_recovery(labels, p_other, p_trusted, f_other, f_trusted, k=0.5)
+    assert out[-1] == 1 and (out[:-1] == labels[:-1]).all()
+
+
+def test_hypothesis_recovery_leaves_a_sample_when_both_or_neither_are_rejected() -> None:
+    labels = np.array([0] * 20 + [1] * 20 + [IGNORE])
+    fit = [0] * 20 + [1] * 20
+    offsets = np.random.default_rng(3).normal(0, 0.3, size=(20, 2))
+    # Mirrored classes (same variance, means symmetric about 2): [2, 2] is equally likely under both.
+    f = np.vstack([offsets, 4.0 - offsets, [[2.0, 2.0]]])
+    p_a = np.vstack([np.eye(2)[fit], [[0.6, 0.4]]])
+    p_b = np.vstack([np.eye(2)[fit], [[0.4, 0.6]]])
+    assert hypothesis_recovery(labels, p_a, p_b, f, f.copy(), k=0.5)[-1] == IGNORE
+
+
+def mmfl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mmfl.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def source_models(digits, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("adapt")
+    public = digits.root / "public.jsonl"
+    models = {}
+    for modality, arch in (("image", "mlp"), ("audio", "mfcc-mlp")):
+        rows = [json.loads(line) for line in public.read_text().splitlines()]
+        src = out / f"{modality}.jsonl"
+        src.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "id": r["id"],
+                        modality: str(digits.root / r[modality])
+                        if not Path(r[modality]).is_absolute()
+                        else r[modality],
+                        "label": r["label"],
+                    }
+                )
+                + "\n"
+                for r in rows
+                if modality in r
+            )
+        )
+        (out / "dataset.json").write_text((digits.root / "dataset.json").read_text())
+        models[modality] = out / f"{modality}.pt"
+        res = mmfl(
+            "train-unimodal",
+            "--data",
+            str(src),
+            "--modality",
+            modality,
+            "--arch",
+            arch,
+            "--out",
+            str(models[modality]),
+            "--epochs",
+            "5",
+        )
+        assert res.returncode == 0, res.stderr
+    return models
+
+
+def test_adapt_writes_models_and_a_report(source_models: dict[str, Path], digits, tmp_path: Path) -> None:
+    target = digits.root / "val.jsonl"  # paired image + audio rows (labels only used for the printout)
+    res = mmfl(
+        "adapt",
+        "--model",
+        f"image={source_models['image']}",
+        "--model",
+        f"audio={source_models['audio']}",
+        "--data",
+        str(target),
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        "epochs=2",
+    )
+    assert res.returncode == 2, "the val manifest also holds text, which no model covers"
+    assert "holds text but no text model was given" in res.stderr
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    k: (str(digits.root / v) if k in ("image", "audio") else v)
+                    for k, v in r.items()
+                    if k != "text"
+                }
+            )
+            + "\n"
+            for r in rows
+            if "audio" in r
+        )
+    )
+    res = mmfl(
+        "adapt",
+        "--model",
+        f"image={source_models['image']}",
+        "--model",
+        f"audio={source_models['audio']}",
+        "--data",
+        str(pairs),
+        "--out",
+        str(tmp_path / "out"),
+        "--set",
+        "epochs=2",
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "out" / "adapt_report.json").read_text())
+    assert (
+        report["fusion"] in ("af", "ew")
+        and report["gap"]["mean"] >= 0
+        and 0 < report["rounds"][0]["coverage"] <= 1
+    )
+    assert len(report["predictions"]) == report["samples"] == sum(1 for r in rows if "audio" in r)
+    assert (tmp_path / "out" / "adapted-image.pt").exists() and (
+        tmp_path / "out" / "adapted-audio.pt"
+    ).exists()
+    assert "accuracy against the manifest's labels" in " ".join(res.stdout.split())
+
+
+def test_adapt_refuses_mismatched_models_and_unpaired_data(
+    source_models: dict[str, Path], digits, tmp_path: Path
+) -> None:
+    images_only = tmp_path / "images.jsonl"
+    rows = [json.loads(line) for line in (digits.root / "test.jsonl").read_text().splitlines()][:20]
+    images_only.write_text(
+        "".join(
+            json.dumps({"id": r["id"], "image": str(digits.root / r["image"]), "text": r["text"]}) + "\n"
+            for r in rows
+        )
+    )
+    res = mmfl(
+        "adapt",
+        "--model",
+        f"image={source_models['image']}",
+        "--model",
+        f"audio={source_models['audio']}",
+        "--data",
+        str(images_only),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert res.returncode == 2 and "has no audio column, but a audio model was given" in res.stderr
+    unpaired = tmp_path / "unpaired.jsonl"
+    audio_rows = [
+        r
+        for r in (json.loads(line) for line in (digits.root / "test.jsonl").read_text().splitlines())
+        if "audio" in r
+    ][:10]
+    unpaired.write_text(
+        "".join(
+            json.dumps({"id": r["id"] + "i", "image": str(digits.root / r["image"])}) + "\n"
+            for r in rows[:10]
+        )
+        + "".join(
+            json.dumps({"id": r["id"] + "a", "audio": str(digits.root / r["audio"])}) + "\n"
+            for r in audio_rows
+        )
+    )
+    res = mmfl(
+        "adapt",
+        "--model",
+        f"image={source_models['image']}",
+        "--model",
+        f"audio={source_models['audio']}",
+        "--data",
+        str(unpaired),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert res.returncode == 2 and "has no sample holding both audio and image" in res.stderr
+    res = mmfl(
+        "adapt",
+        "--model",
+        f"audio={source_models['image']}",
+        "--model",
+        f"image={source_models['audio']}",
+        "--data",
+        str(unpaired),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert res.returncode == 2 and "encodes" in res.stderr

@@ -1,0 +1,103 @@
+"""The run store on a SQLite file and on a real PostgreSQL server: same code, same results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+from sqlalchemy.orm import Session
+
+from helpers import small_spec
+from mmfl.server.store import (
+    CheckpointRow,
+    EventRow,
+    RoundRow,
+    Run,
+    RunStore,
+    SiteRoundRow,
+    SiteRow,
+    open_store,
+)
+from mmfl.simulation.engines import run_inprocess
+from mmfl.simulation.plan import build_plan
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.sqlite'}"
+    url = request.getfixturevalue("postgres_url")
+    engine = open_store(url)
+    with engine.begin() as conn:  # a clean slate per test
+        for table in ("site_rounds", "rounds", "checkpoints", "events", "sites", "runs"):
+            conn.execute(text(f"DELETE FROM {table}"))
+    return url
+
+
+def test_migrations_create_the_schema(store_url: str) -> None:
+    engine = open_store(store_url)
+    tables = set(inspect(engine).get_table_names())
+    assert {"runs", "rounds", "site_rounds", "sites", "checkpoints", "events", "alembic_version"} <= tables
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+
+
+def test_a_run_is_recorded_and_read_back(store_url: str) -> None:
+    store = RunStore(open_store(store_url), "run-1")
+    store.start("name", "cream", "digits", 3, {"rounds": 2, "nested": {"a": [1, 2]}}, "/out")
+    store.add_site("site-a", {"modalities": ["image"], "samples": {"image": 10}})
+    sites = [
+        {
+            "site_id": "site-a",
+            "accepted": True,
+            "bytes_down": 3 * 2**31,
+            "bytes_up": 10,
+            "epsilon": 1.5,
+            "metrics": {"loss": float("nan")},
+        },
+        {
+            "site_id": "site-b",
+            "accepted": False,
+            "reason": "NaN in image",
+            "bytes_down": 5,
+            "bytes_up": 0,
+            "epsilon": None,
+        },
+    ]
+    store.add_round(1, "completed", "", 2.5, {"test": {"rsum": 123.4}}, sites)
+    store.add_round(2, "failed", "0 sites accepted", 1.0, {}, [])
+    store.add_checkpoint(1, "/out/checkpoints/round-0001.pt", "ab" * 32)
+    store.event("site-refused", "site-c: fingerprint differs")
+    store.finish("completed-with-failed-rounds", {"retrieval": {"rsum": 123.4}})
+    with Session(open_store(store_url)) as s:
+        run = s.get(Run, "run-1")
+        assert (
+            run is not None
+            and run.status == "completed-with-failed-rounds"
+            and run.config["nested"]["a"] == [1, 2]
+        )
+        assert run.finished_at is not None and run.final_metrics == {"retrieval": {"rsum": 123.4}}
+        rounds = s.scalars(select(RoundRow).order_by(RoundRow.round)).all()
+        assert [(r.round, r.status) for r in rounds] == [(1, "completed"), (2, "failed")]
+        assert rounds[0].bytes_down == 3 * 2**31 + 5 and rounds[0].metrics["test"]["rsum"] == 123.4
+        participation = s.scalars(select(SiteRoundRow).order_by(SiteRoundRow.site_id)).all()
+        assert [(p.site_id, p.accepted, p.epsilon) for p in participation] == [
+            ("site-a", True, 1.5),
+            ("site-b", False, None),
+        ]
+        assert participation[0].metrics == {"loss": None} and participation[1].reason == "NaN in image"
+        assert s.scalars(select(CheckpointRow)).one().sha256 == "ab" * 32
+        assert s.scalars(select(EventRow)).one().kind == "site-refused"
+        assert s.scalars(select(SiteRow)).one().capabilities["samples"] == {"image": 10}
+    assert [r.round for r in store.rounds()] == [1, 2]
+
+
+def test_a_simulation_writes_to_the_store(store_url: str, digits, tmp_path: Path) -> None:
+    plan = build_plan(small_spec("rounds=1", "strategy=mean"), tmp_path / "run", store=store_url)
+    summary = run_inprocess(plan)
+    with Session(open_store(store_url)) as s:
+        run = s.get(Run, plan.run_id)
+        assert run is not None and run.status == "completed"
+        assert run.final_metrics["retrieval"]["rsum"] == pytest.approx(summary["final"]["retrieval"]["rsum"])
+        assert len(s.scalars(select(SiteRoundRow)).all()) == 4
