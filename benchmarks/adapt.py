@@ -178,6 +178,10 @@ def main() -> None:
                     fresh, manifest, AdaptConfig(fusion=fusion, epochs=args.epochs, seed=seed)
                 )
                 row[fusion] = accuracy(fused_probabilities(adapted, eval_rows), eval_rows)
+                for m, (model, meta) in adapted.items():  # each adapted model alone
+                    row[f"{fusion}_{m}"] = accuracy(
+                        predict(model, m, featurize(eval_rows, meta).inputs[m])[0], eval_rows
+                    )
                 row[f"{fusion}_coverage"] = report["rounds"][0]["coverage"]
                 row["gap"] = report["gap"]["mean"]
                 row["gap_per_modality"] = report["gap"]["per_modality"]
@@ -210,7 +214,17 @@ def main() -> None:
         r["switch_choice"] = "af" if r["gap"] > threshold else "ew"
         r["switch"] = r[r["switch_choice"]]
     summary = {}
-    keys = ("source_image", "source_audio", "naive_fusion", "af", "ew", "switch", "oracle")
+    keys = (
+        "source_image",
+        "source_audio",
+        "naive_fusion",
+        "af",
+        "af_image",
+        "ew",
+        "ew_image",
+        "switch",
+        "oracle",
+    )
     for t in ("shift", "no-shift"):
         rows = [r for r in runs if r["target"] == t]
         summary[t] = {

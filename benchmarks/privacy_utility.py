@@ -3,7 +3,8 @@ per site over the whole run) and without DP, next to ``server-only``.
 
 The goal: at epsilon 8 the federation keeps at least 90 % of its non-private gain over
 server-only, i.e. ``(rsum_eps8 - rsum_server_only) / (rsum_noDP - rsum_server_only) >= 0.9``.
-Writes ``benchmarks/results/privacy_utility-<dataset>.json``.
+Writes ``benchmarks/results/privacy_utility-<dataset>.json``. Finished runs with an unchanged
+spec are reused, so an interrupted benchmark picks up where it stopped.
 
     python benchmarks/privacy_utility.py [--datasets digits,openclipart] [--seeds 0,1,2] [--epsilons 2,8]
 """
@@ -47,7 +48,8 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     for dataset in [d for d in args.datasets.split(",") if d]:
         rows = {}
-        base = run(dataset, ["server-only", "cream+"], seeds, args.out / "runs-privacy" / "none", [])
+        # The non-private runs are the quality benchmark's own (reused when already run).
+        base = run(dataset, ["server-only", "cream+"], seeds, args.out / "runs", [], reuse=True)
         rows["server-only"] = [
             s["final"]["retrieval"]["rsum"] for s in base if s["strategy"] == "server-only"
         ]
@@ -60,6 +62,7 @@ def main() -> None:
                 seeds,
                 args.out / "runs-privacy" / f"eps{eps:g}",
                 dp_overrides(dataset, eps),
+                reuse=True,
             )
             key = f"cream+ DP eps {eps:g}"
             rows[key] = [s["final"]["retrieval"]["rsum"] for s in dp]

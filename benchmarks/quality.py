@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -30,7 +31,14 @@ SPECS = {"digits": HERE / "specs" / "digits.toml", "openclipart": HERE / "specs"
 STRATEGIES = ["server-only", "local", "mean", "fedavg", "cream", "cream+", "centralized"]
 
 
-def run(dataset: str, strategies: list[str], seeds: list[int], out: Path, overrides: list[str]) -> list[dict]:
+def run(
+    dataset: str,
+    strategies: list[str],
+    seeds: list[int],
+    out: Path,
+    overrides: list[str],
+    reuse: bool = False,
+) -> list[dict]:
     summaries = []
     for strategy in strategies:
         for seed in seeds:
@@ -38,6 +46,12 @@ def run(dataset: str, strategies: list[str], seeds: list[int], out: Path, overri
                 FederationSpec, SPECS[dataset], [*overrides, f'strategy="{strategy}"', f"seed={seed}"]
             )
             run_dir = out / dataset / f"{strategy.replace('+', 'plus')}-s{seed}"
+            done = run_dir / "summary.json"
+            # Reuse when the stored spec, read with today's defaults, is the spec asked for.
+            if reuse and done.exists() and load_config(FederationSpec, run_dir / "spec.toml") == spec:
+                summaries.append(json.loads(done.read_text()))
+                print(f"{dataset} {strategy} seed {seed}: reused {done}", flush=True)
+                continue
             t0 = time.perf_counter()
             summary = run_inprocess(build_plan(spec, run_dir, force=True))
             rsum = (summary["final"]["retrieval"] or {}).get("rsum")
@@ -58,21 +72,26 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--set", action="append", default=[], help="spec override for every run")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep finished runs whose spec is unchanged; run only the rest"
+    )
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     console = Console()
     for dataset in [d for d in args.datasets.split(",") if d]:
-        summaries = run(dataset, strategies, seeds, args.out / "runs", args.set)
+        summaries = run(dataset, strategies, seeds, args.out / "runs", args.set, args.reuse)
         write_comparison(summaries, args.out / "runs" / dataset)
         rows = comparison_table(summaries)
         result = {"dataset": dataset, "seeds": seeds, "overrides": args.set, "rows": rows}
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"quality-{dataset}.json").write_text(json.dumps(result, indent=2))
         md = (args.out / "runs" / dataset / "comparison.md").read_text()
-        (args.out / f"quality-{dataset}.md").write_text(
-            md.replace("](rsum.png)", f"](runs/{dataset}/rsum.png)")
-        )
+        # The run folders are not committed; the plots next to the tables are.
+        for png in (args.out / "runs" / dataset).glob("*.png"):
+            shutil.copyfile(png, args.out / f"quality-{dataset}-{png.name}")
+            md = md.replace(f"]({png.name})", f"](quality-{dataset}-{png.name})")
+        (args.out / f"quality-{dataset}.md").write_text(md)
         table = Table(title=f"{dataset}: server rsum, mean ± std over seeds {seeds}")
         for col in ("strategy", "test rsum", "val rsum", "MB/round", "s/run"):
             table.add_column(col, justify="right")

@@ -9,22 +9,11 @@ import numpy as np
 import typer
 from rich.console import Console
 
-from mmfl.client.adaptation import (
-    FeaturizerSpec,
-    adapt,
-    fused_probabilities,
-    load_unimodal,
-    save_unimodal,
-    train_unimodal,
-)
 from mmfl.config import AdaptConfig, load_config
 from mmfl.data.builtin import DatasetInfo
-from mmfl.data.features import get_featurizer
 from mmfl.data.manifest import load_manifest
-from mmfl.data.tensors import load_tensors
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
-from mmfl.models.encoders import architecture
 from mmfl.paths import feature_cache_root
 
 console = Console()
@@ -44,6 +33,12 @@ def train_unimodal_cmd(
     image_channels: int | None = typer.Option(None, "--image-channels"),
 ) -> None:
     """Train one uni-modal classifier (a source model for `mmfl adapt`)."""
+    # Imported here: torch is not needed for ``mmfl --help``.
+    from mmfl.client.adaptation import FeaturizerSpec, save_unimodal, train_unimodal
+    from mmfl.data.features import get_featurizer
+    from mmfl.data.tensors import load_tensors
+    from mmfl.models.encoders import architecture
+
     try:
         spec = architecture(arch, modality)
     except ValueError as exc:
@@ -75,6 +70,8 @@ def adapt_cmd(
     set_: list[str] | None = typer.Option(None, "--set", help="override a setting, e.g. --set fusion=af"),
 ) -> None:
     """Adapt uni-modal models to this site's unlabeled paired data, without any source data."""
+    from mmfl.client.adaptation import adapt, fused_probabilities, load_unimodal, save_unimodal
+
     settings = load_config(AdaptConfig, config, set_)
     checkpoints = {}
     for item in model:

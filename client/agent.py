@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from mmfl.data.builtin import DatasetInfo
 from mmfl.data.manifest import load_manifest
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
+from mmfl.flower_runtime import flower_bin, flower_env
 
 MAX_BACKOFF = 60.0
 TERMINATED = b"SuperNode terminated"
@@ -77,9 +77,8 @@ class Agent:
         self.proc: subprocess.Popen | None = None
 
     def command(self, port: int) -> list[str]:
-        exe = Path(sys.executable).parent / "flower-supernode"
         return [
-            str(exe if exe.exists() else "flower-supernode"),
+            flower_bin("flower-supernode"),
             "--root-certificates",
             str(self.ca),
             "--auth-supernode-private-key",
@@ -90,21 +89,10 @@ class Agent:
             str(port),
             "--node-config",
             f'site-config="{self.config_path}"',
-            "--max-retries",
-            "0",
         ]
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(MALLOC_TUNING)
-        env.update(
-            FLWR_HOME=str(self.state / "flwr-home"),
-            FLWR_TELEMETRY_ENABLED="0",
-            FLWR_DISABLE_UPDATE_CHECK="1",
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-            PYTHONUNBUFFERED="1",
-        )
-        return env
+        return flower_env(self.state / "flwr-home", MALLOC_TUNING)
 
     def _stop(self, *_: object) -> None:
         self._stopping = True

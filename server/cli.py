@@ -26,6 +26,7 @@ from mmfl.server.daemon import (
     flwr,
     init_server,
     registered_sites,
+    reload_daemon,
     start_detached,
     stop_daemon,
 )
@@ -87,6 +88,16 @@ def stop_cmd(dir_: Path = DirOpt) -> None:
     if not stop_daemon(ServerLayout(dir_.resolve())):
         raise MmflError(f"no daemon runs for {dir_}")
     console.print("stopped")
+
+
+@app.command("reload")
+def reload_cmd(dir_: Path = DirOpt) -> None:
+    """Apply an edited server.toml's proxy settings (e.g. max_body_size) without a restart:
+    nginx reloads in place, the SuperLink and the sites' connections stay up."""
+    verdict = reload_daemon(ServerLayout(dir_.resolve()))
+    if not verdict["ok"]:
+        raise MmflError(f"reload refused: {verdict['message']}")
+    console.print("reloaded")
 
 
 @app.command("register-site")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 from mmfl.config import DaemonConfig, dump_toml, load_config
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
+from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.server import nginx
 from mmfl.server.pki import create_ca, issue_server_certificate
 from mmfl.server.store import store_url
@@ -70,6 +70,11 @@ class ServerLayout:
     @property
     def pid_file(self) -> Path:
         return self.root / "daemon.pid"
+
+    @property
+    def reload_file(self) -> Path:
+        """The daemon's verdict on the last ``mmfl server reload``."""
+        return self.root / "state" / "reload.json"
 
     @property
     def sites_file(self) -> Path:
@@ -109,23 +114,6 @@ def write_cli_config(layout: ServerLayout, config: DaemonConfig) -> None:
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
         f'address = "127.0.0.1:{config.superlink_port}"\nroot-certificates = "{layout.tls / "ca.crt"}"\n',
     )
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def flower_bin(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else (shutil.which(name) or name)
 
 
 def flwr(layout: ServerLayout, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -171,6 +159,7 @@ class Supervisor:
         self.superlink: subprocess.Popen | None = None
         self.proxy: subprocess.Popen | None = None
         self._stopping = False
+        self._reload_requested = False
 
     def _superlink_cmd(self) -> list[str]:
         t = self.layout.tls
@@ -235,9 +224,8 @@ class Supervisor:
             time.sleep(0.2)
         self.log.info("SuperLink pid %d on 127.0.0.1:%d", self.superlink.pid, self.config.superlink_port)
 
-    def _start_proxy(self) -> None:
-        conf = self._nginx_conf()
-        cmd = [
+    def _proxy_cmd(self, conf: Path) -> list[str]:
+        return [
             self.config.nginx,
             "-p",
             str(conf.parent),
@@ -245,12 +233,17 @@ class Supervisor:
             str(conf),
             "-e",
             str(self.layout.logs / "nginx-error.log"),
-            "-g",
-            "daemon off;",
         ]
-        check = subprocess.run([*cmd[:-2], "-t"], capture_output=True, text=True)
+
+    def _check_proxy_conf(self, conf: Path) -> None:
+        check = subprocess.run([*self._proxy_cmd(conf), "-t"], capture_output=True, text=True)
         if check.returncode != 0:
             raise MmflError(f"nginx refused its configuration: {check.stderr.strip().splitlines()[-1:]}")
+
+    def _start_proxy(self) -> None:
+        conf = self._nginx_conf()
+        cmd = [*self._proxy_cmd(conf), "-g", "daemon off;"]
+        self._check_proxy_conf(conf)
         self.proxy = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=(self.layout.logs / "nginx-error.log").open("ab")
         )
@@ -270,12 +263,42 @@ class Supervisor:
     def _stop(self, *_: object) -> None:
         self._stopping = True
 
+    def _request_reload(self, *_: object) -> None:
+        self._reload_requested = True
+
+    def _reload(self) -> None:
+        """Re-read ``server.toml`` and reload nginx in place (no SuperLink restart, sites stay
+        connected). Settings of the SuperLink itself need ``stop`` and ``start``."""
+        self._reload_requested = False
+        try:
+            config = self.layout.config()
+            restart_only = [
+                k
+                for k in ("superlink_host", "superlink_port", "public_host", "public_port")
+                if getattr(config, k) != getattr(self.config, k)
+            ]
+            if restart_only:
+                raise MmflError(f"{restart_only[0]} changed: stop and start the daemon to apply it")
+            self.config = config
+            if self.proxy is not None:
+                self._check_proxy_conf(self._nginx_conf())
+                os.kill(self.proxy.pid, signal.SIGHUP)
+            outcome = {"ok": True, "message": "reloaded"}
+            self.log.info(
+                "configuration reloaded; nginx pid %s reloads in place", getattr(self.proxy, "pid", None)
+            )
+        except MmflError as exc:
+            outcome = {"ok": False, "message": str(exc)}
+            self.log.error("reload refused: %s", exc)
+        atomic_write_text(self.layout.reload_file, json.dumps({**outcome, "time": time.time()}) + "\n")
+
     def run(self) -> None:
         if daemon_pid(self.layout) not in (None, os.getpid()):
             raise MmflError(f"a daemon already runs for {self.layout.root} (pid {daemon_pid(self.layout)})")
         atomic_write_text(self.layout.pid_file, f"{os.getpid()}\n")
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._request_reload)
         write_cli_config(self.layout, self.config)
         try:
             self._start_superlink()
@@ -283,6 +306,8 @@ class Supervisor:
                 self._start_proxy()
             while not self._stopping:
                 time.sleep(0.5)
+                if self._reload_requested:
+                    self._reload()
                 if self.superlink is not None and self.superlink.poll() is not None and not self._stopping:
                     self.log.warning(
                         "SuperLink exited with status %s; restarting in %.0f s",
@@ -333,6 +358,23 @@ def start_detached(layout: ServerLayout, timeout: float = 90) -> int:
             raise MmflError(f"the daemon did not come up within {timeout:.0f} s; see {layout.logs}")
         time.sleep(0.2)
     return proc.pid
+
+
+def reload_daemon(layout: ServerLayout, timeout: float = 30) -> dict:
+    """Ask the running daemon to re-read its config (SIGHUP); returns its verdict."""
+    layout.config()  # a bad config is refused here, before the daemon sees it
+    pid = daemon_pid(layout)
+    if pid is None:
+        raise MmflError(f"no daemon runs for {layout.root}")
+    before = layout.reload_file.read_text() if layout.reload_file.exists() else ""
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = layout.reload_file.read_text() if layout.reload_file.exists() else ""
+        if now and now != before:
+            return json.loads(now)
+        time.sleep(0.2)
+    raise MmflError(f"the daemon (pid {pid}) did not answer the reload within {timeout:.0f} s")
 
 
 def stop_daemon(layout: ServerLayout, timeout: float = 40) -> bool:

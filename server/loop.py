@@ -195,41 +195,44 @@ class FederatedRun:
         return pooled
 
     def discover(self) -> None:
-        """Wait for the expected sites, ask their capabilities, register the compatible ones."""
+        """Wait for the expected sites, ask their capabilities, register the compatible ones.
+
+        A node that is not reachable yet (e.g. reconnecting after the coordinator restarted)
+        is asked again until the expected number registered or ``discovery_timeout`` passed.
+        """
         assert self.grid is not None
         deadline = time.monotonic() + self.plan.discovery_timeout
-        while len(list(self.grid.get_node_ids())) < self.plan.expected_sites and time.monotonic() < deadline:
-            time.sleep(0.5)
-        nodes = sorted(self.grid.get_node_ids())
         query = CapabilitiesQuery(run_id=self.plan.run_id, public_fingerprint=self.public_fingerprint)
-        messages = [Message(encode(query), dst_node_id=n, message_type=MSG_CAPABILITIES) for n in nodes]
-        for msg in messages:
-            msg.metadata.group_id = "discovery"
-        replies = send_and_collect(self.grid, messages, self.spec.server.round_timeout)
-        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        for reply in replies:
-            node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
-            if reply.has_error():
-                self._event("site-error", f"node {node}: capabilities failed: {reply.error.reason}")
-                continue
-            try:
-                caps = decode(reply.content, Capabilities)
-            except ProtocolError as exc:
-                self._event("site-refused", f"node {node}: {exc}")
-                continue
-            if caps.public_fingerprint != self.public_fingerprint:
-                self._event("site-refused", f"site {caps.site_id}: public-set fingerprint differs; excluded")
-                continue
-            bad = [m for m in caps.modalities if m not in self.spec.modalities]
-            if bad:
-                self._event(
-                    "site-refused", f"site {caps.site_id}: modality {bad[0]} is not in this federation"
+        settled: set[int] = set()  # registered or refused for good
+        failed: set[int] = set()
+        while True:
+            nodes = sorted(n for n in self.grid.get_node_ids() if n not in settled)
+            if nodes:
+                messages = [
+                    Message(encode(query), dst_node_id=n, message_type=MSG_CAPABILITIES) for n in nodes
+                ]
+                for msg in messages:
+                    msg.metadata.group_id = "discovery"
+                remaining = max(5.0, deadline - time.monotonic())
+                replies = send_and_collect(
+                    self.grid, messages, min(self.spec.server.round_timeout, remaining)
                 )
-                continue
-            self.sites[node] = caps
-            if self.strategy is not None:
-                self.strategy.register(node, caps)
-            self.store.add_site(caps.site_id, caps.model_dump())
+                sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+                for reply in replies:
+                    node = sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+                    if reply.has_error():
+                        if node not in failed:  # asked again below; reported once
+                            self._event(
+                                "site-error", f"node {node}: capabilities failed: {reply.error.reason}"
+                            )
+                            failed.add(node)
+                        continue
+                    settled.add(node)
+                    self._register(node, reply)
+            if len(settled) >= self.plan.expected_sites or time.monotonic() >= deadline:
+                break
+            time.sleep(2.0)
+        nodes = sorted(settled)
         if self.spec.strategy == "fedavg":
             common = self.architectures
             eligible = {n: c.site_id for n, c in self.sites.items() if c.architectures == common}
@@ -508,6 +511,24 @@ class FederatedRun:
             },
             "final_metrics": summary["final"],
         }
+
+    def _register(self, node: int, reply: Message) -> None:
+        try:
+            caps = decode(reply.content, Capabilities)
+        except ProtocolError as exc:
+            self._event("site-refused", f"node {node}: {exc}")
+            return
+        if caps.public_fingerprint != self.public_fingerprint:
+            self._event("site-refused", f"site {caps.site_id}: public-set fingerprint differs; excluded")
+            return
+        bad = [m for m in caps.modalities if m not in self.spec.modalities]
+        if bad:
+            self._event("site-refused", f"site {caps.site_id}: modality {bad[0]} is not in this federation")
+            return
+        self.sites[node] = caps
+        if self.strategy is not None:
+            self.strategy.register(node, caps)
+        self.store.add_site(caps.site_id, caps.model_dump())
 
     def _fedavg_round(self, r: int, trainer: ServerTrainer, record: dict[str, Any]) -> None:
         """Send the global weights, let the paired sites train, average with Flower's FedAvg."""

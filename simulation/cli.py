@@ -13,8 +13,6 @@ from rich.table import Table
 
 from mmfl.config import FederationSpec, dump_toml, load_config
 from mmfl.errors import MmflError
-from mmfl.simulation.engines import run_flower, run_inprocess
-from mmfl.simulation.plan import build_plan
 from mmfl.simulation.report import comparison_table, validate_summary, write_comparison, write_report
 
 app = typer.Typer(help="Run a federation on one machine (researchers).", invoke_without_command=True)
@@ -73,6 +71,10 @@ def run_one(
 ) -> tuple[dict[str, Any], Path]:
     if engine not in ENGINES:
         raise MmflError(f"unknown engine {engine!r} (choose {' or '.join(ENGINES)})")
+    # Imported here: they pull in torch, which ``mmfl --help`` does not need.
+    from mmfl.simulation.engines import run_flower, run_inprocess
+    from mmfl.simulation.plan import build_plan
+
     plan = build_plan(spec, out, store, force)
     watcher = RoundProgress(progress, f"{spec.strategy} s{spec.seed}")
     summary = run_flower(plan, watcher) if engine == "flower" else run_inprocess(plan, watcher)

@@ -18,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,6 +33,7 @@ from flwr.serverapp import Grid
 
 from mmfl.config import RunPlan
 from mmfl.errors import MmflError
+from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.server.loop import FederatedRun
 
 Progress = Callable[[dict[str, Any]], None]
@@ -159,24 +159,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO="0",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _bin(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    return str(path) if path.exists() else (shutil.which(name) or name)
-
-
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -208,7 +190,7 @@ def run_flower(plan: RunPlan, progress: Progress | None = None, timeout: float =
     out = Path(plan.output_dir)
     flwr_home = out / "flower"
     flwr_home.mkdir(parents=True, exist_ok=True)
-    env = flower_env(flwr_home)
+    env = flower_env(flwr_home, {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"})
     port = free_port()
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "mmfl-sim"\n\n[superlink.mmfl-sim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
@@ -218,7 +200,7 @@ def run_flower(plan: RunPlan, progress: Progress | None = None, timeout: float =
     log_path = out / "flower" / "superlink.log"
     superlink = subprocess.Popen(
         [
-            _bin("flower-superlink"),
+            flower_bin("flower-superlink"),
             "--insecure",
             "--simulation",
             "--host",
@@ -241,7 +223,7 @@ def run_flower(plan: RunPlan, progress: Progress | None = None, timeout: float =
         federation = f"num-supernodes={max(n, 1)} client-resources-num-cpus=1"
         submit = subprocess.run(
             [
-                _bin("flwr"),
+                flower_bin("flwr"),
                 "run",
                 str(app_dir),
                 "mmfl-sim",
@@ -282,7 +264,7 @@ def run_flower(plan: RunPlan, progress: Progress | None = None, timeout: float =
 
 def _run_status(env: dict[str, str], run_id: int) -> str:
     ls = subprocess.run(
-        [_bin("flwr"), "ls", "mmfl-sim", "--run-id", str(run_id), "--format", "json"],
+        [flower_bin("flwr"), "ls", "mmfl-sim", "--run-id", str(run_id), "--format", "json"],
         env=env,
         capture_output=True,
         text=True,
@@ -296,7 +278,7 @@ def _run_status(env: dict[str, str], run_id: int) -> str:
 
 def _run_logs(env: dict[str, str], run_id: int) -> str:
     logs = subprocess.run(
-        [_bin("flwr"), "log", str(run_id), "mmfl-sim", "--show"],
+        [flower_bin("flwr"), "log", str(run_id), "mmfl-sim", "--show"],
         env=env,
         capture_output=True,
         text=True,

@@ -113,3 +113,9 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):
             [*as_user, _pg_bin("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The deployment tests first: with ``pytest -n 2 --dist loadfile`` they are the longest
+    files and mostly wait on real processes, so the other tests fill the time beside them."""
+    items.sort(key=lambda item: 0 if item.path.name.startswith("test_deployment") else 1)

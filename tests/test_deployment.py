@@ -2,8 +2,8 @@
 authentication) and three site agents (image-only, text-only, paired) run CreamFL.
 
 The tests run in order on one federation: connect, probe the public address, refuse an
-unregistered key, run 4 rounds, crash the coordinator in round 2 of 4 and resume, then block
-uploads at the proxy.
+unregistered key, run 4 rounds, crash the coordinator in round 2 of 4 and resume. Faults at the
+proxy are in ``test_deployment_faults.py``.
 """
 
 from __future__ import annotations
@@ -11,152 +11,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import ssl
 import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from deploy_helpers import SITES, Federation, free_port, mmfl, start_federation, wait_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpers import small_spec
+from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.server.store import RoundRow, Run, SiteRoundRow, open_store
-from mmfl.simulation.plan import build_plan
 
 pytestmark = pytest.mark.slow
-SITES = {"img": ["image"], "txt": ["text"], "pair": ["image", "text"]}
-RUN_SPEC = """\
-name = "deployed"
-rounds = {rounds}
-sites = []
-
-[train]
-local_epochs = 1
-
-[server]
-architectures = {{ image = "cnn-small", text = "glove-mlp-large" }}
-epochs_per_round = 1
-min_sites = 1
-
-[cream]
-public_subset = 200
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def mmfl(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "mmfl.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
-    if check and out.returncode != 0:
-        raise AssertionError(f"mmfl {' '.join(args)} failed: {out.stderr[-2000:]}")
-    return out
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(1.0)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Federation:
-    def __init__(self, root: Path, public_port: int) -> None:
-        self.root = root
-        self.server = root / "server"
-        self.public_port = public_port
-        self.runs: dict[str, str] = {}
-
-    def status(self) -> dict:
-        return json.loads(mmfl("server", "status", "--dir", str(self.server), "--json").stdout)
-
-    def submit(self, rounds: int) -> str:
-        spec = self.root / f"run-{rounds}.toml"
-        spec.write_text(RUN_SPEC.format(rounds=rounds))
-        return (
-            mmfl("server", "run", "submit", str(spec), "--dir", str(self.server))
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-
-    def summary(self, run_id: str) -> Path:
-        return self.server / "runs" / run_id / "summary.json"
-
-    def daemon_pid(self) -> int | None:
-        try:
-            return int((self.server / "daemon.pid").read_text())
-        except (OSError, ValueError):
-            return None
 
 
 @pytest.fixture(scope="module")
 def federation(digits, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("deploy")
-    fed = Federation(root, free_port())
-    mmfl(
-        "server",
-        "init",
-        "--dir",
-        str(fed.server),
-        "--public-host",
-        "127.0.0.1",
-        "--public-port",
-        str(fed.public_port),
-        "--superlink-port",
-        str(free_port()),
-    )
-    mmfl("server", "start", "--dir", str(fed.server), timeout=120)
-    # The sites' private data: the digits pool split across three sites of three kinds.
-    sites_spec = (
-        "sites=["
-        + ", ".join(
-            f'{{id = "{s}", modalities = {json.dumps(m)}, architectures = {{{", ".join(f"{x} = " + json.dumps("mlp" if x == "image" else "bag") for x in m)}}}}}'
-            for s, m in SITES.items()
-        )
-        + "]"
-    )
-    build_plan(small_spec(sites_spec), root / "partition")
-    public = Path(os.environ["MMFL_HOME"]) / "data" / "digits" / "public.jsonl"
-    for site in SITES:
-        mmfl("client", "keygen", "--out", str(root / "keys"), "--name", site)
-        mmfl("server", "register-site", site, str(root / "keys" / f"{site}.pub"), "--dir", str(fed.server))
-        mmfl(
-            "client",
-            "start",
-            "--server",
-            f"127.0.0.1:{fed.public_port}",
-            "--data",
-            str(root / "partition" / "sites" / site / "data.jsonl"),
-            "--public",
-            str(public),
-            "--state",
-            str(root / f"state-{site}"),
-            "--ca",
-            str(fed.server / "tls" / "ca.crt"),
-            "--key",
-            str(root / "keys" / site),
-            "--arch",
-            "image=mlp",
-            "--arch",
-            "text=bag",
-        )
-    yield fed
-    for site in SITES:
-        mmfl("client", "stop", "--state", str(root / f"state-{site}"), check=False)
-    mmfl("server", "stop", "--dir", str(fed.server), check=False)
+    yield from start_federation(tmp_path_factory.mktemp("deploy"), SITES)
 
 
 def test_registered_sites_connect_through_the_proxy(federation: Federation) -> None:
@@ -204,9 +78,9 @@ def test_the_public_address_refuses_the_control_api(federation: Federation) -> N
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "public"\n[superlink.public]\naddress = "127.0.0.1:{federation.public_port}"\nroot-certificates = "{ca}"\n'
     )
-    env = {**os.environ, "FLWR_HOME": str(home)}
+    env = flower_env(home)
     ls = subprocess.run(
-        [str(Path(sys.executable).parent / "flwr"), "ls", "public", "--format", "json"],
+        [flower_bin("flwr"), "ls", "public", "--format", "json"],
         capture_output=True,
         text=True,
         env=env,
@@ -222,7 +96,7 @@ def test_an_unregistered_key_is_refused(federation: Federation) -> None:
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [
-                str(Path(sys.executable).parent / "flower-supernode"),
+                flower_bin("flower-supernode"),
                 "--root-certificates",
                 str(federation.server / "tls" / "ca.crt"),
                 "--auth-supernode-private-key",
@@ -236,7 +110,7 @@ def test_an_unregistered_key_is_refused(federation: Federation) -> None:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "FLWR_HOME": str(federation.root / "intruder-home")},
+            env=flower_env(federation.root / "intruder-home"),
         )
         try:
             code = proc.wait(timeout=120)
@@ -330,30 +204,3 @@ def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation)
         rounds = s.scalars(select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)).all()
         assert [r.round for r in rounds] == [1, 2, 3, 4]  # none lost, none repeated
         assert s.get(Run, run_id).status == "completed"
-
-
-def test_a_round_with_uploads_blocked_at_the_proxy_is_failed(federation: Federation) -> None:
-    config = federation.server / "server.toml"
-    original = config.read_text()
-    mmfl("server", "stop", "--dir", str(federation.server))
-    # Representation uploads (200 x 256 floats) exceed 16 KiB; capability replies do not.
-    config.write_text(original.replace('max_body_size = "64m"', 'max_body_size = "16k"'))
-    try:
-        mmfl("server", "start", "--dir", str(federation.server), timeout=120)
-        wait_for(
-            "sites back online",
-            lambda: sum(s["status"] == "online" for s in federation.status()["sites"]) == 3,
-            180,
-        )
-        run_id = federation.submit(1)
-        wait_for("the blocked run", lambda: federation.summary(run_id).exists(), 900)
-        summary = json.loads(federation.summary(run_id).read_text())
-        r1 = summary["rounds"][0]
-        assert r1["status"] == "failed" and "0 sites accepted, fewer than the minimum of 1" in r1["reason"]
-        with Session(open_store(federation.server / "runs.sqlite")) as s:
-            assert s.scalars(select(RoundRow).where(RoundRow.run_id == run_id)).one().status == "failed"
-            assert s.get(Run, run_id).status == "completed-with-failed-rounds"
-        assert " 413 " in (federation.server / "logs" / "nginx-access.log").read_text()
-    finally:
-        mmfl("server", "stop", "--dir", str(federation.server), check=False)
-        config.write_text(original)
