@@ -52,6 +52,7 @@ def run(
                 summaries.append(json.loads(done.read_text()))
                 print(f"{dataset} {strategy} seed {seed}: reused {done}", flush=True)
                 continue
+            shutil.rmtree(run_dir, ignore_errors=True)  # a run folder from older code is not reused
             t0 = time.perf_counter()
             summary = run_inprocess(build_plan(spec, run_dir, force=True))
             rsum = (summary["final"]["retrieval"] or {}).get("rsum")

@@ -36,6 +36,10 @@ from mmfl.config import PrivacyConfig
 from mmfl.data.tensors import Tensors
 from mmfl.models.multimodal import MultiEncoder
 
+# Ghost clipping backpropagates twice through Opacus' full backward hooks, whose inputs need no
+# gradient (frozen features); torch warns on every such pass although nothing is wrong.
+warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
+
 Segment = tuple[float, float, int]
 
 

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
+from mmfl.errors import MmflError
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -118,7 +120,14 @@ def migrate(engine: Engine) -> None:
 
     from alembic import command
     from alembic.config import Config
+    from sqlalchemy import inspect
 
+    tables = set(inspect(engine).get_table_names())
+    if tables and "alembic_version" not in tables:
+        raise MmflError(
+            f"run store {engine.url.render_as_string(hide_password=True)} has tables but no migration "
+            "record (made before mmfl used Alembic); move it aside and let mmfl create a new one"
+        )
     cfg = Config()
     cfg.set_main_option("script_location", str(files("mmfl.server") / "migrations"))
     with engine.begin() as connection:

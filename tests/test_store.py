@@ -101,3 +101,20 @@ def test_a_simulation_writes_to_the_store(store_url: str, digits, tmp_path: Path
         assert run is not None and run.status == "completed"
         assert run.final_metrics["retrieval"]["rsum"] == pytest.approx(summary["final"]["retrieval"]["rsum"])
         assert len(s.scalars(select(SiteRoundRow)).all()) == 4
+
+
+def test_a_store_made_before_migrations_is_refused_untouched(tmp_path: Path) -> None:
+    import sqlite3
+
+    from mmfl.errors import MmflError
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE runs (id TEXT PRIMARY KEY)")
+        db.execute("INSERT INTO runs VALUES ('r1')")
+    with pytest.raises(MmflError, match="no migration record"):
+        open_store(path)
+    with sqlite3.connect(path) as db:  # nothing was changed
+        assert db.execute("SELECT id FROM runs").fetchall() == [("r1",)]
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert tables == {"runs"}
