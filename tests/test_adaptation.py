@@ -105,6 +105,14 @@ def test_hypothesis_recovery_leaves_a_sample_when_both_or_neither_are_rejected()
     assert hypothesis_recovery(labels, p_a, p_b, f, f.copy(), k=0.5)[-1] == IGNORE
 
 
+def adapt_with(
+    models: dict[str, Path], data: Path, out: Path, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``mmfl adapt`` with the image and audio source models."""
+    flags = [x for m, path in models.items() for x in ("--model", f"{m}={path}")]
+    return mmfl("adapt", *flags, "--data", str(data), "--out", str(out), *extra)
+
+
 def mmfl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mmfl.cli", *args], capture_output=True, text=True, timeout=600
@@ -156,19 +164,7 @@ def source_models(digits, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 def test_adapt_writes_models_and_a_report(source_models: dict[str, Path], digits, tmp_path: Path) -> None:
     target = digits.root / "val.jsonl"  # paired image + audio rows (labels only used for the printout)
-    res = mmfl(
-        "adapt",
-        "--model",
-        f"image={source_models['image']}",
-        "--model",
-        f"audio={source_models['audio']}",
-        "--data",
-        str(target),
-        "--out",
-        str(tmp_path / "out"),
-        "--set",
-        "epochs=2",
-    )
+    res = adapt_with(source_models, target, tmp_path / "out", "--set", "epochs=2")
     assert res.returncode == 2, "the val manifest also holds text, which no model covers"
     assert "holds text but no text model was given" in res.stderr
     rows = [json.loads(line) for line in target.read_text().splitlines()]
@@ -187,19 +183,7 @@ def test_adapt_writes_models_and_a_report(source_models: dict[str, Path], digits
             if "audio" in r
         )
     )
-    res = mmfl(
-        "adapt",
-        "--model",
-        f"image={source_models['image']}",
-        "--model",
-        f"audio={source_models['audio']}",
-        "--data",
-        str(pairs),
-        "--out",
-        str(tmp_path / "out"),
-        "--set",
-        "epochs=2",
-    )
+    res = adapt_with(source_models, pairs, tmp_path / "out", "--set", "epochs=2")
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "out" / "adapt_report.json").read_text())
     assert (
@@ -225,17 +209,7 @@ def test_adapt_refuses_mismatched_models_and_unpaired_data(
             for r in rows
         )
     )
-    res = mmfl(
-        "adapt",
-        "--model",
-        f"image={source_models['image']}",
-        "--model",
-        f"audio={source_models['audio']}",
-        "--data",
-        str(images_only),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    res = adapt_with(source_models, images_only, tmp_path / "o")
     assert res.returncode == 2 and "has no audio column, but a audio model was given" in res.stderr
     unpaired = tmp_path / "unpaired.jsonl"
     audio_rows = [
@@ -253,17 +227,7 @@ def test_adapt_refuses_mismatched_models_and_unpaired_data(
             for r in audio_rows
         )
     )
-    res = mmfl(
-        "adapt",
-        "--model",
-        f"image={source_models['image']}",
-        "--model",
-        f"audio={source_models['audio']}",
-        "--data",
-        str(unpaired),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    res = adapt_with(source_models, unpaired, tmp_path / "o")
     assert res.returncode == 2 and "has no sample holding both audio and image" in res.stderr
     res = mmfl(
         "adapt",
