@@ -20,9 +20,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from mmfl.client.budget import RoundPlan, plan_noise
 from mmfl.client.ledger import epsilon_of
 from mmfl.client.membership import membership_auc
-from mmfl.client.privacy import PoissonSampler, PrivateTraining, plan_noise, private_losses
+from mmfl.client.privacy import private_losses, run_private_round
 from mmfl.config import PrivacyConfig
 from mmfl.data.builtin import open_dataset
 from mmfl.data.tensors import featurizers_for, load_tensors
@@ -49,19 +50,22 @@ def train(members, epsilon: float | None, epochs: int, batch: int, seed: int) ->
                 opt.step()
         return model, float("inf")
     config = PrivacyConfig(enabled=True, target_epsilon=epsilon, planned_rounds=1, max_grad_norm=1.0)
-    sampler = PoissonSampler.build(None, len(members), batch, rng)
-    steps = epochs * sampler.steps_per_epoch
-    sigma = plan_noise(config, sampler.sample_rate, steps)
-    dp = PrivateTraining(
-        model, config, 1e-3, 0.0, sigma, sampler.sample_rate, batch, [], torch.Generator().manual_seed(seed)
+    q = min(1.0, batch / len(members))
+    steps = epochs * max(1, round(1.0 / q))
+    sigma = plan_noise([], 0.0, epsilon, q, steps, config.delta, config.accountant)
+    history = run_private_round(
+        model,
+        members,
+        None,
+        RoundPlan(sigma, q, steps, len(members), epsilon),
+        config,
+        1e-3,
+        0.0,
+        [],
+        lambda x: private_losses(model, x, no_globals, no_globals, False, 0.1, device),
+        None,
     )
-    model.train()
-    for _ in range(steps):
-        x = members.subset(sampler.draw())
-        dp.step(lambda x=x: private_losses(model, x, no_globals, no_globals, False, 0.1, device), None)
-    spent = epsilon_of(dp.history, config.delta, config.accountant)
-    dp.close()
-    return model, spent
+    return model, epsilon_of(history, config.delta, config.accountant)
 
 
 def main() -> None:

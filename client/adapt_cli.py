@@ -60,6 +60,7 @@ def train_unimodal_cmd(
     console.print(
         f"{modality} model ({arch}, {meta.trained_on['samples']} samples, {len(classes)} classes) -> {out}"
     )
+    console.print(f"privacy: this model is {meta.privacy}")
 
 
 def adapt_cmd(
@@ -104,4 +105,5 @@ def adapt_cmd(
             f"; accuracy against the manifest's labels {100 * float((fused.argmax(1) == truth).mean()):.1f} %"
         )
     console.print(msg)
+    console.print(f"privacy: {report['privacy']}")
     console.print(f"written: {out / 'adapt_report.json'}")

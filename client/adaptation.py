@@ -48,8 +48,15 @@ class FeaturizerSpec(BaseModel):
     image_channels: int = 3
 
 
+NOT_PRIVATE = (
+    "not differentially private: trained on its data without DP; its weights, and the mean and "
+    "variance of its representations of that data stored with it, can reveal those rows. Share it "
+    "only where that data itself could be shared."
+)
+
+
 class UnimodalMeta(BaseModel):
-    """What a uni-modal checkpoint says about itself (no training data in it)."""
+    """What a uni-modal checkpoint says about itself: its model card."""
 
     model_config = ConfigDict(extra="forbid")
     format: Literal["mmfl-unimodal-v1"] = FORMAT
@@ -61,6 +68,7 @@ class UnimodalMeta(BaseModel):
     source_mean: list[float]
     source_var: list[float]
     trained_on: dict[str, Any] = {}
+    privacy: str = NOT_PRIVATE
 
 
 def build(meta: UnimodalMeta) -> MultiEncoder:
@@ -254,6 +262,7 @@ def adapt(
         "mean_entropy": {m: float(pl.entropy(p).mean()) for m, p in probs.items()},
         "fusion": fusion,
         "fusion_requested": config.fusion,
+        "privacy": "the adapted models are " + NOT_PRIVATE,
         "rounds": [],
     }
     for r in range(config.refresh_rounds):

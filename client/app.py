@@ -22,6 +22,8 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from mmfl.client import audit
+from mmfl.client.budget import PrivacyRefusal
+from mmfl.client.ledger import LedgerError
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig, load_config
 from mmfl.errors import MmflError
@@ -94,11 +96,33 @@ def _leave(
     return Message(content, reply_to=msg)
 
 
+PUBLIC_ERRORS = (ProtocolError, LedgerError, PrivacyRefusal)
+GENERIC_REASON = "the site could not take part in this round (details in the site's log)"
+
+
+def _failure_reason(site: Site, exc: Exception) -> str:
+    """What may be said about a failure. A DP site says only what rests on public facts (the
+    protocol, its ledger, its budget); anything else could describe its data, so it stays in
+    the site's log."""
+    if not site.private or isinstance(exc, PUBLIC_ERRORS):
+        return str(exc)
+    log.warning("site %s: %s", site.spec.id, exc, exc_info=not isinstance(exc, MmflError))
+    return GENERIC_REASON
+
+
+def _expected(site: Site) -> tuple[type[BaseException], ...]:
+    """Failures answered with a refusal: ours, and for a DP site any (never a traceback)."""
+    return (Exception,) if site.private else (ProtocolError, MmflError)
+
+
 @app.query("capabilities")
 def capabilities(msg: Message, context: Context) -> Message:
     query = decode(msg.content, CapabilitiesQuery)
     site = site_for(context)
-    caps = site.capabilities()
+    try:
+        caps = site.capabilities()
+    except _expected(site) as exc:
+        raise MmflError(_failure_reason(site, exc)) from None
     return _leave(
         site,
         msg,
@@ -126,13 +150,14 @@ def represent(msg: Message, context: Context) -> Message:
         instruction = decode(msg.content, RepresentInstruction)
         with torch_threads(site.config.threads):
             reply, reps = site.represent(instruction, arrays_of(msg.content))
-    except (ProtocolError, MmflError) as exc:
-        log.warning("site %s refused a round: %s", site.spec.id, exc)
+    except _expected(site) as exc:
+        reason = _failure_reason(site, exc)
+        log.warning("site %s refused a round: %s", site.spec.id, reason)
         reply = RepresentReply(
             site_id=site.spec.id,
             round=int(_requested(msg, "round", 0)),
             status="refused",
-            reason=str(exc),  # type: ignore[arg-type]
+            reason=reason,
             privacy=site.privacy_status(),
         )
         reps = {}
@@ -143,23 +168,28 @@ def represent(msg: Message, context: Context) -> Message:
 
 @app.train("weights")
 def train_weights(msg: Message, context: Context) -> Message:
-    """FedAvg baseline: weights in, weights out, with ``num-examples`` for the weighting."""
+    """FedAvg baseline: weights in, weights out, with ``num-examples`` for the weighting (a DP
+    site trains with DP-SGD and gives its noisy count; its losses stay at the site)."""
     site = site_for(context)
     instruction = decode(msg.content, WeightsInstruction)
     try:
         with torch_threads(site.config.threads):
             reply, weights, n = site.train_weights(instruction, arrays_of(msg.content))
-    except (ProtocolError, MmflError) as exc:
+    except _expected(site) as exc:
         reply = WeightsReply(
             site_id=site.spec.id,
             round=instruction.round,
             status="refused",
-            reason=str(exc),
+            reason=_failure_reason(site, exc),
             architecture="",
             privacy=site.privacy_status(),
         )
-        return _leave(site, msg, encode(reply), instruction.run_id, instruction.round, "refused", None, [])
-    metrics = {"num-examples": n, "task_loss": float(reply.metrics.get("task_loss", float("nan")))}
+        eps = reply.privacy.epsilon_spent if reply.privacy.enabled else None
+        return _leave(site, msg, encode(reply), instruction.run_id, instruction.round, "refused", eps, [])
+    metrics: dict[str, float] = {"num-examples": n}
+    if not site.private:
+        metrics["task_loss"] = float(reply.metrics.get("task_loss", float("nan")))
+    eps = reply.privacy.epsilon_spent if reply.privacy.enabled else None
     return _leave(
         site,
         msg,
@@ -167,7 +197,7 @@ def train_weights(msg: Message, context: Context) -> Message:
         instruction.run_id,
         instruction.round,
         "ok",
-        None,
+        eps,
         list(site.spec.modalities),
     )
 
@@ -176,7 +206,10 @@ def train_weights(msg: Message, context: Context) -> Message:
 def evaluate_task(msg: Message, context: Context) -> Message:
     instruction = decode(msg.content, EvaluateInstruction)
     site = site_for(context)
-    with torch_threads(site.config.threads):
-        metrics = site.evaluate(instruction.run_id)
+    try:
+        with torch_threads(site.config.threads):
+            metrics = site.evaluate(instruction.run_id)
+    except _expected(site) as exc:
+        raise MmflError(_failure_reason(site, exc)) from None
     content = encode(EvaluateReply(site_id=site.spec.id, round=instruction.round, metrics=metrics))
     return _leave(site, msg, content, instruction.run_id, instruction.round, "ok", None, [])

@@ -17,83 +17,96 @@ from rich.table import Table
 
 from mmfl.client import audit
 from mmfl.client.agent import Agent, validate_inputs, write_site_config
-from mmfl.client.ledger import LedgerError, LedgerFile, PrivacyLedger
+from mmfl.client.budget import PrivacyBudget
+from mmfl.client.ledger import LedgerError, PrivacyLedger
 from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
-from mmfl.data.manifest import load_manifest
 from mmfl.errors import MmflError
 
 app = typer.Typer(help="The data site's agent and its records (IT at a data site).", no_args_is_help=True)
 console = Console()
 
 
-def _ledgers(state: Path) -> list[tuple[Path, LedgerFile]]:
-    folder = state / "privacy"
-    if not folder.is_dir():
-        raise MmflError(f"{state} holds no privacy ledger (no {folder})")
-    out = []
-    for path in sorted(folder.glob("ledger-*.json")):
-        if ".replaced-" in path.name:
-            continue
-        raw = LedgerFile.model_validate_json(path.read_text(encoding="utf-8"))
-        # Verify through the same code path training uses (checksum, owner).
-        verified = PrivacyLedger(state, raw.site_id, raw.data_fingerprint).load()
-        assert verified is not None
-        out.append((path, verified))
-    registered = (
-        json.loads((folder / "ledgers.json").read_text()) if (folder / "ledgers.json").exists() else {}
+def _site_budget(config: Path) -> tuple[SiteConfig, PrivacyBudget]:
+    site = load_config(SiteConfig, config)
+    return site, PrivacyBudget(
+        site.state_dir, site.site.id, site.site.privacy, lambda: _trained_with_dp(site)
     )
-    present = {ledger.data_fingerprint for _, ledger in out}
-    missing = [fp for fp in registered if fp not in present]
-    if missing:
-        raise LedgerError(
-            f"privacy ledger for data {missing[0][:16]} is missing from {folder}; the site refuses to train"
-        )
-    return out
+
+
+def _trained_with_dp(site: SiteConfig) -> bool:
+    meta = site.state_dir / "model.json"
+    return meta.exists() and bool(json.loads(meta.read_text(encoding="utf-8")).get("dp"))
 
 
 @app.command("ledger")
 def ledger_cmd(state: Path = typer.Option(..., "--state", help="the site's state folder")) -> None:
-    """Print the site's privacy ledger: epsilon spent after every round, budget, resets."""
-    for path, ledger in _ledgers(state):
-        spent = PrivacyLedger.spent(ledger)
-        table = Table(title=f"{ledger.site_id}: data {ledger.data_fingerprint[:16]} ({path.name})")
-        for col in ("run", "round", "sigma", "q", "steps", "epsilon after", "at"):
-            table.add_column(col, justify="right")
-        for e in ledger.entries:
-            table.add_row(
-                e.run_id,
-                str(e.round),
-                f"{e.noise_multiplier:.4f}",
-                f"{e.sample_rate:.4f}",
-                str(e.steps),
-                f"{e.epsilon_after:.4f}",
-                e.at,
+    """Print the site's privacy ledger: every round, count release, budget change and reset."""
+    files = PrivacyLedger(state, "")
+    raw = files.read_anyway()
+    if raw is None:
+        if files.exists():
+            raise LedgerError(
+                f"privacy ledger {files.path} is missing or unreadable; the site refuses to train"
             )
-        console.print(table)
+        raise MmflError(f"{state} holds no privacy ledger (this site never used DP)")
+    ledger = PrivacyLedger(state, raw.site_id).load()  # verified as training verifies it
+    assert ledger is not None
+    spent = ledger.spent()
+    table = Table(title=f"{ledger.site_id}: privacy ledger ({files.path})")
+    for col in ("run", "round", "sigma", "q", "steps", "epsilon after", "at"):
+        table.add_column(col, justify="right")
+    for e in ledger.entries:
+        table.add_row(
+            e.run_id, str(e.round), f"{e.noise_multiplier:.4f}", f"{e.sample_rate:.4f}", str(e.steps),
+            f"{e.epsilon_after:.4f}", e.at,
+        )  # fmt: skip
+    console.print(table)
+    for c in ledger.count_releases:
         console.print(
-            f"{ledger.unit}-level DP, add/remove adjacency, {ledger.accountant.upper()} accounting at delta = {ledger.delta:g}: "
-            f"epsilon spent {spent:.4f} of a budget of {ledger.target_epsilon:g} (remaining {max(0.0, ledger.target_epsilon - spent):.4f}). "
-            "This covers every representation and model this site released, not only the last."
+            f"count release {c.at}: data {c.data[:16]} has ≈{c.units} units (epsilon {c.epsilon:g})"
         )
-        for r in ledger.resets:
-            console.print(
-                f"reset at {r.at}: {r.reason} (replaced ledger sha256 {r.previous_sha256 or 'none'})"
-            )
+    for c in ledger.carried:
+        console.print(f"carried spend {c.at}: epsilon {c.epsilon:.4f}, delta {c.delta:g}: {c.reason}")
+    for ev in ledger.events:
+        console.print(f"{ev.kind} {ev.at}: {ev.detail}")
+    console.print(
+        f"{ledger.statement()} Remaining: {max(0.0, ledger.budget - spent):.4f}. "
+        "This covers every representation and model this site released, not only the last."
+    )
 
 
 @app.command("ledger-reset")
 def ledger_reset_cmd(
-    config: Path = typer.Option(..., "--config", help="the site's configuration (TOML)"),
+    config: Path = typer.Option(
+        ..., "--config", help="the site's configuration (TOML, e.g. STATE/site.toml)"
+    ),
     reason: str = typer.Option(..., "--reason", help="why the ledger is re-initialised (recorded in it)"),
+    spent: float | None = typer.Option(
+        None, "--spent", help="epsilon already spent, when neither the ledger nor its journal survives"
+    ),
 ) -> None:
-    """Operator action: re-initialise a missing or corrupt privacy ledger, recording the reason."""
-    site = load_config(SiteConfig, config)
-    p = site.site.privacy
-    fingerprint = load_manifest(site.manifest).fingerprint()
-    ledger = PrivacyLedger(site.state_dir, site.site.id, fingerprint).reset(
-        reason, p.accountant, p.delta, p.target_epsilon, p.unit
+    """Operator action: re-initialise a missing or corrupt privacy ledger. The spent history is
+    recovered from what survives (the larger spend wins) and never forgiven; the reason is kept."""
+    site, budget = _site_budget(config)
+    ledger = budget.reset(reason, spent)
+    console.print(
+        f"ledger of {site.site.id} re-initialised: epsilon spent {ledger.spent():.4f} of {ledger.budget:g} "
+        f"({ledger.events[-1].detail})"
     )
-    console.print(f"new ledger for {site.site.id} on data {fingerprint[:16]}: {ledger.resets[0].reason}")
+
+
+@app.command("ledger-raise")
+def ledger_raise_cmd(
+    config: Path = typer.Option(
+        ..., "--config", help="the site's configuration (TOML, e.g. STATE/site.toml)"
+    ),
+    to: float = typer.Option(..., "--to", help="the new lifetime budget (epsilon)"),
+    reason: str = typer.Option(..., "--reason", help="who decided and why (recorded in the ledger)"),
+) -> None:
+    """Operator action: raise the site's lifetime privacy budget, recording the reason."""
+    site, budget = _site_budget(config)
+    ledger = budget.raise_budget(to, reason)
+    console.print(f"budget of {site.site.id} is now {ledger.budget:g} (spent {ledger.spent():.4f})")
 
 
 @app.command("keygen")
@@ -171,6 +184,11 @@ def start_cmd(
         except ValueError as exc:
             raise MmflError(str(exc)) from None
     console.print(f"site {site.site.id}: " + validate_inputs(site))
+    if site.site.privacy.enabled:
+        budget = PrivacyBudget(
+            site.state_dir, site.site.id, site.site.privacy, lambda: _trained_with_dp(site)
+        )
+        budget.check_configuration(budget.load())
     config_path = write_site_config(site)
     server_args = ["--server", server, "--ca", str(ca.resolve()), "--key", str(key.resolve())]
     if foreground:

@@ -1,18 +1,35 @@
-"""The site's privacy ledger: what its DP-SGD has spent on its data, across rounds, runs and
-restarts, and the budget it enforces.
+"""The site's privacy ledger: everything its DP-SGD and its releases have spent, across rounds,
+runs, restarts and changes of its data, and the budget it enforces.
 
-One ledger per (site, data fingerprint) under ``STATE/privacy/``. It holds the accountant's
-history (``(sigma, q, steps)`` segments, the Opacus accountant ``state_dict``) and one entry per
-round. It is written atomically with fsync after every round *before* the reply leaves the site.
-Its SHA-256 is kept beside it; a ledger that is missing while the site's records say it existed,
-or whose content does not match its checksum, makes the site refuse to train (fail closed)
-until an operator re-initialises it with a reason, which the new ledger records.
+One ledger per site state folder, under ``STATE/privacy/``:
+
+* ``ledger.json`` (+ ``ledger.sha256``): the current state, for people and for enforcement;
+* ``journal.jsonl``: append-only, one hash-chained line per change, each holding the accounting
+  state after it (the segments, count releases, carried spend and budget).
+
+Spent privacy is a composition, at the ledger's ``delta`` (add/remove-one adjacency):
+
+    epsilon = eps_accountant(history) + sum(count releases) + sum(carried)
+
+where ``history`` is the Opacus accountant's ``(sigma, q, steps)`` segments of every DP-SGD step
+on this site's data, a count release is the epsilon-DP noisy size of the training set (the only
+form in which the site's size ever leaves it), and carried spend comes from a ledger an operator
+had to re-initialise. Changes are written journal first (fsync), then the ledger (atomic), then
+its checksum, all before the reply that they account for leaves the site.
+
+Fail closed: a ledger that is missing while the site's records say it existed, that does not
+match its checksum, or that disagrees with its journal stops training until an operator runs
+``mmfl client ledger-reset``, which recovers the spent history from whatever of the two survives
+(the spend is never forgiven) and records the reason.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
-import json
+import os
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -23,14 +40,24 @@ from mmfl.errors import MmflError
 from mmfl.files import atomic_write_bytes
 
 Segment = tuple[float, float, int]  # (noise multiplier, sample rate, steps)
+FORMAT_VERSION = 2
 
 
 class LedgerError(MmflError):
-    """The ledger is missing, corrupt or exhausted; the site must not train."""
+    """The ledger is missing, corrupt or inconsistent; the site must not train."""
 
 
-class LedgerEntry(BaseModel):
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class LedgerEntry(_Record):
+    """One DP-SGD round."""
+
     run_id: str
     round: int
     noise_multiplier: float
@@ -40,31 +67,85 @@ class LedgerEntry(BaseModel):
     at: str
 
 
-class LedgerReset(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class CountRelease(_Record):
+    """The noisy number of training units of one data set, released once under ``epsilon``."""
+
+    data: str  # the data set's keyed fingerprint
+    epsilon: float
+    units: int
     at: str
+
+
+class CarriedSpend(_Record):
+    """Spend taken over from a ledger that could not be recovered in full."""
+
+    epsilon: float
+    delta: float
     reason: str
-    previous_sha256: str | None
+    at: str
 
 
-class LedgerFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    format_version: int = 1
-    site_id: str
-    data_fingerprint: str
+class LedgerEvent(_Record):
+    at: str
+    kind: Literal["created", "budget-lowered", "budget-raised", "reset", "data-changed", "fresh-model"]
+    detail: str
+
+
+class AccountingState(_Record):
+    """What the budget decisions rest on; the journal holds a copy after every change."""
+
     accountant: Literal["rdp", "prv"]
     delta: float
-    target_epsilon: float
     unit: Literal["sample", "group"]
+    budget: float
     noise_multiplier: float | None = None
     history: list[list[float]] = Field(default_factory=list)
+    count_releases: list[CountRelease] = Field(default_factory=list)
+    carried: list[CarriedSpend] = Field(default_factory=list)
+
+    def spent(self) -> float:
+        fixed = sum(c.epsilon for c in self.carried) + sum(c.epsilon for c in self.count_releases)
+        return fixed + epsilon_of(self.history, self.delta, self.accountant)
+
+    def fixed_spent(self) -> float:
+        """The part outside the accountant (count releases and carried spend)."""
+        return sum(c.epsilon for c in self.carried) + sum(c.epsilon for c in self.count_releases)
+
+    def total_delta(self) -> float:
+        return self.delta + sum(c.delta for c in self.carried)
+
+
+class LedgerFile(AccountingState):
+    format_version: int = FORMAT_VERSION
+    site_id: str
+    adjacency: Literal["add-remove"] = "add-remove"
+    seq: int = 0
+    data: list[str] = Field(default_factory=list)
     entries: list[LedgerEntry] = Field(default_factory=list)
-    resets: list[LedgerReset] = Field(default_factory=list)
+    events: list[LedgerEvent] = Field(default_factory=list)
     created_at: str
 
+    def accounting(self) -> AccountingState:
+        return AccountingState.model_validate(self.model_dump(include=set(AccountingState.model_fields)))
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    def statement(self) -> str:
+        """The privacy statement a reviewer reads (TF-Privacy's form)."""
+        return (
+            f"{self.unit}-level DP with add-or-remove-one adjacency: ({self.spent():.4f}, "
+            f"{self.total_delta():.3g})-DP for everything this site released from its data "
+            f"({self.accountant.upper()} accounting of DP-SGD, plus noisy counts of the training "
+            f"set and any carried spend), against a budget of {self.budget:g}. The data set's "
+            "size left the site only as an epsilon-DP count."
+        )
+
+
+class JournalLine(_Record):
+    seq: int
+    prev: str  # sha256 of the previous line, or of the journal this one continues
+    at: str
+    kind: str
+    note: str
+    state: AccountingState
 
 
 def epsilon_of(history: list[Segment] | list[list[float]], delta: float, accountant: str) -> float:
@@ -78,48 +159,84 @@ def epsilon_of(history: list[Segment] | list[list[float]], delta: float, account
     return float(acc.get_epsilon(delta=delta))
 
 
-class PrivacyLedger:
-    """Load, check, project and commit a site's privacy spending on one data set."""
+def add_segment(history: list[list[float]], sigma: float, q: float, steps: int) -> list[list[float]]:
+    """History plus ``steps`` steps at (sigma, q), merged into the last segment when it has the
+    same sigma and q (as Opacus' accountants merge consecutive steps)."""
+    out = [list(h) for h in history]
+    if steps <= 0:
+        return out
+    if out and out[-1][0] == sigma and out[-1][1] == q:
+        out[-1][2] = int(out[-1][2]) + steps
+    else:
+        out.append([float(sigma), float(q), int(steps)])
+    return out
 
-    def __init__(self, state_dir: Path, site_id: str, data_fingerprint: str) -> None:
+
+class PrivacyLedger:
+    """The durable files of a site's ledger: load and verify, save, recover."""
+
+    def __init__(self, state_dir: Path, site_id: str) -> None:
         self.dir = Path(state_dir) / "privacy"
         self.site_id = site_id
-        self.fingerprint = data_fingerprint
-        self.path = self.dir / f"ledger-{data_fingerprint[:16]}.json"
-        self.checksum_path = self.path.with_suffix(".sha256")
-        self.registry_path = self.dir / "ledgers.json"
-
-    # -- on disk ---------------------------------------------------------------------------------
-    def _registered(self) -> dict[str, str]:
-        if not self.registry_path.exists():
-            return {}
-        try:
-            return dict(json.loads(self.registry_path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, TypeError, ValueError):
-            raise LedgerError(
-                f"privacy ledger registry {self.registry_path} is corrupt; refusing to train"
-            ) from None
+        self.path = self.dir / "ledger.json"
+        self.checksum_path = self.dir / "ledger.sha256"
+        self.journal_path = self.dir / "journal.jsonl"
 
     def exists(self) -> bool:
-        return self.path.exists()
+        return self.path.exists() or self.journal_path.exists()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the ledger exclusively (an OS file lock, also between threads): one DP round,
+        from planning to commit, or one operator action at a time."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with (self.dir / "ledger.lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def _journal(self) -> tuple[list[JournalLine], str, str | None]:
+        """(valid lines, sha256 of the last valid line, the problem that ended the chain)."""
+        if not self.journal_path.exists():
+            return [], "", None
+        lines: list[JournalLine] = []
+        prev = ""
+        for number, raw in enumerate(self.journal_path.read_bytes().splitlines(), start=1):
+            try:
+                line = JournalLine.model_validate_json(raw)
+            except ValidationError:
+                return lines, prev, f"line {number} is not a journal line"
+            if lines and (line.prev != prev or line.seq != lines[-1].seq + 1):
+                return lines, prev, f"line {number} breaks the chain"
+            lines.append(line)
+            prev = hashlib.sha256(raw).hexdigest()
+        return lines, prev, None
 
     def load(self, expected_existing: bool = False) -> LedgerFile | None:
-        """The ledger, None if this site never trained on this data with DP.
+        """The verified ledger, or None if this site never spent privacy.
 
-        Raises :class:`LedgerError` when it should exist but does not, or does not verify.
+        Raises :class:`LedgerError` when it should exist but does not, does not match its
+        checksum or its journal, or belongs to another site.
         """
-        registered = self.fingerprint in self._registered() or expected_existing
+        legacy = self.dir / "ledgers.json"
+        if legacy.exists():
+            raise LedgerError(
+                f"{legacy} is a ledger of an older mmfl (one per data set); refusing to train until an "
+                "operator carries its spend over with `mmfl client ledger-reset --reason ... --spent EPSILON`"
+            )
         if not self.path.exists():
-            if registered:
+            if expected_existing or self.journal_path.exists():
                 raise LedgerError(
-                    f"privacy ledger {self.path} is missing although this site spent privacy on this data; "
-                    "refusing to train until an operator re-initialises it (mmfl client ledger-reset --reason ...)"
+                    f"privacy ledger {self.path} is missing although this site spent privacy; refusing to "
+                    "train until an operator re-initialises it (mmfl client ledger-reset --reason ...)"
                 )
             return None
         data = self.path.read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
         stored = self.checksum_path.read_text().strip() if self.checksum_path.exists() else None
-        if stored != digest:
+        if stored != hashlib.sha256(data).hexdigest():
             raise LedgerError(f"privacy ledger {self.path} does not match its checksum; refusing to train")
         try:
             ledger = LedgerFile.model_validate_json(data)
@@ -127,95 +244,84 @@ class PrivacyLedger:
             raise LedgerError(
                 f"privacy ledger {self.path} is not a valid ledger; refusing to train"
             ) from None
-        if ledger.data_fingerprint != self.fingerprint or ledger.site_id != self.site_id:
+        if ledger.site_id != self.site_id:
             raise LedgerError(
-                f"privacy ledger {self.path} belongs to another site or data set; refusing to train"
+                f"privacy ledger {self.path} belongs to site {ledger.site_id!r}; refusing to train"
+            )
+        lines, _, problem = self._journal()
+        if problem or not lines or lines[-1].seq != ledger.seq or lines[-1].state != ledger.accounting():
+            where = problem or (
+                f"the journal ends at change {lines[-1].seq}" if lines else "the journal is missing"
+            )
+            raise LedgerError(
+                f"privacy ledger {self.path} (change {ledger.seq}) disagrees with its journal: {where}; "
+                "refusing to train until an operator runs mmfl client ledger-reset"
             )
         return ledger
 
-    def save(self, ledger: LedgerFile) -> None:
-        """Write ledger, then checksum, then registry (each atomic, fsynced)."""
-        data = ledger.model_dump_json(indent=2).encode("utf-8")
+    # -- writing ---------------------------------------------------------------------------------
+    def _write(self, ledger: LedgerFile, kind: str, note: str, prev: str, mode: str) -> LedgerFile:
+        """Journal line, then ledger, then checksum (each fsynced); returns the saved ledger."""
+        saved = ledger.model_copy(update={"seq": ledger.seq + 1})
+        line = JournalLine(seq=saved.seq, prev=prev, at=now(), kind=kind, note=note, state=saved.accounting())
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.journal_path.open(mode) as fh:
+            fh.write(line.model_dump_json().encode() + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        data = saved.model_dump_json(indent=2).encode("utf-8")
         atomic_write_bytes(self.path, data)
         atomic_write_bytes(self.checksum_path, (hashlib.sha256(data).hexdigest() + "\n").encode())
-        registered = self._registered()
-        if self.fingerprint not in registered:
-            registered[self.fingerprint] = str(self.path.name)
-            atomic_write_bytes(self.registry_path, json.dumps(registered, indent=2).encode())
+        return saved
 
-    def create(self, accountant: str, delta: float, target_epsilon: float, unit: str) -> LedgerFile:
+    def save(self, ledger: LedgerFile, kind: str, note: str) -> LedgerFile:
+        """Record a change of a verified ledger; durable on return."""
+        _, prev, problem = self._journal()
+        if problem:
+            raise LedgerError(f"privacy journal {self.journal_path}: {problem}; refusing to record")
+        return self._write(ledger, kind, note, prev, "ab")
+
+    def create(self, state: AccountingState, note: str) -> LedgerFile:
         ledger = LedgerFile(
             site_id=self.site_id,
-            data_fingerprint=self.fingerprint,
-            accountant=accountant,  # type: ignore[arg-type]
-            delta=delta,
-            target_epsilon=target_epsilon,
-            unit=unit,
-            created_at=now(),  # type: ignore[arg-type]
+            created_at=now(),
+            events=[LedgerEvent(at=now(), kind="created", detail=note)],
+            **state.model_dump(),
         )
-        self.save(ledger)
-        return ledger
+        return self._write(ledger, "created", note, "", "wb")
 
-    # -- accounting ------------------------------------------------------------------------------
-    @staticmethod
-    def spent(ledger: LedgerFile) -> float:
-        return epsilon_of(ledger.history, ledger.delta, ledger.accountant)
-
-    @staticmethod
-    def project(ledger: LedgerFile, noise_multiplier: float, sample_rate: float, steps: int) -> float:
-        """Epsilon after this round's planned steps on top of the history."""
-        return epsilon_of(
-            [*ledger.history, [noise_multiplier, sample_rate, steps]], ledger.delta, ledger.accountant
-        )
-
-    def commit(
-        self,
-        ledger: LedgerFile,
-        run_id: str,
-        round_: int,
-        history: list[Segment],
-        noise_multiplier: float,
-        sample_rate: float,
-        steps: int,
-    ) -> LedgerFile:
-        """Record a finished round (``history`` is the accountant's after it); durable on return."""
-        updated = ledger.model_copy(deep=True)
-        updated.history = [[float(s), float(q), int(n)] for s, q, n in history]
-        updated.noise_multiplier = noise_multiplier
-        updated.entries.append(
-            LedgerEntry(
-                run_id=run_id,
-                round=round_,
-                noise_multiplier=noise_multiplier,
-                sample_rate=sample_rate,
-                steps=steps,
-                epsilon_after=epsilon_of(updated.history, updated.delta, updated.accountant),
-                at=now(),
-            )
-        )
-        self.save(updated)
-        return updated
-
-    def reset(
-        self, reason: str, accountant: str, delta: float, target_epsilon: float, unit: str
-    ) -> LedgerFile:
-        """Operator action: start a new ledger for this data, recording why and what it replaced."""
-        if not reason.strip():
-            raise MmflError("a ledger reset needs a reason")
-        previous = hashlib.sha256(self.path.read_bytes()).hexdigest() if self.path.exists() else None
+    # -- recovery --------------------------------------------------------------------------------
+    def recover(self) -> tuple[LedgerFile | None, AccountingState | None, int, str]:
+        """What survives of a broken ledger: (the ledger file if it still parses, the journal's
+        last valid state, the highest change number seen, the sha256 of the last valid journal
+        line). Nothing here is trusted more than the other: the caller keeps the larger spend."""
+        parsed = None
         if self.path.exists():
-            self.path.rename(
-                self.path.with_name(f"{self.path.stem}.replaced-{datetime.now(UTC):%Y%m%dT%H%M%S}.json")
-            )
-        ledger = LedgerFile(
-            site_id=self.site_id,
-            data_fingerprint=self.fingerprint,
-            accountant=accountant,  # type: ignore[arg-type]
-            delta=delta,
-            target_epsilon=target_epsilon,
-            unit=unit,
-            created_at=now(),  # type: ignore[arg-type]
-            resets=[LedgerReset(at=now(), reason=reason.strip(), previous_sha256=previous)],
-        )
-        self.save(ledger)
-        return ledger
+            try:
+                parsed = LedgerFile.model_validate_json(self.path.read_bytes())
+            except ValidationError:
+                parsed = None
+        lines, prev, _ = self._journal()
+        state = lines[-1].state if lines else None
+        seq = max([parsed.seq if parsed else 0, lines[-1].seq if lines else 0])
+        return parsed, state, seq, prev
+
+    def set_aside(self) -> None:
+        """Rename the current files ``*.replaced-TIME`` (kept for review, never read again)."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        for path in (self.path, self.checksum_path, self.journal_path, self.dir / "ledgers.json"):
+            if path.exists():
+                path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
+
+    def restart(self, ledger: LedgerFile, prev: str, note: str) -> LedgerFile:
+        """Set the old files aside and write ``ledger`` as the first change of a new journal
+        whose first line points at ``prev``, the last valid line of the old one."""
+        self.set_aside()
+        return self._write(ledger, "reset", note, prev, "wb")
+
+    def read_anyway(self) -> LedgerFile | None:
+        """The ledger as it is on disk, unverified (for ``mmfl client ledger`` to show a broken one)."""
+        try:
+            return LedgerFile.model_validate_json(self.path.read_bytes())
+        except (OSError, ValidationError):
+            return None

@@ -1,7 +1,8 @@
 """DP-SGD on a site's private data (Opacus), with the CreamFL regularisers added after privatisation.
 
-One step, with Poisson sampling at rate ``q = batch_size / N`` (N samples, or N groups for
-group-level privacy where each sampled group contributes one random sample):
+One step, with Poisson sampling at rate ``q = batch_size / N~`` (``N~`` the ledger's noisy count
+of training units: samples, or groups for group-level privacy, where each sampled group
+contributes one random row), batches and noise from a :class:`SecureRandom`:
 
 1. per-sample private losses, decomposable by construction: class-head cross-entropy for rows
    holding one modality; for paired rows, InfoNCE of the pair against the round's *fixed* global
@@ -25,13 +26,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from opacus.accountants import create_accountant
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 from torch import nn
 from torch.nn import functional as F
 
+from mmfl.client.budget import RoundPlan
+from mmfl.client.secure_random import SecureRandom
 from mmfl.config import PrivacyConfig
 from mmfl.data.tensors import Tensors
 from mmfl.models.multimodal import MultiEncoder
@@ -49,23 +52,6 @@ def grad_sample_mode(model: nn.Module, requested: str) -> str:
     which materialise per-sample gradients of the word-embedding table)."""
     del model
     return "ghost" if requested == "auto" else requested
-
-
-def plan_noise(config: PrivacyConfig, sample_rate: float, steps_per_round: int) -> float:
-    """The fixed noise multiplier: as configured, or the smallest that keeps
-    ``planned_rounds`` rounds of ``steps_per_round`` steps within the budget."""
-    if config.noise_multiplier is not None:
-        return config.noise_multiplier
-    return float(
-        get_noise_multiplier(
-            target_epsilon=config.target_epsilon,
-            target_delta=config.delta,
-            sample_rate=sample_rate,
-            steps=config.planned_rounds * steps_per_round,
-            accountant=config.accountant,
-            epsilon_tolerance=0.01,
-        )
-    )
 
 
 def private_losses(
@@ -121,37 +107,68 @@ def private_losses(
 
 @dataclass
 class PoissonSampler:
-    """Poisson subsampling of units (samples, or groups with one random member each)."""
+    """Poisson subsampling of units (samples, or groups with one random member each), every
+    draw from the site's :class:`SecureRandom`: each unit joins a batch with probability
+    ``sample_rate``, independently of the others and of every earlier batch."""
 
-    groups: list[np.ndarray]  # unit -> row indices it may contribute
+    groups: list[np.ndarray]  # unit -> training rows it may contribute
     sample_rate: float
-    rng: np.random.Generator
+    rng: SecureRandom
 
     @classmethod
     def build(
-        cls, data_groups: list[str | None] | None, n: int, batch_size: int, rng: np.random.Generator
+        cls, data_groups: list[str | None] | None, n: int, sample_rate: float, rng: SecureRandom
     ) -> PoissonSampler:
-        if data_groups is None:
-            units = [np.array([i]) for i in range(n)]
-        else:
-            by: dict[str, list[int]] = {}
-            for i, g in enumerate(data_groups):
-                if g is None:
-                    raise ValueError("group-level privacy needs a group id on every private row")
-                by.setdefault(g, []).append(i)
-            units = [np.array(v) for _, v in sorted(by.items())]
-        return cls(units, min(1.0, batch_size / len(units)), rng)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return max(1, int(round(1.0 / self.sample_rate)))
+        """Units of ``n`` training rows: each row alone, or (``data_groups``: the group of each
+        training row, in training-row order) the rows of each group together."""
+        return cls(training_units(data_groups, n), sample_rate, rng)
 
     def draw(self) -> np.ndarray:
-        take = np.flatnonzero(self.rng.random(len(self.groups)) < self.sample_rate)
-        return np.array(
-            [g[self.rng.integers(len(g))] if len(g) > 1 else g[0] for g in (self.groups[i] for i in take)],
-            dtype=int,
-        )
+        take = np.flatnonzero(self.rng.uniform(len(self.groups)) < self.sample_rate)
+        members = [self.groups[i] for i in take]
+        which = self.rng.below(np.array([len(g) for g in members], dtype=np.int64))
+        return np.array([g[k] for g, k in zip(members, which, strict=True)], dtype=int)
+
+
+def training_units(data_groups: list[str | None] | None, n: int) -> list[np.ndarray]:
+    """The privacy units over ``n`` training rows (see :meth:`PoissonSampler.build`)."""
+    if data_groups is None:
+        return [np.array([i]) for i in range(n)]
+    if len(data_groups) != n:
+        raise ValueError(f"{len(data_groups)} group ids for {n} training rows")
+    by: dict[str, list[int]] = {}
+    for i, g in enumerate(data_groups):
+        if g is None:
+            raise ValueError("group-level privacy needs a group id on every private row")
+        by.setdefault(g, []).append(i)
+    return [np.array(v) for _, v in sorted(by.items())]
+
+
+class _SecureNoise:
+    """Gaussian noise from the site's :class:`SecureRandom` instead of torch's seeded
+    generator (Opacus' ``secure_mode`` needs torchcsprng, which current torch lacks)."""
+
+    secure_random: SecureRandom
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm  # type: ignore[attr-defined]
+        params = self.params  # type: ignore[attr-defined]
+        for p in params:
+            _check_processed_flag(p.summed_grad)
+        sizes = [p.summed_grad.numel() for p in params]
+        noise = self.secure_random.normal((sum(sizes),), std) if std > 0 else torch.zeros(sum(sizes))
+        for p, chunk in zip(params, torch.split(noise, sizes), strict=True):
+            summed = p.summed_grad
+            p.grad = (summed + chunk.to(summed.device, summed.dtype).view_as(summed)).view_as(p)
+            _mark_as_processed(summed)
+
+
+class SecureDPOptimizer(_SecureNoise, DPOptimizer):
+    """Opacus' DP optimizer (per-sample gradients from hooks) with secure noise."""
+
+
+class SecureDPOptimizerFastGradientClipping(_SecureNoise, DPOptimizerFastGradientClipping):
+    """Opacus' ghost-clipping DP optimizer with secure noise."""
 
 
 class PrivateTraining:
@@ -167,7 +184,7 @@ class PrivateTraining:
         sample_rate: float,
         expected_batch_size: int,
         history: list[Segment],
-        generator: torch.Generator,
+        rng: SecureRandom,
     ) -> None:
         self.model = model
         self.mode = grad_sample_mode(model, config.grad_sample_mode)
@@ -179,7 +196,6 @@ class PrivateTraining:
             "max_grad_norm": config.max_grad_norm,
             "expected_batch_size": expected_batch_size,
             "loss_reduction": "mean",
-            "generator": generator,
         }
         if self.mode == "ghost":
             self.gsm: nn.Module = GradSampleModuleFastGradientClipping(
@@ -189,10 +205,11 @@ class PrivateTraining:
                 max_grad_norm=config.max_grad_norm,
                 use_ghost_clipping=True,
             )
-            self.optimizer: DPOptimizer = DPOptimizerFastGradientClipping(base, **common)
+            self.optimizer: DPOptimizer = SecureDPOptimizerFastGradientClipping(base, **common)
         else:
             self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-            self.optimizer = DPOptimizer(base, **common)
+            self.optimizer = SecureDPOptimizer(base, **common)
+        self.optimizer.secure_random = rng  # type: ignore[attr-defined]
         self.optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
         self.sample_rate = sample_rate
         self.steps = 0
@@ -209,7 +226,11 @@ class PrivateTraining:
         if len(losses) == 0:
             # An empty Poisson batch still releases a noised (zero) sum: same accounting.
             for p in self.model.parameters():
-                if p.requires_grad:
+                if not p.requires_grad:
+                    continue
+                if self.mode == "ghost":  # ghost clipping hands Opacus the clipped sum in p.grad
+                    p.grad = torch.zeros_like(p)
+                else:
                     p.grad_sample = torch.zeros((0, *p.shape), device=p.device)  # type: ignore[attr-defined]
         elif self.mode == "ghost":
             DPTensorFastGradientClipping(self.gsm, self.optimizer, losses, "mean").backward()  # type: ignore[arg-type]
@@ -250,3 +271,41 @@ class PrivateTraining:
             for attr in ("grad_sample", "summed_grad", "_forward_counter"):
                 if hasattr(p, attr):
                     delattr(p, attr)
+
+
+def run_private_round(
+    model: MultiEncoder,
+    train: Tensors,
+    groups: list[str | None] | None,
+    plan: RoundPlan,
+    config: PrivacyConfig,
+    lr: float,
+    weight_decay: float,
+    history: list[list[float]],
+    per_sample: Callable[[Tensors], torch.Tensor],
+    public: Callable[[], torch.Tensor | None] | None,
+) -> list[Segment]:
+    """``plan.steps`` DP-SGD steps on ``train`` (Poisson batches of its units, noise and
+    batches from a fresh :class:`SecureRandom`); returns the accountant's history after them,
+    which must equal the ledger's history plus the plan's segment."""
+    rng = SecureRandom()
+    sampler = PoissonSampler.build(groups, len(train), plan.sample_rate, rng)
+    dp = PrivateTraining(
+        model,
+        config,
+        lr,
+        weight_decay,
+        plan.noise_multiplier,
+        plan.sample_rate,
+        max(1, round(plan.sample_rate * plan.units)),
+        [tuple(h) for h in history],  # type: ignore[misc]
+        rng,
+    )
+    model.train()
+    try:
+        for _ in range(plan.steps):
+            batch = train.subset(sampler.draw())
+            dp.step(lambda batch=batch: per_sample(batch), public)
+    finally:
+        dp.close()
+    return dp.history

@@ -6,19 +6,22 @@ import copy
 import itertools
 import json
 import time
-import zlib
+from collections.abc import Callable
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
 
-from mmfl.client.ledger import LedgerError, PrivacyLedger
+from mmfl.client.budget import PrivacyBudget, PrivacyRefusal, RoundPlan
+from mmfl.client.ledger import LedgerError, add_segment
 from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round
 from mmfl.config import SiteConfig
 from mmfl.data.builtin import DatasetInfo
+from mmfl.data.fingerprint import sample_key
 from mmfl.data.manifest import Manifest, load_manifest
-from mmfl.data.partition import holdout_split
+from mmfl.data.partition import holdout_split, site_seed
 from mmfl.data.tensors import Tensors, featurizers_for, load_tensors
 from mmfl.errors import MmflError
 from mmfl.models.metrics import accuracy, retrieval_metrics
@@ -30,15 +33,11 @@ from mmfl.protocols.messages import (
     PrivacyStatus,
     RepresentInstruction,
     RepresentReply,
+    TrainSettings,
     WeightsInstruction,
     WeightsReply,
 )
 from mmfl.protocols.records import ProtocolError, from_wire, to_wire
-
-
-def site_seed(config: SiteConfig) -> int:
-    """The site's own seed: the run seed combined with a stable hash of its id."""
-    return config.seed * 1_000_003 + zlib.crc32(config.site.id.encode())
 
 
 def choose_device(requested: str) -> torch.device:
@@ -69,7 +68,13 @@ class Site:
         self.spec = config.site
         self.state = SiteState(config.state_dir)
         self.device = choose_device(self.spec.device)
-        self.seed = site_seed(config)
+        self.seed = site_seed(config.seed, self.spec.id)
+        self.budget = PrivacyBudget(config.state_dir, self.spec.id, self.spec.privacy, self._trained_with_dp)
+
+    @property
+    def private(self) -> bool:
+        """Whether DP is on: then only DP releases and settings leave this site."""
+        return self.spec.privacy.enabled
 
     # -- data ---------------------------------------------------------------------------------
     @cached_property
@@ -101,11 +106,18 @@ class Site:
         )
 
     @cached_property
+    def _rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """(training, holdout) rows of the private manifest; each row's side depends on that
+        row alone (its group, else its content), see :func:`~mmfl.data.partition.holdout_split`."""
+        keys = [sample_key(s) for s in self.private_manifest.samples]
+        return holdout_split(keys, self.seed, self.config.holdout_fraction)
+
+    @cached_property
     def _private_split(self) -> tuple[Tensors, Tensors]:
         data = load_tensors(
             self.private_manifest.samples, self._featurizers, self.info.classes, feature_cache_root()
         )
-        train, hold = holdout_split(len(data), site_seed(self.config), self.config.holdout_fraction)
+        train, hold = self._rows
         return data.subset(train), data.subset(hold)
 
     @property
@@ -115,6 +127,25 @@ class Site:
     @property
     def holdout(self) -> Tensors:
         return self._private_split[1]
+
+    @cached_property
+    def train_groups(self) -> list[str | None] | None:
+        """The group of each training row when the privacy unit is a group (else None)."""
+        if self.spec.privacy.unit != "group":
+            return None
+        samples = self.private_manifest.samples
+        return [samples[int(i)].group for i in self._rows[0]]
+
+    @cached_property
+    def training_units(self) -> int:
+        """Privacy units in the training rows: rows, or distinct groups."""
+        groups = self.train_groups
+        return len(self._rows[0]) if groups is None else len(set(groups))
+
+    @cached_property
+    def data_key(self) -> str:
+        """The private manifest's fingerprint keyed with the site's secret."""
+        return self.state.keyed_fingerprint(self.private_manifest.fingerprint())
 
     @property
     def by_class(self) -> bool:
@@ -127,58 +158,53 @@ class Site:
             self.spec.architectures, shapes, self.config.embed_dim, len(self.info.classes), self.seed
         )
 
-    def load_model(self, run_id: str, before_round: int | None = None) -> tuple[MultiEncoder, int]:
-        """The model this run had before ``before_round`` (a fresh one for a run's first round)."""
+    def load_model(
+        self, run_id: str, before_round: int | None = None
+    ) -> tuple[MultiEncoder, dict[str, Any] | None]:
+        """The model this run had before ``before_round`` and its snapshot's metadata (a fresh
+        model and None for a run's first round)."""
         model = self.new_model()
         try:
-            last_round = self.state.load_model(model, self.spec.architectures, run_id, before_round)
+            meta = self.state.load_model(model, self.spec.architectures, run_id, before_round)
         except ValueError as exc:
             raise MmflError(str(exc)) from None
-        return model.to(self.device), last_round
+        return model.to(self.device), meta
 
     # -- messages ---------------------------------------------------------------------------------
-    @cached_property
-    def ledger(self) -> PrivacyLedger:
-        return PrivacyLedger(self.config.state_dir, self.spec.id, self.private_manifest.fingerprint())
-
     def _trained_with_dp(self) -> bool:
         meta = self.state.meta_path
         return meta.exists() and bool(json.loads(meta.read_text(encoding="utf-8")).get("dp"))
 
     def privacy_status(self) -> PrivacyStatus:
-        p = self.spec.privacy
-        if not p.enabled:
-            return PrivacyStatus(enabled=False)
         try:
-            ledger = self.ledger.load(expected_existing=self._trained_with_dp())
-        except LedgerError:
-            spent = p.target_epsilon  # an unverifiable ledger counts as exhausted
-            ledger = None
-        else:
-            spent = PrivacyLedger.spent(ledger) if ledger else 0.0
-        return PrivacyStatus(
-            enabled=True,
-            target_epsilon=p.target_epsilon,
-            delta=p.delta,
-            epsilon_spent=spent,
-            noise_multiplier=ledger.noise_multiplier if ledger else p.noise_multiplier,
-            unit=p.unit,
-        )
+            key = self.data_key if self.private else None
+        except (MmflError, OSError):  # data that does not load has no count to show
+            key = None
+        return self.budget.status(key)
 
     def capabilities(self) -> Capabilities:
+        """What the site is; with DP on, its size only as the ledger's noisy count."""
         train = self.train_data
+        if self.private:
+            try:
+                with self.budget.exclusive():
+                    self.budget.open(self.data_key, self.training_units)  # the one noisy count release
+            except (LedgerError, PrivacyRefusal):
+                pass  # the status below says the budget cannot be spent
         return Capabilities(
             site_id=self.spec.id,
             modalities=list(self.spec.modalities),
             architectures=dict(self.spec.architectures),
-            samples={m: int(train.present[m].sum()) for m in self.spec.modalities},
-            paired_samples=int(len(train.complete_rows(self.spec.modalities)))
+            samples=None if self.private else {m: int(train.present[m].sum()) for m in self.spec.modalities},
+            paired_samples=None
+            if self.private
+            else int(len(train.complete_rows(self.spec.modalities)))
             if len(self.spec.modalities) > 1
             else 0,
             classes=len(self.info.classes),
             device=describe_device(self.device),
             public_fingerprint=self.public_manifest.fingerprint(),
-            data_fingerprint=self.private_manifest.fingerprint(),
+            data_fingerprint=self.data_key,
             privacy=self.privacy_status(),
         )
 
@@ -210,17 +236,49 @@ class Site:
             return refused, {}
         started = time.perf_counter()
         pub = self._public_round(instruction, arrays)
-        model, _ = self.load_model(instruction.run_id, before_round=instruction.round)
+        model, meta = self.load_model(instruction.run_id, before_round=instruction.round)
+        fresh_from = None
+        if self.private and meta is not None and not meta.get("dp"):
+            # A DP round must not continue (or be regularised toward) a model trained without DP.
+            fresh_from, model = int(meta["round"]), self.new_model().to(self.device)
         old = copy.deepcopy(model).eval()
         for p in old.parameters():
             p.requires_grad_(False)
         settings = instruction.settings
         rng = np.random.default_rng([self.seed, instruction.round])
-        if self.spec.privacy.enabled:
-            outcome = self._train_private(model, old, pub, instruction, rng)
-            if isinstance(outcome, RepresentReply):
-                return outcome, {}
-            metrics = outcome
+        if self.private:
+            public_batches = (
+                itertools.cycle(batches(len(pub.tensors), settings.public_batch_size, rng))
+                if settings.regularisers
+                else None
+            )
+            public_losses: list[float] = []
+
+            def public_term() -> torch.Tensor | None:
+                assert public_batches is not None
+                loss = public_loss(model, old, pub, next(public_batches), settings, self.device)
+                if loss is not None:
+                    public_losses.append(float(loss.detach()))
+                return loss
+
+            try:
+                metrics, _ = self._train_private(
+                    model,
+                    instruction.run_id,
+                    instruction.round,
+                    settings,
+                    pub.globals_,
+                    {
+                        m: self.public.labels[torch.as_tensor(r, dtype=torch.long)]
+                        for m, r in instruction.rows.items()
+                    },
+                    public_term if public_batches is not None else None,
+                    fresh_from,
+                )
+            except (LedgerError, PrivacyRefusal) as exc:
+                return self._refused(instruction.round, str(exc)), {}
+            if public_losses:
+                metrics["public_loss"] = float(np.mean(public_losses))
         else:
             metrics = train_round(
                 model,
@@ -234,17 +292,15 @@ class Site:
                 self.device,
             )
         self.state.save_model(
-            model,
-            instruction.round,
-            self.spec.architectures,
-            instruction.run_id,
-            {"dp": self.spec.privacy.enabled},
+            model, instruction.round, self.spec.architectures, instruction.run_id, {"dp": self.private}
         )
         rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
         reps = encode_rows(model, self.public, rows)
         wire = {m: to_wire(v, settings.payload_dtype) for m, v in reps.items()}
-        seconds = time.perf_counter() - started
-        metrics["train_seconds"] = seconds
+        # A DP site's training time would tell its size; the coordinator times rounds itself.
+        seconds = 0.0 if self.private else time.perf_counter() - started
+        if not self.private:
+            metrics["train_seconds"] = seconds
         reply = RepresentReply(
             site_id=self.spec.id,
             round=instruction.round,
@@ -257,132 +313,91 @@ class Site:
     def _train_private(
         self,
         model: MultiEncoder,
-        old: MultiEncoder,
-        pub: PublicRound,
-        instruction: RepresentInstruction,
-        rng: np.random.Generator,
-    ) -> dict[str, float] | RepresentReply:
-        """A DP-SGD round, refused beforehand if it would exceed the budget; the ledger is
-        durable before this returns (and so before any reply)."""
+        run_id: str,
+        round_: int,
+        settings: TrainSettings,
+        negatives: dict[str, torch.Tensor],
+        negative_labels: dict[str, torch.Tensor],
+        public_term: Callable[[], torch.Tensor | None] | None,
+        fresh_from: int | None = None,
+    ) -> tuple[dict[str, float], RoundPlan]:
+        """A DP-SGD round: planned and checked against the budget before any gradient, the
+        mechanism at run time checked against the plan, the ledger durable before this returns
+        (and so before any reply). Raises :class:`PrivacyRefusal` or :class:`LedgerError`.
+
+        Private losses use ``negatives`` (representations of public rows, fixed for the round)
+        as the only negatives, so each sample's loss depends on that sample alone.
+        """
         # Opacus takes seconds to import; sites without DP never load it.
-        from mmfl.client.privacy import PoissonSampler, PrivateTraining, plan_noise, private_losses
+        from mmfl.client.privacy import private_losses, run_private_round
 
-        p, settings, train = self.spec.privacy, instruction.settings, self.train_data
-        try:
-            ledger = self.ledger.load(expected_existing=self._trained_with_dp())
-        except LedgerError as exc:
-            return self._refused(instruction, str(exc))
-        if ledger is None:
-            ledger = self.ledger.create(p.accountant, p.delta, p.target_epsilon, p.unit)
-        groups = [self.private_group(i) for i in self._train_rows] if p.unit == "group" else None
-        try:
-            sampler = PoissonSampler.build(groups, len(train), settings.batch_size, rng)
-        except ValueError as exc:
-            return self._refused(instruction, str(exc))
-        steps = settings.local_epochs * sampler.steps_per_epoch
-        sigma = ledger.noise_multiplier or plan_noise(p, sampler.sample_rate, steps)
-        spent = PrivacyLedger.spent(ledger)
-        projected = PrivacyLedger.project(ledger, sigma, sampler.sample_rate, steps)
-        if projected > p.target_epsilon * (1 + 1e-9):
-            return self._refused(
-                instruction,
-                f"privacy budget: target epsilon {p.target_epsilon:.3f}, spent {spent:.3f}, "
-                f"this round would reach {projected:.3f}",
-            )
-        labels = {
-            m: self.public.labels[torch.as_tensor(rows, dtype=torch.long)]
-            for m, rows in instruction.rows.items()
-        }
-        generator = torch.Generator(device=self.device).manual_seed(int(rng.integers(2**62)))
-        dp = PrivateTraining(
-            model,
-            p,
-            settings.lr,
-            settings.weight_decay,
-            sigma,
-            sampler.sample_rate,
-            settings.batch_size,
-            [tuple(h) for h in ledger.history],
-            generator,  # type: ignore[misc]
-        )
-        model.train()
-        public_batches = (
-            itertools.cycle(batches(len(pub.tensors), settings.public_batch_size, rng))
-            if settings.regularisers
-            else None
-        )
-        public_losses: list[float] = []
-
-        def public_term() -> torch.Tensor | None:
-            assert public_batches is not None
-            loss = public_loss(model, old, pub, next(public_batches), settings, self.device)
-            if loss is not None:
-                public_losses.append(float(loss.detach()))
-            return loss
-
-        try:
-            for _ in range(steps):
-                batch = train.subset(sampler.draw())
-                dp.step(
-                    lambda batch=batch: private_losses(
-                        model,
-                        batch,
-                        pub.globals_,
-                        labels,
-                        self.by_class,
-                        self.config.train.task_temperature,
-                        self.device,
-                    ),
-                    public_term if public_batches is not None else None,
+        with self.budget.exclusive():  # planning to commit: one DP round at a time
+            ledger = self.budget.open(self.data_key, self.training_units)
+            plan = self.budget.plan(ledger, self.data_key, settings.batch_size, settings.local_epochs)
+            out = {
+                "dp_steps": float(plan.steps),
+                "noise_multiplier": plan.noise_multiplier,
+                "sample_rate": plan.sample_rate,
+            }
+            if fresh_from is not None:
+                ledger = self.budget.note(
+                    ledger,
+                    "fresh-model",
+                    f"run {run_id} round {round_}: the model of round {fresh_from} was trained without DP; "
+                    "DP training starts from a fresh model",
                 )
-        finally:
-            dp.close()
-        self.ledger.commit(
-            ledger, instruction.run_id, instruction.round, dp.history, sigma, sampler.sample_rate, steps
-        )
-        # No metric computed on private data leaves the site (it would not be covered by epsilon).
-        out = {"dp_steps": float(steps), "noise_multiplier": sigma, "sample_rate": sampler.sample_rate}
-        if public_losses:
-            out["public_loss"] = float(np.mean(public_losses))
-        return out
+                out["dp_fresh_model"] = 1.0
+            if plan.steps == 0:
+                return out, plan
+            history = run_private_round(
+                model,
+                self.train_data,
+                self.train_groups,
+                plan,
+                self.spec.privacy,
+                settings.lr,
+                settings.weight_decay,
+                ledger.history,
+                lambda batch: private_losses(
+                    model,
+                    batch,
+                    negatives,
+                    negative_labels,
+                    self.by_class,
+                    self.config.train.task_temperature,
+                    self.device,
+                ),
+                public_term,
+            )
+            planned = add_segment(ledger.history, plan.noise_multiplier, plan.sample_rate, plan.steps)
+            if [list(h) for h in history] != planned:
+                raise LedgerError(
+                    f"the accountant recorded {history}, not the planned {planned}; nothing is sent"
+                )
+            self.budget.commit(ledger, plan, run_id, round_)
+            return out, plan
 
-    @cached_property
-    def _train_rows(self) -> np.ndarray:
-        return holdout_split(
-            len(self.private_manifest), site_seed(self.config), self.config.holdout_fraction
-        )[0]
-
-    def private_group(self, train_index: int) -> str | None:
-        return self.private_manifest.samples[int(self._train_rows[train_index])].group
-
-    def _refused(self, instruction: RepresentInstruction, reason: str) -> RepresentReply:
+    def _refused(self, round_: int, reason: str) -> RepresentReply:
         return RepresentReply(
-            site_id=self.spec.id,
-            round=instruction.round,
-            status="refused",
-            reason=reason,
-            privacy=self.privacy_status(),
+            site_id=self.spec.id, round=round_, status="refused", reason=reason, privacy=self.privacy_status()
         )
 
     def _refusal(self, instruction: RepresentInstruction) -> RepresentReply | None:
         mine = self.public_manifest.fingerprint()
         if instruction.public_fingerprint != mine:
-            reason = (
-                f"public-set fingerprint {instruction.public_fingerprint[:12]} differs from ours {mine[:12]}"
-            )
-            return RepresentReply(
-                site_id=self.spec.id,
-                round=instruction.round,
-                status="refused",
-                reason=reason,
-                privacy=self.privacy_status(),
+            return self._refused(
+                instruction.round,
+                f"public-set fingerprint {instruction.public_fingerprint[:12]} differs from ours {mine[:12]}",
             )
         return None
 
     def train_weights(
         self, instruction: WeightsInstruction, weights: dict[str, np.ndarray]
     ) -> tuple[WeightsReply, dict[str, np.ndarray], int]:
-        """FedAvg baseline: start from the global weights, train the task loss, return weights."""
+        """FedAvg baseline: start from the global weights, train the task loss, return weights
+        and the number of examples to weight them by. With DP on, the training is DP-SGD (paired
+        rows contrast against the global model's representations of the public set), the
+        round is accounted, and the number is the ledger's noisy count."""
         model = self.new_model()
         try:
             model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
@@ -392,20 +407,33 @@ class Site:
             ) from None
         model.to(self.device)
         settings = instruction.settings.model_copy(update={"regularisers": False})
-        rng = np.random.default_rng([self.seed, instruction.round])
-        metrics = train_round(
-            model,
-            None,
-            self.train_data,
-            None,
-            settings,
-            self.by_class,
-            self.config.train.task_temperature,
-            rng,
-            self.device,
-        )
+        if self.private:
+            rows = {
+                m: [i for i in range(len(self.public)) if bool(self.public.present[m][i])]
+                for m in model.modalities
+            }
+            negatives = {m: torch.from_numpy(v) for m, v in encode_rows(model, self.public, rows).items()}
+            labels = {m: self.public.labels[torch.as_tensor(r, dtype=torch.long)] for m, r in rows.items()}
+            metrics, plan = self._train_private(
+                model, instruction.run_id, instruction.round, settings, negatives, labels, None
+            )
+            examples = plan.units
+        else:
+            rng = np.random.default_rng([self.seed, instruction.round])
+            metrics = train_round(
+                model,
+                None,
+                self.train_data,
+                None,
+                settings,
+                self.by_class,
+                self.config.train.task_temperature,
+                rng,
+                self.device,
+            )
+            examples = len(self.train_data)
         self.state.save_model(
-            model, instruction.round, self.spec.architectures, instruction.run_id, {"dp": False}
+            model, instruction.round, self.spec.architectures, instruction.run_id, {"dp": self.private}
         )
         out = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         reply = WeightsReply(
@@ -415,14 +443,14 @@ class Site:
             metrics=metrics,
             privacy=self.privacy_status(),
         )
-        return reply, out, len(self.train_data)
+        return reply, out, examples
 
     @torch.no_grad()
     def evaluate(self, run_id: str) -> dict[str, float]:
         """Task metrics on the held-out private rows: accuracy per class head, and for paired
         sites retrieval between their first two modalities."""
-        if self.spec.privacy.enabled and not self.spec.privacy.report_private_metrics:
-            return {}  # held-out private metrics are not covered by the DP guarantee
+        if self.private:
+            return {}  # metrics on private rows are not covered by the DP guarantee
         model, _ = self.load_model(run_id)
         model.eval()
         data = self.holdout

@@ -5,6 +5,7 @@ ledger and audit log must survive restarts, so they live here, on the site's dis
 
     models/RUN/round-NNNN.pt   the model after each round of a run (the newest few are kept)
     model.json                 the newest snapshot's metadata, for people and for checks
+    site.secret                the key of the site's data fingerprint (never leaves the site)
     privacy/                   the privacy ledger (see ledger.py)
     audit.jsonl                one line per message that left the site (see audit.py)
 
@@ -14,8 +15,11 @@ that repeats a round after a crash gets the same result as if it had not crashed
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -50,16 +54,17 @@ class SiteState:
 
     def load_model(
         self, model: nn.Module, architectures: dict[str, str], run_id: str, before_round: int | None = None
-    ) -> int:
+    ) -> dict[str, Any] | None:
         """Load the newest snapshot of ``run_id`` older than ``before_round`` into ``model``;
-        returns its round (0 when there is none and the model keeps its initial weights).
+        returns its metadata (``round``, ``dp``, ...), or None when there is none and the model
+        keeps its initial weights.
 
         Saved weights of other architectures are refused rather than silently ignored.
         """
         candidates = [(r, p) for r, p in self.snapshots(run_id) if before_round is None or r < before_round]
         if not candidates:
-            return 0
-        round_, path = candidates[-1]
+            return None
+        _, path = candidates[-1]
         saved = torch.load(path, map_location="cpu", weights_only=True)
         meta = saved["meta"]
         if meta.get("architectures") != architectures:
@@ -67,7 +72,7 @@ class SiteState:
                 f"state folder {self.root} holds a model of architectures {meta.get('architectures')}, not {architectures}"
             )
         model.load_state_dict(saved["state"])
-        return round_
+        return dict(meta)
 
     def save_model(
         self, model: nn.Module, round_: int, architectures: dict[str, str], run_id: str, extra: dict[str, Any]
@@ -82,3 +87,18 @@ class SiteState:
         for _, old in self.snapshots(run_id)[:-KEEP_SNAPSHOTS]:
             old.unlink(missing_ok=True)
         atomic_write_bytes(self.meta_path, json.dumps(meta, indent=2).encode())
+
+    def secret(self) -> bytes:
+        """The site's own 256-bit secret (``site.secret``, mode 0600), made on first use; it
+        keys the data fingerprint the site shows to others."""
+        path = self.root / "site.secret"
+        if not path.exists():
+            atomic_write_bytes(path, os.urandom(32))
+            path.chmod(0o600)
+        return path.read_bytes()
+
+    def keyed_fingerprint(self, fingerprint: str) -> str:
+        """``HMAC-SHA256(secret, fingerprint)``: the same for the same data at this site, so the
+        coordinator can tell whether a site's data changed, but useless for testing a guess of
+        the data (the plain content hash would be)."""
+        return hmac.new(self.secret(), fingerprint.encode(), hashlib.sha256).hexdigest()

@@ -63,3 +63,13 @@ def manifest_fingerprint(manifest: Manifest) -> str:
         row = {"id": sample.id, "label": sample.label, "group": sample.group, "items": items}
         digest.update(json.dumps(row, sort_keys=True).encode("utf-8") + b"\n")
     return digest.hexdigest()
+
+
+def sample_key(sample: Sample) -> str:
+    """A row's identity for splits: its group id when it has one (a patient's rows share it),
+    else a hash of its content (label and item fingerprints), independent of row order, file
+    location and the other rows."""
+    if sample.group is not None:
+        return f"group:{sample.group}"
+    items = {m: item_fingerprint(sample, m) for m in sorted(sample.values)}
+    return "row:" + text_sha256(json.dumps({"label": sample.label, "items": items}, sort_keys=True))

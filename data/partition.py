@@ -11,6 +11,8 @@ Every index is assigned to exactly one site.
 
 from __future__ import annotations
 
+import hashlib
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,12 +101,24 @@ def label_skew(parts: Sequence[np.ndarray], labels: Sequence[object]) -> float:
     return float(np.mean(dists))
 
 
-def holdout_split(n: int, seed: int | list[int], fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """(train, holdout) indices of ``range(n)``: a seeded shuffle, the first ``fraction`` held out.
+def site_seed(seed: int, site_id: str) -> int:
+    """A site's own seed: the run seed combined with a stable hash of its id."""
+    return seed * 1_000_003 + zlib.crc32(site_id.encode())
 
-    A site and a coordinator that pools the sites' data (the centralized baseline) draw the
-    same split from the same seed.
+
+def holdout_split(keys: Sequence[str], salt: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, holdout) row indices: row i is held out iff ``sha256(salt, keys[i])``, read as
+    a number in [0, 1), is below ``fraction``.
+
+    Each row's side depends on its own key only, never on the other rows: adding or removing
+    a row moves no other row between training and holdout (DP-SGD's neighbouring data sets stay
+    neighbours after the split), and rows that share a key (a patient's group id) stay together.
+    A site and a coordinator that pools the sites' data (the centralized baseline) draw the same
+    split from the same keys and salt.
     """
-    order = np.random.default_rng(seed).permutation(n)
-    n_hold = int(round(n * fraction))
-    return order[n_hold:], order[:n_hold]
+    prefix = f"mmfl-holdout-v2:{salt}:".encode()
+    u = np.array(
+        [int.from_bytes(hashlib.sha256(prefix + k.encode()).digest()[:8], "big") / 2**64 for k in keys]
+    )
+    hold = u < fraction
+    return np.flatnonzero(~hold), np.flatnonzero(hold)

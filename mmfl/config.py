@@ -28,7 +28,11 @@ class StrictModel(BaseModel):
 
 
 class PrivacyConfig(StrictModel):
-    """Sample- or group-level DP-SGD at one site (Opacus), enforced by the site itself."""
+    """Sample- or group-level DP-SGD at one site (Opacus), enforced by the site itself.
+
+    The guarantee is (epsilon, delta)-DP with add-or-remove-one adjacency of a sample (or of a
+    whole group, e.g. a patient) for everything the site sends; see the README's privacy section.
+    """
 
     enabled: bool = False
     target_epsilon: float = Field(8.0, gt=0, description="lifetime budget over this site's data")
@@ -41,8 +45,11 @@ class PrivacyConfig(StrictModel):
     accountant: Literal["rdp", "prv"] = "rdp"
     unit: Literal["sample", "group"] = "sample"
     grad_sample_mode: Literal["auto", "hooks", "ghost"] = "auto"
-    report_private_metrics: bool = Field(
-        False, description="send task metrics computed on private data (not covered by epsilon)"
+    count_epsilon: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="epsilon of the one noisy count of the training set that leaves the site (charged to the budget)",
     )
 
 

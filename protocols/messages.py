@@ -53,27 +53,35 @@ class DeviceInfo(BaseModel):
 
 
 class PrivacyStatus(BaseModel):
-    """What a site declares about its DP-SGD: budget, spent so far, and the settings."""
+    """What a site declares about its differential privacy: the guarantee, the budget, the spend.
+
+    Every field is a setting or a function of what the site released under DP; with DP on, the
+    site's size appears only as ``noisy_units``, its epsilon-DP count of training units.
+    """
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool
+    adjacency: Literal["add-remove"] = "add-remove"
+    unit: Literal["sample", "group"] = "sample"
     target_epsilon: float | None = None
     delta: float | None = None
     epsilon_spent: float = 0.0
     noise_multiplier: float | None = None
-    unit: Literal["sample", "group"] = "sample"
+    noisy_units: int | None = None
 
 
 class Capabilities(Message):
+    """A site's self-description. With DP on, exact counts stay at the site (``None``)."""
+
     site_id: str
     modalities: list[Modality] = Field(min_length=1)
     architectures: dict[str, str]
-    samples: dict[str, int]
-    paired_samples: int
+    samples: dict[str, int] | None = None
+    paired_samples: int | None = None
     classes: int
     device: DeviceInfo
     public_fingerprint: str
-    data_fingerprint: str = ""  # content hash of the site's private manifest (for the evidence file)
+    data_fingerprint: str = ""  # keyed with the site's secret: stable per site, not a membership oracle
     privacy: PrivacyStatus
 
 

@@ -39,7 +39,7 @@ from flwr.serverapp import Grid
 import mmfl
 from mmfl.config import RunPlan, SiteConfig, dump_toml, effective_cream
 from mmfl.data.builtin import PreparedDataset
-from mmfl.data.partition import holdout_split
+from mmfl.data.partition import holdout_split, site_seed
 from mmfl.data.tensors import Tensors, featurizers_for, load_tensors
 from mmfl.files import atomic_write_bytes, atomic_write_text
 from mmfl.models.multimodal import MultiEncoder
@@ -48,6 +48,7 @@ from mmfl.protocols.messages import (
     MSG_CAPABILITIES,
     Capabilities,
     CapabilitiesQuery,
+    PrivacyStatus,
     RepresentInstruction,
     TrainSettings,
     WeightsInstruction,
@@ -178,7 +179,7 @@ class FederatedRun:
         """The sites' training rows exactly as the sites hold them (their modalities only)."""
         if self.plan.site_configs is None:
             raise ValueError("the centralized baseline needs the sites' configurations (simulation only)")
-        from mmfl.client.site import site_seed
+        from mmfl.data.fingerprint import sample_key
         from mmfl.data.manifest import load_manifest
 
         pooled = []
@@ -186,7 +187,8 @@ class FederatedRun:
             cfg = SiteConfig.model_validate(raw)
             samples = load_manifest(cfg.manifest, self.dataset.info.modalities).samples
             data = load_tensors(samples, feats, self.dataset.info.classes, feature_cache_root())
-            train, _ = holdout_split(len(data), site_seed(cfg), cfg.holdout_fraction)
+            keys = [sample_key(x) for x in samples]
+            train, _ = holdout_split(keys, site_seed(cfg.seed, cfg.site.id), cfg.holdout_fraction)
             data = data.subset(train)
             for m in data.present:
                 if m not in cfg.site.modalities:
@@ -496,6 +498,7 @@ class FederatedRun:
                     "modalities": c.modalities,
                     "architectures": c.architectures,
                     "privacy": c.privacy.model_dump(),
+                    "privacy_statement": privacy_statement(c.privacy, last_eps.get(c.site_id)),
                     "epsilon_spent_last_round": last_eps.get(c.site_id),
                 }
                 for c in self.sites.values()
@@ -583,6 +586,7 @@ class FederatedRun:
                 "architectures": c.architectures,
                 "private_samples": c.samples,
                 "paired_samples": c.paired_samples,
+                "private_units_noisy": c.privacy.noisy_units,
                 "device": c.device.model_dump(),
                 "privacy": c.privacy.model_dump(),
             }
@@ -634,11 +638,26 @@ class FederatedRun:
                 for rec in self.records
             ],
             "final": final,
+            # DP sites draw noise and batches from OS entropy: their runs cannot be replayed.
+            "reproducible": not any(c.privacy.enabled for c in self.sites.values()),
             "wall_seconds": wall,
             "versions": versions(),
             "config": json.loads(json.dumps(self.spec.model_dump(mode="json"))),
             "config_toml": dump_toml(self.spec),
         }
+
+
+def privacy_statement(status: PrivacyStatus, epsilon: float | None) -> str:
+    """One sentence a governance reviewer can quote for a site."""
+    if not status.enabled:
+        return "no differential privacy: what this site sent is not protected by any epsilon"
+    spent = status.epsilon_spent if epsilon is None else epsilon
+    return (
+        f"{status.unit}-level DP with add-or-remove-one adjacency at delta {status.delta:g}: epsilon "
+        f"{spent:.4f} spent of a budget of {status.target_epsilon:g}, covering every representation, "
+        "model and count this site sent; its size left it only as an epsilon-DP count; DP noise and "
+        "batches came from OS entropy (not reproducible)"
+    )
 
 
 def concat(parts: Iterable[Tensors]) -> Tensors:

@@ -102,7 +102,10 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         "|---|---|---|---|---|---|",
     ]
     for s in summary["sites"]:
-        samples = ", ".join(f"{m} {n}" for m, n in s["private_samples"].items())
+        if s["private_samples"] is None:  # a DP site: only its noisy count left it
+            samples = f"≈{s.get('private_units_noisy') or '?'} (ε-DP count)"
+        else:
+            samples = ", ".join(f"{m} {n}" for m, n in s["private_samples"].items())
         archs = ", ".join(f"{m}: {a}" for m, a in s["architectures"].items())
         dp = f"ε ≤ {s['privacy']['target_epsilon']}" if s["privacy"]["enabled"] else "off"
         lines.append(
@@ -165,6 +168,12 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         lines += ["", "## Privacy spent (ε after each round)", ""]
         for site, pts in eps.items():
             lines.append(f"- {site}: " + ", ".join(f"r{n} {e:.3f}" for n, e in pts))
+        lines += [
+            "",
+            "ε is add-or-remove-one DP of a sample (or group) at the site's δ, covering everything the "
+            "site sent. DP sites draw noise and batches from OS entropy, so this run cannot be replayed "
+            "bit for bit.",
+        ]
     lines += ["", "![rsum per round](rsum.png)", "", "![bytes per round](bytes.png)", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))

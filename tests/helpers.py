@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from mmfl.protocols.messages import RepresentInstruction, TrainSettings
+
 SMALL = [
     "rounds=2",
     "train.local_epochs=1",
@@ -21,3 +25,38 @@ def small_spec(*extra: str):
     from mmfl.config import FederationSpec, load_config
 
     return load_config(FederationSpec, overrides=[*SMALL, *extra])
+
+
+SETTINGS = TrainSettings(
+    local_epochs=1,
+    batch_size=32,
+    lr=1e-3,
+    weight_decay=0,
+    public_batch_size=128,
+    contrast_temperature=0.5,
+    interintra_weight=0.5,
+)
+
+
+def instruction(
+    site, round_: int, local_epochs: int = 1, n: int | None = 200, run_id: str = "t"
+) -> tuple[RepresentInstruction, dict[str, np.ndarray]]:  # noqa: ANN001
+    """A represent instruction for the site's first ``n`` public rows (all: None), with random
+    unit-length global representations."""
+    samples = site.public_manifest.samples[:n]
+    rows = {m: [i for i, x in enumerate(samples) if x.has(m)] for m in ("image", "text")}
+    rng = np.random.default_rng(round_)
+    arrays = {}
+    for m, r in rows.items():
+        g = rng.normal(size=(len(r), 256)).astype(np.float32)
+        arrays[m] = g / np.linalg.norm(g, axis=1, keepdims=True)
+    message = RepresentInstruction(
+        run_id=run_id,
+        round=round_,
+        public_fingerprint=site.public_manifest.fingerprint(),
+        public_indices=list(range(len(samples))),
+        rows=rows,
+        embed_dim=256,
+        settings=SETTINGS.model_copy(update={"local_epochs": local_epochs}),
+    )
+    return message, arrays

@@ -1,9 +1,13 @@
-"""DP-SGD at the site: accountant reference values, the ledger, sensitivity, public gradients."""
+"""DP-SGD at the site: accountant reference values, the ledger and the budget policy, sensitivity,
+secure noise, Poisson sampling, public gradients."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +17,19 @@ from opacus.accountants import create_accountant
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
-from mmfl.client.ledger import LedgerError, PrivacyLedger, epsilon_of
-from mmfl.client.privacy import PoissonSampler, PrivateTraining, private_losses
+from mmfl.client import secure_random
+from mmfl.client.budget import PrivacyBudget, PrivacyRefusal, plan_noise
+from mmfl.client.ledger import LedgerError, PrivacyLedger, add_segment, epsilon_of
+from mmfl.client.privacy import PoissonSampler, PrivateTraining, private_losses, training_units
+from mmfl.client.secure_random import SecureRandom
 from mmfl.config import PrivacyConfig
+from mmfl.data.partition import holdout_split
 from mmfl.data.tensors import Tensors
+from mmfl.errors import MmflError
 from mmfl.models.losses import paired_contrastive, positives_matrix
 from mmfl.models.multimodal import MultiEncoder
+
+DATA = "d" * 64
 
 # ---------------------------------------------------------------------- accountant reference values
 
@@ -36,53 +47,134 @@ def test_accountant_reproduces_published_values(accountant, q, sigma, steps, del
     assert abs(epsilon_of([[sigma, q, steps]], delta, accountant) - expected) < 1e-6
 
 
-def test_rounds_across_a_ledger_reload_equal_one_run(tmp_path: Path) -> None:
-    sigma, q, per_round = 1.1, 0.05, 40
-    ledger = PrivacyLedger(tmp_path, "site-a", "f" * 64)
-    book = ledger.create("rdp", 1e-5, 10.0, "sample")
-    acc = create_accountant("rdp")
-    for r in range(1, 4):
-        for _ in range(per_round):
-            acc.step(noise_multiplier=sigma, sample_rate=q)
-        book = ledger.commit(book, "run-1", r, acc.history, sigma, q, per_round)
+# ------------------------------------------------------------------------------ ledger and budget
+
+
+def budget(tmp_path: Path, **privacy) -> PrivacyBudget:
+    config = PrivacyConfig(enabled=True, **{"target_epsilon": 8.0, **privacy})
+    return PrivacyBudget(tmp_path, "site-a", config)
+
+
+def spend_rounds(b: PrivacyBudget, rounds: int, run: str = "run-1", batch: int = 32, first: int = 1):
+    ledger = b.open(DATA, 600)
+    for r in range(first, first + rounds):
+        plan = b.plan(ledger, DATA, batch, 1)
+        ledger = b.commit(ledger, plan, run, r)
+    return ledger
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_ledger_epsilon_equals_opacus_across_restarts(tmp_path: Path, accountant: str) -> None:
+    b = budget(tmp_path, accountant=accountant, noise_multiplier=1.1)
+    spend_rounds(b, 3)
     # A new process: nothing but the files on disk.
-    reloaded = PrivacyLedger(tmp_path, "site-a", "f" * 64).load()
-    assert reloaded is not None and [e.round for e in reloaded.entries] == [1, 2, 3]
-    acc2 = create_accountant("rdp")
-    acc2.history = [tuple(h) for h in reloaded.history]
-    for r in range(4, 6):
-        for _ in range(per_round):
-            acc2.step(noise_multiplier=sigma, sample_rate=q)
-        reloaded = PrivacyLedger(tmp_path, "site-a", "f" * 64).commit(
-            reloaded, "run-2", r, acc2.history, sigma, q, per_round
-        )
-    one_shot = epsilon_of([[sigma, q, 5 * per_round]], 1e-5, "rdp")
-    assert abs(PrivacyLedger.spent(reloaded) - one_shot) < 1e-9
-    assert abs(reloaded.entries[-1].epsilon_after - one_shot) < 1e-9
-    assert PrivacyLedger.project(reloaded, sigma, q, per_round) == pytest.approx(
-        epsilon_of([[sigma, q, 6 * per_round]], 1e-5, "rdp")
-    )
+    b2 = budget(tmp_path, accountant=accountant, noise_multiplier=1.1)
+    spend_rounds(b2, 2, "run-2", first=4)
+    reloaded = PrivacyLedger(tmp_path, "site-a").load()
+    assert reloaded is not None and [e.round for e in reloaded.entries] == [1, 2, 3, 4, 5]
+    (sigma, q, steps), count = reloaded.history[0], reloaded.count_releases[0]
+    assert len(reloaded.history) == 1 and steps == 5 * round(count.units / 32) and q == 32 / count.units
+    acc = create_accountant(accountant)  # Opacus itself, for the same steps taken one at a time
+    for _ in range(int(steps)):
+        acc.step(noise_multiplier=sigma, sample_rate=q)
+    opacus = acc.get_epsilon(delta=1e-5)
+    assert abs(reloaded.spent() - (opacus + count.epsilon)) < 1e-9
+    assert abs(reloaded.entries[-1].epsilon_after - reloaded.spent()) < 1e-9
 
 
-def test_a_deleted_or_corrupted_ledger_fails_closed_until_reset(tmp_path: Path) -> None:
-    ledger = PrivacyLedger(tmp_path, "s", "a" * 64)
-    book = ledger.create("rdp", 1e-5, 8.0, "sample")
-    ledger.commit(book, "r", 1, [(1.0, 0.1, 10)], 1.0, 0.1, 10)
-    data = ledger.path.read_bytes()
-    ledger.path.write_bytes(data.replace(b'"steps": 10', b'"steps": 1'))
-    with pytest.raises(LedgerError, match="does not match its checksum"):
-        ledger.load()
-    ledger.path.unlink()
-    with pytest.raises(LedgerError, match="is missing although this site spent privacy"):
-        ledger.load()
-    (tmp_path / "privacy" / "ledgers.json").unlink()  # even with the registry gone too ...
+def test_the_size_leaves_only_as_a_noisy_count(tmp_path: Path) -> None:
+    b = budget(tmp_path, count_epsilon=0.5)
+    ledger = b.open(DATA, 600)
+    again = b.open(DATA, 600)  # released once per data set, not per round
+    assert len(again.count_releases) == 1 and again.count_releases[0].epsilon == 0.5
+    units = ledger.count_releases[0].units
+    plan = b.plan(ledger, DATA, 32, 2)
+    assert plan.sample_rate == 32 / units and plan.steps == 2 * round(units / 32)
+    draws = np.array([SecureRandom().noisy_count(600, 0.5) for _ in range(4000)])
+    a = math.exp(-0.5)
+    assert abs(draws.mean() - 600) < 0.2 and abs(draws.var() / (2 * a / (1 - a) ** 2) - 1) < 0.1
+    other = b.open("e" * 64, 300)  # new data: another count, spending continues on the same budget
+    assert len(other.count_releases) == 2 and other.events[-1].kind == "data-changed"
+    assert other.spent() == pytest.approx(0.5 + 0.5)
+
+
+def test_a_configuration_cannot_raise_the_budget(tmp_path: Path) -> None:
+    ledger = spend_rounds(budget(tmp_path, target_epsilon=3.0), 1)
+    spent = ledger.spent()
+    with pytest.raises(PrivacyRefusal, match=r"budget of 6 but the ledger's is 3; .*ledger-raise --to 6"):
+        budget(tmp_path, target_epsilon=6.0).open(DATA, 600)
+    lowered = budget(tmp_path, target_epsilon=2.5).open(DATA, 600)  # lowering is recorded
+    assert lowered.budget == 2.5 and lowered.events[-1].kind == "budget-lowered"
+    with pytest.raises(MmflError, match="needs a reason"):
+        budget(tmp_path).raise_budget(6.0, " ")
+    raised = budget(tmp_path).raise_budget(6.0, "ethics board decision 2026-11")
+    assert raised.budget == 6.0 and "ethics board" in raised.events[-1].detail
+    assert budget(tmp_path, target_epsilon=6.0).open(DATA, 600).spent() == pytest.approx(spent)
+    with pytest.raises(PrivacyRefusal, match="privacy.delta is 1e-06 .* but 1e-05 in its ledger"):
+        budget(tmp_path, target_epsilon=6.0, delta=1e-6).open(DATA, 600)
+
+
+def test_a_round_beyond_the_budget_is_refused_and_zero_epochs_spend_nothing(tmp_path: Path) -> None:
+    b = budget(tmp_path, target_epsilon=2.0, planned_rounds=1)
+    ledger = spend_rounds(b, 1)
+    with pytest.raises(PrivacyRefusal, match=r"target epsilon 2.000, spent .* would reach"):
+        b.plan(ledger, DATA, 32, 1)
+    started = time.perf_counter()
+    plan = b.plan(ledger, DATA, 32, 0)  # an encode-only round
+    assert plan.steps == 0 and time.perf_counter() - started < 1.0
+    assert b.commit(ledger, plan, "r", 9).seq == ledger.seq
+    with pytest.raises(ValueError, match="at least one step"):
+        plan_noise([], 0.0, 8.0, 0.1, 0, 1e-5, "rdp")
+
+
+def test_a_broken_ledger_fails_closed_and_a_reset_keeps_what_was_spent(tmp_path: Path) -> None:
+    b = budget(tmp_path)
+    spent = spend_rounds(b, 3).spent()
+    files = PrivacyLedger(tmp_path, "site-a")
+    # Edited (fewer steps) with its checksum recomputed: the journal still knows better.
+    raw = json.loads(files.path.read_text())
+    raw["history"][0][2] = 1
+    data = json.dumps(raw).encode()
+    files.path.write_bytes(data)
+    files.checksum_path.write_text(hashlib.sha256(data).hexdigest())
+    with pytest.raises(LedgerError, match="disagrees with its journal"):
+        files.load()
+    with pytest.raises(MmflError, match="needs a reason"):
+        b.reset(" ")
+    fresh = b.reset("ledger edited by hand; ticket 41")
+    assert fresh.spent() == pytest.approx(spent) and fresh.events[-1].kind == "reset"
+    assert files.load() is not None and len(list(files.dir.glob("*.replaced-*"))) == 3
+    # Deleted: training refuses; the reset recovers the spend from the journal.
+    files.path.unlink()
     with pytest.raises(LedgerError, match="is missing"):
-        ledger.load(expected_existing=True)  # ... the site's model records say DP training happened
-    with pytest.raises(Exception, match="needs a reason"):
-        ledger.reset(" ", "rdp", 1e-5, 8.0, "sample")
-    fresh = ledger.reset("ledger disk replaced after failure; ticket 42", "rdp", 1e-5, 8.0, "sample")
-    assert fresh.resets[0].reason.startswith("ledger disk replaced") and PrivacyLedger.spent(fresh) == 0.0
-    assert ledger.load() is not None
+        files.load()
+    assert b.reset("disk replaced; ticket 42").spent() == pytest.approx(spent)
+    # Journal gone too: corrupt ledger bytes still parse, so nothing is lost.
+    files.journal_path.unlink()
+    with pytest.raises(LedgerError, match="disagrees with its journal"):
+        files.load()
+    assert b.reset("journal lost; ticket 43").spent() == pytest.approx(spent)
+    # Everything gone: the operator must state the spend, which is carried over.
+    files.set_aside()
+    for old in files.dir.glob("*.replaced-*"):
+        old.unlink()
+    b_dp = PrivacyBudget(tmp_path, "site-a", b.config, trained_with_dp=lambda: True)
+    with pytest.raises(LedgerError, match="is missing"):
+        b_dp.load()
+    with pytest.raises(MmflError, match="state what this site has spent with --spent"):
+        b_dp.reset("all lost; ticket 44")
+    carried = b_dp.reset("all lost; ticket 44", spent_floor=spent)
+    assert carried.spent() == pytest.approx(spent) and carried.carried[0].epsilon == pytest.approx(spent)
+    assert carried.total_delta() == pytest.approx(2e-5)  # basic composition with the carried spend
+
+
+def test_the_ledger_names_its_guarantee(tmp_path: Path) -> None:
+    ledger = spend_rounds(budget(tmp_path, accountant="prv", unit="group"), 1)
+    data = json.loads((tmp_path / "privacy" / "ledger.json").read_text())
+    assert data["adjacency"] == "add-remove" and data["unit"] == "group" and data["accountant"] == "prv"
+    assert data["entries"][0]["epsilon_after"] > 0
+    statement = ledger.statement()
+    assert "group-level DP with add-or-remove-one adjacency" in statement and "epsilon-DP count" in statement
 
 
 # --------------------------------------------------------------------------------- sensitivity
@@ -116,9 +208,7 @@ def clipped_sum(model: MultiEncoder, loss_fn, x: Tensors, c: float) -> torch.Ten
     opt.zero_grad()
     loss_fn(model, x).backward()
     opt.pre_step()
-    out = torch.cat([p.grad.flatten() for p in params]) * len(
-        x
-    )  # pre_step divides by the expected batch size
+    out = torch.cat([p.grad.flatten() for p in params]) * len(x)  # pre_step divides by the batch size
     gsm._close()
     return out
 
@@ -153,20 +243,26 @@ def test_one_removed_private_sample_moves_the_clipped_sum_by_at_most_c() -> None
     assert worst["in-batch"] > 1.05 * c  # the same check catches the coupled loss
 
 
+GLOBALS = {m: torch.nn.functional.normalize(torch.randn(20, 16), dim=1) for m in ("image", "text")}
+GLABELS = {m: torch.randint(0, 3, (20,)) for m in ("image", "text")}
+
+
+def losses_of(model: MultiEncoder, x: Tensors) -> torch.Tensor:
+    return private_losses(model, x, GLOBALS, GLABELS, False, 0.1, torch.device("cpu"))
+
+
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_public_gradient_reaches_the_parameters_and_privacy_is_accounted(mode: str) -> None:
     config = PrivacyConfig(enabled=True, max_grad_norm=1.0, grad_sample_mode=mode)
     x = batch(10)
-    globals_ = {m: torch.nn.functional.normalize(torch.randn(20, 16), dim=1) for m in ("image", "text")}
-    glabels = {m: torch.randint(0, 3, (20,)) for m in ("image", "text")}
     public_x = torch.rand(6, 1, 8, 8)
 
     def run(with_public: bool) -> list[torch.Tensor]:
         model = paired_model()
-        dp = PrivateTraining(model, config, 0.0, 0.0, 0.0, 0.1, 10, [], torch.Generator().manual_seed(0))
+        dp = PrivateTraining(model, config, 0.0, 0.0, 0.0, 0.1, 10, [], SecureRandom())
         assert dp.mode == mode
         public = (lambda: model("image", public_x).sum() * 3.0) if with_public else None
-        dp.step(lambda: private_losses(model, x, globals_, glabels, False, 0.1, torch.device("cpu")), public)
+        dp.step(lambda: losses_of(model, x), public)
         grads = [p.grad.clone() for p in model.parameters()]
         assert dp.history == [(0.0, 0.1, 1)]
         dp.close()
@@ -188,20 +284,105 @@ def test_public_gradient_reaches_the_parameters_and_privacy_is_accounted(mode: s
     assert moved >= 3  # the image tower's layers received the public gradient
 
 
-def test_group_sampling_takes_one_row_per_group() -> None:
+# ------------------------------------------------------------------------------ secure randomness
+
+
+def noise_of_one_empty_step(mode: str, sigma: float = 2.0, c: float = 0.5, b: int = 4) -> torch.Tensor:
+    """The update direction of a step on an empty Poisson batch: noise only, divided by B."""
+    config = PrivacyConfig(enabled=True, max_grad_norm=c, grad_sample_mode=mode)
+    model = paired_model()
+    dp = PrivateTraining(model, config, 0.0, 0.0, sigma, 0.1, b, [], SecureRandom())
+    dp.step(lambda: losses_of(model, batch(4).subset([])), None)
+    assert dp.history == [(sigma, 0.1, 1)]  # an empty batch is a step like any other
+    noise = torch.cat([p.grad.flatten() for p in model.parameters()])
+    dp.close()
+    return noise
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_empty_batches_are_noised_and_the_noise_comes_from_os_entropy_only(monkeypatch, mode: str) -> None:
+    torch.manual_seed(0)
+    first = noise_of_one_empty_step(mode)
+    torch.manual_seed(0)  # the same torch seed, the same everything: other noise
+    second = noise_of_one_empty_step(mode)
+    assert not torch.equal(first, second)
+    assert abs(float(first.std()) - 2.0 * 0.5 / 4) < 0.02  # N(0, (sigma C)^2) / B
+    # With the OS's entropy pinned, the noise is exactly SecureRandom's: no other source enters.
+    monkeypatch.setattr(secure_random.os, "urandom", lambda n: bytes(range(n)))
+    pinned = [noise_of_one_empty_step(mode) for _ in range(2)]
+    assert torch.equal(pinned[0], pinned[1])
+    reference = SecureRandom()
+    assert torch.equal(pinned[0], reference.normal((len(pinned[0]),), 2.0 * 0.5) / 4)
+
+
+def test_poisson_sampling_rate_and_groups() -> None:
+    rng = SecureRandom()
+    sampler = PoissonSampler.build(None, 1000, 0.05, rng)
+    counts = np.zeros(1000)
+    for _ in range(400):
+        counts[sampler.draw()] += 1
+    assert abs(counts.mean() / 400 - 0.05) < 0.003  # each unit in ~q of the batches
+    sizes = [len(sampler.draw()) for _ in range(300)]
+    assert np.var(sizes) > 20  # batch sizes vary (Poisson), they are not fixed
     groups = ["p1", "p1", "p1", "p2", "p3", "p3"]
-    sampler = PoissonSampler.build(groups, 6, 2, np.random.default_rng(0))
-    assert len(sampler.groups) == 3 and math.isclose(sampler.sample_rate, 2 / 3)
-    for _ in range(50):
-        rows = sampler.draw()
+    units = training_units(groups, 6)
+    assert [list(u) for u in units] == [[0, 1, 2], [3], [4, 5]]
+    grouped = PoissonSampler.build(groups, 6, 0.9, rng)
+    for _ in range(200):
+        rows = grouped.draw()
         assert len({groups[i] for i in rows}) == len(rows)
     with pytest.raises(ValueError, match="group id on every private row"):
-        PoissonSampler.build(["a", None], 2, 1, np.random.default_rng(0))
+        training_units(["a", None], 2)
 
 
-def test_ledger_json_is_readable_by_people(tmp_path: Path) -> None:
-    ledger = PrivacyLedger(tmp_path, "s", "b" * 64)
-    book = ledger.create("prv", 1e-6, 3.0, "group")
-    ledger.commit(book, "r", 1, [(1.2, 0.05, 30)], 1.2, 0.05, 30)
-    data = json.loads(ledger.path.read_text())
-    assert data["entries"][0]["epsilon_after"] > 0 and data["unit"] == "group" and data["accountant"] == "prv"
+def test_the_holdout_side_of_a_row_depends_on_that_row_only() -> None:
+    keys = [f"row:{i}" for i in range(2000)]
+    train, hold = holdout_split(keys, 7, 0.2)
+    assert abs(len(hold) / 2000 - 0.2) < 0.03
+    held = {keys[i] for i in hold}
+    for neighbour in (keys[:500] + keys[501:], ["row:new", *keys]):  # one row removed / added
+        _, hold2 = holdout_split(neighbour, 7, 0.2)
+        assert {neighbour[i] for i in hold2} - {"row:new"} == held - {"row:500"}
+    grouped = ["group:a", "group:a", "group:b", *keys[:50]]
+    _, hold3 = holdout_split(grouped, 3, 0.5)
+    assert (0 in hold3) == (1 in hold3)  # a group's rows stay together
+
+
+def test_noise_planning_keeps_the_planned_rounds_within_the_budget() -> None:
+    q, steps = 0.05, 40
+    sigma = plan_noise([], 0.05, 8.0, q, 10 * steps, 1e-5, "rdp")
+    assert 7.94 <= 0.05 + epsilon_of([[sigma, q, 10 * steps]], 1e-5, "rdp") <= 8.0
+    # With spend already on the ledger, the same rounds need more noise.
+    spent = add_segment([], 1.0, q, 200)
+    assert plan_noise(spent, 0.05, 8.0, q, 10 * steps, 1e-5, "rdp") > sigma
+    with pytest.raises(PrivacyRefusal, match="too little"):
+        plan_noise([], 8.0, 8.0, q, steps, 1e-5, "rdp")
+
+
+def test_secure_random_is_uniform_and_fresh() -> None:
+    a, b = SecureRandom(), SecureRandom()
+    u = a.uniform(100_000)
+    assert 0 <= u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
+    assert not np.array_equal(a.uniform(10), b.uniform(10))
+    z = a.normal((200_000,), 3.0)
+    assert abs(float(z.mean())) < 0.03 and abs(float(z.std()) - 3.0) < 0.03
+
+
+def test_concurrent_rounds_of_one_site_are_all_accounted(tmp_path: Path) -> None:
+    def rounds(k: int) -> None:
+        b = budget(tmp_path, noise_multiplier=2.0)  # a process of its own would hold its own object
+        for r in range(3):
+            with b.exclusive():
+                ledger = b.open(DATA, 600)
+                time.sleep(0.01)  # training happens here, with the ledger held
+                b.commit(ledger, b.plan(ledger, DATA, 32, 1), f"run-{k}", r + 1)
+
+    threads = [threading.Thread(target=rounds, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger = PrivacyLedger(tmp_path, "site-a").load()  # journal and ledger agree
+    assert ledger is not None and len(ledger.entries) == 12 and len(ledger.count_releases) == 1
+    steps = 12 * round(ledger.count_releases[0].units / 32)
+    assert ledger.history == [[2.0, 32 / ledger.count_releases[0].units, steps]]

@@ -1,5 +1,6 @@
-"""DP inside whole federations: epsilon reported per site per round, budgets enforced by the
-site, and a ledger that survives a killed site process."""
+"""DP inside whole federations and at a real site: epsilon reported per site per round, budgets
+enforced by the site, a ledger that survives a killed site process, FedAvg under DP, fresh noise,
+group-level privacy on a real manifest, and what a DP site sends."""
 
 from __future__ import annotations
 
@@ -8,13 +9,33 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from flwr.app import Context, Message, RecordDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpers import small_spec
+from helpers import SETTINGS, instruction, small_spec
+from mmfl.client.app import app as client_app
 from mmfl.client.ledger import PrivacyLedger, epsilon_of
+from mmfl.client.privacy import PoissonSampler
+from mmfl.client.secure_random import SecureRandom
+from mmfl.client.site import Site
+from mmfl.config import SiteConfig
+from mmfl.data.manifest import Sample, load_manifest, write_manifest
+from mmfl.protocols.messages import (
+    MSG_WEIGHTS,
+    Capabilities,
+    EvaluateReply,
+    RepresentReply,
+    WeightsInstruction,
+    WeightsReply,
+)
+from mmfl.protocols.records import arrays_of, decode, encode
 from mmfl.server.store import SiteRoundRow, open_store
 from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.plan import build_plan
@@ -30,17 +51,25 @@ def test_dp_federation_reports_epsilon_per_site_per_round(digits, tmp_path: Path
     assert set(eps[0]) == set(eps[1]) == {"img", "txt", "pair-a", "pair-b"}
     for site in eps[0]:
         assert 0 < eps[0][site] < eps[1][site] <= 8.0
-    assert all(s["privacy"]["enabled"] and s["privacy"]["target_epsilon"] == 8.0 for s in summary["sites"])
-    # Nothing computed on private data leaves a DP site.
+    assert summary["reproducible"] is False
+    for s in summary["sites"]:
+        assert s["privacy"]["enabled"] and s["privacy"]["target_epsilon"] == 8.0
+        assert s["private_samples"] is None and s["paired_samples"] is None  # the size stays at the site
+        assert s["private_units_noisy"] == s["privacy"]["noisy_units"] > 100
+    # Nothing computed on private data, and no timing, leaves a DP site.
     for r in summary["rounds"]:
         for s in r["sites"]:
-            assert "task_loss" not in s["metrics"] and s["metrics"]["dp_steps"] >= 1
+            assert set(s["metrics"]) <= {"dp_steps", "noise_multiplier", "sample_rate", "public_loss"}
+            assert s["metrics"]["dp_steps"] >= 1
     assert all(m == {} for m in summary["final"]["site_metrics"].values())
     with Session(open_store(tmp_path / "dp" / "runs.sqlite")) as s:
         stored = s.scalars(select(SiteRoundRow)).all()
     assert len(stored) == 8 and all(row.epsilon is not None and row.epsilon > 0 for row in stored)
     write_report(summary, tmp_path / "dp")
-    assert "Privacy spent" in (tmp_path / "dp" / "report.md").read_text()
+    report = (tmp_path / "dp" / "report.md").read_text()
+    assert "Privacy spent" in report and "(ε-DP count)" in report
+    evidence = json.loads((tmp_path / "dp" / "evidence.json").read_text())
+    assert all("add-or-remove-one adjacency" in s["privacy_statement"] for s in evidence["sites"])
 
 
 def test_a_site_refuses_the_round_that_would_exceed_its_budget(digits, tmp_path: Path) -> None:
@@ -61,45 +90,32 @@ def test_a_site_refuses_the_round_that_would_exceed_its_budget(digits, tmp_path:
         )
         assert all(s["accepted"] for sid, s in later.items() if sid != "img")
     assert [r["status"] for r in summary["rounds"]] == ["completed"] * 3
-    ledger = PrivacyLedger(tmp_path / "budget" / "sites" / "img" / "state", "img", "x" * 64)
-    files = list((tmp_path / "budget" / "sites" / "img" / "state" / "privacy").glob("ledger-*.json"))
-    assert len(files) == 1 and [e["round"] for e in json.loads(files[0].read_text())["entries"]] == [1]
-    assert ledger is not None
+    ledger = PrivacyLedger(tmp_path / "budget" / "sites" / "img" / "state", "img").load()
+    assert ledger is not None and [e.round for e in ledger.entries] == [1]
 
 
 ONE_ROUND = """
 import json, sys, time
-import numpy as np
+sys.path.insert(0, sys.argv[4])
+from helpers import instruction
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig
-from mmfl.protocols.messages import RepresentInstruction, TrainSettings
 
 configs, round_, linger = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "linger"
 site = Site(SiteConfig.model_validate(json.load(open(configs))[0]))
-pub = site.public
-samples = site.public_manifest.samples
-rows = {m: [i for i, x in enumerate(samples) if x.has(m)] for m in ("image", "text")}
-rng = np.random.default_rng(round_)
-arrays = {}
-for m, r in rows.items():
-    g = rng.normal(size=(len(r), 256)).astype(np.float32)
-    arrays[m] = g / np.linalg.norm(g, axis=1, keepdims=True)
-settings = TrainSettings(local_epochs=1, batch_size=32, lr=1e-3, weight_decay=0, public_batch_size=128,
-                         contrast_temperature=0.5, interintra_weight=0.5)
-instruction = RepresentInstruction(run_id="kill-test", round=round_, public_fingerprint=site.public_manifest.fingerprint(),
-                                   public_indices=list(range(len(samples))), rows=rows, embed_dim=256, settings=settings)
-reply, _ = site.represent(instruction, arrays)
+reply, _ = site.represent(*instruction(site, round_, run_id="kill-test", n=None))
 print(json.dumps({"status": reply.status, "epsilon": reply.privacy.epsilon_spent, "metrics": reply.metrics}), flush=True)
 if linger:
     time.sleep(600)
 """
+TESTS = str(Path(__file__).parent)
 
 
 def test_a_killed_site_process_restarts_with_its_ledger(digits, tmp_path: Path) -> None:
     plan = build_plan(small_spec("sites.0.privacy.enabled=true"), tmp_path / "kill")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.Popen(
-        [sys.executable, "-c", ONE_ROUND, str(plan.site_configs), "1", "linger"],
+        [sys.executable, "-c", ONE_ROUND, str(plan.site_configs), "1", "linger", TESTS],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -111,7 +127,7 @@ def test_a_killed_site_process_restarts_with_its_ledger(digits, tmp_path: Path) 
         first.wait(timeout=30)
     assert out1["status"] == "ok" and out1["epsilon"] > 0
     second = subprocess.run(
-        [sys.executable, "-c", ONE_ROUND, str(plan.site_configs), "2", "once"],
+        [sys.executable, "-c", ONE_ROUND, str(plan.site_configs), "2", "once", TESTS],
         capture_output=True,
         text=True,
         env=env,
@@ -119,10 +135,201 @@ def test_a_killed_site_process_restarts_with_its_ledger(digits, tmp_path: Path) 
     )
     out2 = json.loads(second.stdout.strip().splitlines()[-1])
     assert out2["status"] == "ok" and out2["epsilon"] > out1["epsilon"]
-    ledger_file = next((tmp_path / "kill" / "sites" / "img" / "state" / "privacy").glob("ledger-*.json"))
-    ledger = json.loads(ledger_file.read_text())
+    ledger = json.loads(
+        (tmp_path / "kill" / "sites" / "img" / "state" / "privacy" / "ledger.json").read_text()
+    )
     assert [e["round"] for e in ledger["entries"]] == [1, 2]
     sigma, q = ledger["noise_multiplier"], ledger["entries"][0]["sample_rate"]
     total = sum(e["steps"] for e in ledger["entries"])
-    one_run = epsilon_of([[sigma, q, total]], 1e-5, "rdp")
+    one_run = epsilon_of([[sigma, q, total]], 1e-5, "rdp") + ledger["count_releases"][0]["epsilon"]
     assert abs(out2["epsilon"] - one_run) < 1e-9
+
+
+# ------------------------------------------------------------------------- a single real site
+
+
+@pytest.fixture(scope="module")
+def site_configs(digits, tmp_path_factory: pytest.TempPathFactory) -> list[SiteConfig]:
+    plan = build_plan(small_spec(), tmp_path_factory.mktemp("sites"))
+    return [SiteConfig.model_validate(c) for c in json.loads(Path(plan.site_configs).read_text())]
+
+
+def site_like(config: SiteConfig, state: Path, **privacy: object) -> Site:
+    spec = config.site.model_copy(update={"privacy": config.site.privacy.model_copy(update=privacy)})
+    return Site(config.model_copy(update={"site": spec, "state_dir": state}))
+
+
+def node_context(config: SiteConfig, path: Path, run: int) -> Context:
+    """The Flower context of a simulated node that is the site ``config``."""
+    path.write_text(json.dumps([config.model_dump(mode="json")]))
+    return Context(
+        run_id=run,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 1},
+        state=RecordDict(),
+        run_config={"site-configs": str(path)},
+    )
+
+
+def test_two_runs_of_the_same_dp_round_release_different_noise(site_configs, tmp_path: Path) -> None:
+    img = site_configs[0]
+    released = {}
+    for dp in (False, True):
+        reps = []
+        for k in range(2):  # identical configuration, seed and instruction; fresh state folders
+            site = site_like(img, tmp_path / f"{dp}-{k}", enabled=dp)
+            reply, arrays = site.represent(*instruction(site, 1))
+            assert reply.status == "ok"
+            reps.append(arrays["image"])
+        released[dp] = reps
+    assert np.array_equal(*released[False])  # without DP a run is reproducible
+    assert not np.allclose(*released[True], atol=1e-4)  # with DP no seed replays the noise
+
+
+def test_what_a_dp_site_sends(site_configs, tmp_path: Path) -> None:
+    site = site_like(site_configs[2], tmp_path / "pair", enabled=True)  # a paired site
+    caps = site.capabilities()
+    assert caps.samples is None and caps.paired_samples is None
+    assert caps.data_fingerprint != site.private_manifest.fingerprint()  # keyed, not the content hash
+    assert caps.data_fingerprint == site.data_key and len(caps.data_fingerprint) == 64
+    units = caps.privacy.noisy_units
+    assert units is not None and caps.privacy.epsilon_spent == pytest.approx(0.05)  # the count release
+    reply, _ = site.represent(*instruction(site, 1))
+    assert reply.train_seconds == 0.0 and "train_seconds" not in reply.metrics
+    assert reply.metrics["sample_rate"] == 32 / units  # from the noisy count, not the exact size
+    assert reply.metrics["dp_steps"] == round(units / 32)
+    fields = set().union(
+        *(m.model_fields for m in (Capabilities, RepresentReply, WeightsReply, EvaluateReply))
+    )
+    assert fields <= set(RELEASED_FIELDS), (
+        f"classify new fields in RELEASED_FIELDS: {fields - set(RELEASED_FIELDS)}"
+    )
+
+
+# What each message from a DP site carries, and why epsilon covers it (the README's table).
+RELEASED_FIELDS = {
+    "protocol": "constant",
+    "site_id": "configuration",
+    "round": "the coordinator's instruction",
+    "status": "whether the budget allows the round: a function of the ledger (DP releases and settings)",
+    "reason": "refusal reasons built from public facts only (protocol, ledger, budget); others are generic",
+    "metrics": "dp_steps, sample_rate (from the noisy count), noise_multiplier (settings), public_loss "
+    "(public data through the DP model); evaluate.task: nothing",
+    "architecture": "configuration",
+    "privacy": "budget, delta, epsilon spent, noisy count: settings and functions of DP releases",
+    "train_seconds": "0 for a DP site",
+    "modalities": "configuration",
+    "architectures": "configuration",
+    "samples": "None for a DP site",
+    "paired_samples": "None for a DP site",
+    "classes": "the public data set's description",
+    "device": "the site's hardware",
+    "public_fingerprint": "hash of the public set",
+    "data_fingerprint": "HMAC with the site's secret: no test of a guessed data set",
+}
+
+
+def test_fedavg_with_dp_sites_runs_dp_sgd_and_is_accounted(
+    site_configs, tmp_path: Path, flower_identity
+) -> None:
+    summary = run_inprocess(build_plan(small_spec(*DP_ALL, "strategy=fedavg"), tmp_path / "fedavg"))
+    eps = [r["privacy"] for r in summary["rounds"]]
+    assert set(eps[0]) == {"pair-a", "pair-b"} and all(0 < eps[0][s] < eps[1][s] for s in eps[0])
+    for site in ("pair-a", "pair-b"):
+        ledger = PrivacyLedger(tmp_path / "fedavg" / "sites" / site / "state", site).load()
+        assert ledger is not None and [e.round for e in ledger.entries] == [1, 2]
+    # The message itself: weights out, the noisy count as num-examples, no private loss.
+    site = site_like(site_configs[2], tmp_path / "direct", enabled=True)
+    context = node_context(site.config, tmp_path / "direct.json", run=1)
+    weights = {k: v.numpy() for k, v in site.new_model().state_dict().items()}
+    message = Message(
+        encode(WeightsInstruction(run_id="w", round=1, settings=SETTINGS), weights),
+        dst_node_id=1,
+        message_type=MSG_WEIGHTS,
+    )
+    reply = client_app(message, context)
+    metrics = dict(reply.content["metrics"])
+    ledger = PrivacyLedger(tmp_path / "direct", site.spec.id).load()
+    assert ledger is not None and len(ledger.entries) == 1
+    assert metrics == {"num-examples": ledger.count_releases[0].units}
+    assert set(arrays_of(reply.content)) == set(weights)
+    audit = (tmp_path / "direct" / "audit.jsonl").read_text().splitlines()
+    assert json.loads(audit[-1])["epsilon_after"] == pytest.approx(ledger.spent())
+
+
+def test_group_level_dp_with_the_default_holdout(site_configs, tmp_path: Path) -> None:
+    img = site_configs[0]
+    rows = load_manifest(img.manifest).samples
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 5, size=len(rows))  # patients with 1-4 rows each
+    patient = np.repeat(np.arange(len(rows)), sizes)[: len(rows)]
+    grouped = [Sample(s.id, s.values, s.label, f"patient-{p}") for s, p in zip(rows, patient, strict=True)]
+    manifest = write_manifest(tmp_path / "grouped.jsonl", grouped, relative_to=tmp_path)
+    config = img.model_copy(update={"manifest": manifest})
+    site = site_like(config, tmp_path / "state", enabled=True, unit="group")
+    assert config.holdout_fraction == 0.2
+    train, hold = site._rows
+    samples = site.private_manifest.samples
+    assert {samples[i].group for i in train}.isdisjoint({samples[i].group for i in hold})
+    groups = site.train_groups
+    assert groups is not None and site.training_units == len(set(groups)) < len(groups)
+    ledger = site.budget.open(site.data_key, site.training_units)
+    plan = site.budget.plan(ledger, site.data_key, 32, 1)
+    sampler = PoissonSampler.build(groups, len(groups), plan.sample_rate, SecureRandom())
+    rows_of = Counter(groups)
+    multi = 0
+    for _ in range(3000):
+        batch = sampler.draw()
+        assert len({groups[i] for i in batch}) == len(batch)  # never two rows of one patient
+        multi += sum(1 for i in batch if rows_of[groups[i]] > 1)
+    assert multi > 1000  # patients with several rows were drawn, one row at a time
+    reply, arrays = site.represent(*instruction(site, 1))
+    assert reply.status == "ok" and reply.privacy.unit == "group" and arrays["image"].shape[0] > 0
+    assert PrivacyLedger(tmp_path / "state", site.spec.id).load().entries[0].steps == plan.steps  # type: ignore[union-attr]
+
+
+def test_a_dp_round_never_continues_a_model_trained_without_dp(site_configs, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    plain = site_like(site_configs[0], state, enabled=False)
+    assert plain.represent(*instruction(plain, 1))[0].status == "ok"
+    private = site_like(site_configs[0], state, enabled=True)
+    reply, _ = private.represent(*instruction(private, 2, local_epochs=0))  # encode only: no step
+    assert reply.status == "ok" and reply.metrics["dp_fresh_model"] == 1.0 and reply.metrics["dp_steps"] == 0
+    saved = torch.load(state / "models" / "t" / "round-0002.pt", weights_only=True)["state"]
+    trained = torch.load(state / "models" / "t" / "round-0001.pt", weights_only=True)["state"]
+    fresh = private.new_model().state_dict()
+    assert all(torch.equal(saved[k], fresh[k]) for k in fresh)
+    assert not all(torch.equal(saved[k], trained[k]) for k in fresh)
+    ledger = PrivacyLedger(state, private.spec.id).load()
+    assert ledger is not None and ledger.events[-1].kind == "fresh-model" and ledger.entries == []
+    assert "round 1 was trained without DP" in ledger.events[-1].detail
+
+
+def test_a_dp_site_says_nothing_about_its_data_when_it_fails(
+    site_configs, tmp_path: Path, flower_identity
+) -> None:
+    site = site_like(site_configs[0], tmp_path / "state", enabled=True)
+    bad = site.config.model_copy(update={"manifest": tmp_path / "missing-patients.csv"})
+    context = node_context(bad, tmp_path / "configs.json", run=2)
+    message, arrays = instruction(site, 1)
+    reply = client_app(
+        Message(encode(message, arrays), dst_node_id=1, message_type="train.represent"), context
+    )
+    decoded = decode(reply.content, RepresentReply)
+    assert decoded.status == "refused" and "missing-patients" not in decoded.reason
+    assert decoded.reason.startswith("the site could not take part")
+
+
+def test_a_mechanism_that_differs_from_the_plan_sends_nothing(
+    site_configs, tmp_path: Path, monkeypatch
+) -> None:
+    from mmfl.client import privacy
+
+    site = site_like(site_configs[0], tmp_path / "state", enabled=True)
+    monkeypatch.setattr(
+        privacy, "run_private_round", lambda *a, **k: [(0.5, 0.01, 3)]
+    )  # not what was planned
+    reply, arrays = site.represent(*instruction(site, 1))
+    assert reply.status == "refused" and "not the planned" in reply.reason and arrays == {}
+    ledger = PrivacyLedger(tmp_path / "state", site.spec.id).load()
+    assert ledger is not None and ledger.entries == [] and not (tmp_path / "state" / "models").exists()
