@@ -1,9 +1,11 @@
 """DP-SGD overhead per site architecture: time per step and peak memory, non-private vs DP.
 
-Each configuration runs in a fresh process (so peak RSS belongs to it alone). Both sides use the
-same per-sample private loss (fixed public negatives) and the same Adam; the DP side adds
-Opacus' per-sample gradients, clipping, noise and accounting (``auto``: ghost clipping;
-``--mode hooks`` for the alternative). Prints a table and writes
+Each configuration runs in a fresh process (so peak RSS belongs to it alone). All use the same
+per-sample private loss (fixed public negatives) and the same Adam; DP adds Opacus' per-sample
+gradients, clipping, noise and accounting (``auto``: ghost clipping; ``--mode hooks`` for the
+alternative). DP runs twice: with the site's secure noise (ChaCha20 keyed from OS entropy, what
+sites use) and with torch's seeded generator (Opacus' default, which a coordinator could replay),
+to show what unpredictable noise costs. Prints a table and writes
 ``benchmarks/results/dp_overhead.json``. Target: DP at most 3x the non-private time per step.
 
     python benchmarks/dp_overhead.py [--batch 64] [--steps 30]
@@ -40,10 +42,22 @@ SITES = {
 GEOMETRY = {"digits": (28, 1), "openclipart": (64, 3)}
 
 
-def child(name: str, private: bool, batch: int, steps: int, mode: str = "auto") -> dict:
+class TorchNoise:
+    """Opacus' default noise source (torch's generator), for comparison only."""
+
+    def normal(self, shape, std):  # noqa: ANN001, ANN201
+        import torch
+
+        return torch.normal(0.0, std, size=tuple(shape))
+
+
+def child(name: str, variant: str, batch: int, steps: int, mode: str = "auto") -> dict:
+    """One configuration: ``variant`` is ``none`` (no DP), ``secure`` or ``torch`` (DP noise source)."""
+    private = variant != "none"
     import torch
 
     from mmfl.client.privacy import PrivateTraining, private_losses
+    from mmfl.client.secure_random import SecureRandom
     from mmfl.config import PrivacyConfig
     from mmfl.data.tensors import Tensors, featurizers_for
     from mmfl.models.encoders import count_parameters
@@ -86,8 +100,10 @@ def child(name: str, private: bool, batch: int, steps: int, mode: str = "auto") 
             batch / 1000,
             batch,
             [],
-            torch.Generator().manual_seed(0),
+            SecureRandom(),  # noise from OS entropy, as at a real site
         )
+        if variant == "torch":
+            dp.optimizer.secure_random = TorchNoise()  # type: ignore[attr-defined]
 
         def step(x: Tensors) -> None:
             dp.step(lambda: private_losses(model, x, globals_, labels, False, 0.1, device), None)
@@ -109,7 +125,7 @@ def child(name: str, private: bool, batch: int, steps: int, mode: str = "auto") 
     times.sort()
     return {
         "site": name,
-        "private": private,
+        "variant": variant,
         "mode": dp.mode if private else "none",
         "params": count_parameters(model),
         "ms_per_step": 1000 * times[len(times) // 2],
@@ -127,7 +143,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads (sites train with one in simulation)"
     )
-    parser.add_argument("--child", nargs=2, metavar=("SITE", "PRIVATE"))
+    parser.add_argument("--child", nargs=2, metavar=("SITE", "VARIANT"))
     parser.add_argument(
         "--mode", default="auto", choices=["auto", "hooks", "ghost"], help="per-sample gradient engine"
     )
@@ -140,20 +156,20 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(child(args.child[0], args.child[1] == "1", args.batch, args.steps, args.mode)))
+        print(json.dumps(child(args.child[0], args.child[1], args.batch, args.steps, args.mode)))
         return
     rows = []
     chosen = [s.strip() for s in args.sites.split(",") if s.strip()] or list(SITES)
     for name in chosen:
         pair = {}
-        for private in (False, True):
+        for variant in ("none", "secure", "torch"):
             out = subprocess.run(
                 [
                     sys.executable,
                     __file__,
                     "--child",
                     name,
-                    "1" if private else "0",
+                    variant,
                     "--batch",
                     str(args.batch),
                     "--steps",
@@ -167,23 +183,24 @@ def main() -> None:
                 text=True,
                 check=True,
             )
-            pair[private] = json.loads(out.stdout.strip().splitlines()[-1])
+            pair[variant] = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(
             {
                 "site": name,
-                "params": pair[False]["params"],
-                "mode": pair[True]["mode"],
-                "ms_nonprivate": pair[False]["ms_per_step"],
-                "ms_dp": pair[True]["ms_per_step"],
-                "ratio": pair[True]["ms_per_step"] / pair[False]["ms_per_step"],
-                "peak_mb_nonprivate": pair[False]["peak_rss_mb"],
-                "peak_mb_dp": pair[True]["peak_rss_mb"],
+                "params": pair["none"]["params"],
+                "mode": pair["secure"]["mode"],
+                "ms_nonprivate": pair["none"]["ms_per_step"],
+                "ms_dp": pair["secure"]["ms_per_step"],
+                "ms_dp_torch_noise": pair["torch"]["ms_per_step"],
+                "ratio": pair["secure"]["ms_per_step"] / pair["none"]["ms_per_step"],
+                "peak_mb_nonprivate": pair["none"]["peak_rss_mb"],
+                "peak_mb_dp": pair["secure"]["peak_rss_mb"],
             }
         )
         r = rows[-1]
         print(
-            f"{name:38s} {r['params']:>9d} {r['mode']:6s} {r['ms_nonprivate']:8.1f} {r['ms_dp']:8.1f} {r['ratio']:5.2f}x "
-            f"{r['peak_mb_nonprivate']:7.0f} {r['peak_mb_dp']:7.0f}",
+            f"{name:38s} {r['params']:>9d} {r['mode']:6s} {r['ms_nonprivate']:8.1f} {r['ms_dp']:8.1f} "
+            f"{r['ms_dp_torch_noise']:8.1f} {r['ratio']:5.2f}x {r['peak_mb_nonprivate']:7.0f} {r['peak_mb_dp']:7.0f}",
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +221,7 @@ def main() -> None:
         "mode",
         "ms non-private",
         "ms DP",
+        "ms DP, torch noise",
         "DP / non-private",
         "peak MB non-private",
         "peak MB DP",
@@ -216,6 +234,7 @@ def main() -> None:
             r["mode"],
             f"{r['ms_nonprivate']:.1f}",
             f"{r['ms_dp']:.1f}",
+            f"{r['ms_dp_torch_noise']:.1f}",
             f"{r['ratio']:.2f}x",
             f"{r['peak_mb_nonprivate']:.0f}",
             f"{r['peak_mb_dp']:.0f}",
