@@ -108,3 +108,20 @@ def summary(entries: list[AuditEntry]) -> dict[str, Any]:
         "bytes": sum(e.bytes for e in entries),
         "runs": sorted({e.run_id for e in entries}),
     }
+
+
+def largest_epsilon(state_dir: Path) -> float | None:
+    """The largest epsilon the site reported in any message (None: it never reported one).
+    Lines that do not parse are skipped: this is a floor, not an account."""
+    path = Path(state_dir) / "audit.jsonl"
+    if not path.exists():
+        return None
+    found = None
+    for line in path.read_bytes().splitlines():
+        try:
+            eps = AuditEntry.model_validate_json(line).epsilon_after
+        except ValueError:
+            continue
+        if eps is not None:
+            found = eps if found is None else max(found, eps)
+    return found

@@ -19,9 +19,10 @@ Policy:
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from mmfl.client.audit import largest_epsilon
 from mmfl.client.ledger import (
     AccountingState,
     CarriedSpend,
@@ -36,6 +37,7 @@ from mmfl.client.ledger import (
     now,
 )
 from mmfl.client.secure_random import SecureRandom
+from mmfl.client.state import SiteState
 from mmfl.config import PrivacyConfig
 from mmfl.errors import MmflError
 from mmfl.protocols.messages import PrivacyStatus
@@ -101,14 +103,13 @@ class PrivacyBudget:
 
     def __init__(
         self,
-        state_dir,  # noqa: ANN001 - a path
+        state_dir: Path,
         site_id: str,
         config: PrivacyConfig,
-        trained_with_dp: Callable[[], bool] = lambda: False,
     ) -> None:
         self.config = config
+        self.state_dir = Path(state_dir)
         self.files = PrivacyLedger(state_dir, site_id)
-        self._trained_with_dp = trained_with_dp
         self._spent: tuple[int, float] | None = None
 
     def exclusive(self):  # noqa: ANN201 - a context manager
@@ -116,8 +117,16 @@ class PrivacyBudget:
         return self.files.lock()
 
     # -- reading -------------------------------------------------------------------------------
+    def _reported(self) -> float | None:
+        """What the site's other records say it spent: the largest epsilon in its audit log (0
+        if only its model snapshot says it trained with DP), None if they show no DP use."""
+        eps = largest_epsilon(self.state_dir)
+        if eps is None and SiteState(self.state_dir).trained_with_dp():
+            return 0.0
+        return eps
+
     def load(self) -> LedgerFile | None:
-        return self.files.load(expected_existing=self._trained_with_dp())
+        return self.files.load(expected_existing=lambda: self._reported() is not None)
 
     def spent(self, ledger: LedgerFile) -> float:
         """Epsilon spent, computed once per change of the ledger."""
@@ -179,6 +188,11 @@ class PrivacyBudget:
                 budget=p.target_epsilon,
             )
         if self.noisy_units(ledger, data_key) is None:
+            if self.spent(ledger) + p.count_epsilon > ledger.budget * (1 + 1e-9):
+                raise PrivacyRefusal(
+                    f"privacy budget: target epsilon {ledger.budget:.3f}, spent {self.spent(ledger):.3f}: "
+                    f"no room for the count of new data (epsilon {p.count_epsilon:g})"
+                )
             if ledger.data and data_key not in ledger.data:
                 ledger = self._change(
                     ledger, "data-changed", f"new data {data_key[:16]}: spending continues on the same budget"
@@ -265,7 +279,8 @@ class PrivacyBudget:
         return RoundPlan(sigma, q, steps, units, after)
 
     def commit(self, ledger: LedgerFile, plan: RoundPlan, run_id: str, round_: int) -> LedgerFile:
-        """Record a trained round; durable on return (before any reply leaves the site)."""
+        """Charge a round; durable on return. Called before the round's first step: the charge is
+        never given back, since a round that fails midway has still touched the data."""
         if plan.steps == 0:
             return ledger
         entry = LedgerEntry(
@@ -304,9 +319,10 @@ class PrivacyBudget:
 
     def reset(self, reason: str, spent_floor: float | None = None) -> LedgerFile:
         """Re-initialise a broken ledger: keep the larger spend of what survives (the ledger file
-        if it still parses, the journal's last valid state), its budget and settings, and
-        record the reason. When nothing survives but the site did spend privacy, the operator
-        must state the spend (``spent_floor``), which is carried over."""
+        if it still parses, the journal's last valid state; never below what the audit log
+        reported), the smallest budget of those and the configuration, and record the reason.
+        When nothing survives but the site did spend privacy, the operator must state the spend
+        (``spent_floor``), which is carried over."""
         if not reason.strip():
             raise MmflError("a ledger reset needs a reason")
         with self.exclusive():
@@ -316,27 +332,37 @@ class PrivacyBudget:
                 s for s in (parsed.accounting() if parsed else None, journal_state) if s is not None
             ]
             recovered = max(candidates, key=lambda s: s.spent(), default=None)
-            if recovered is None and spent_floor is None and (self.files.exists() or self._trained_with_dp()):
+            reported = self._reported()
+            if recovered is None and spent_floor is None and (self.files.exists() or reported is not None):
+                known = f" (its audit log shows at least {reported:.4f})" if reported else ""
                 raise MmflError(
                     "nothing of the spent privacy could be recovered (ledger and journal are gone or unreadable); "
-                    "state what this site has spent with --spent EPSILON"
+                    f"state what this site has spent{known} with --spent EPSILON"
                 )
             state = recovered or AccountingState(
                 accountant=p.accountant, delta=p.delta, unit=p.unit, budget=p.target_epsilon
             )
+            # The budget never comes out of a reset higher than any surviving record or the configuration.
+            budget = min([c.budget for c in candidates] + [p.target_epsilon])
             recovered_spent = state.spent()
+            floor = max(spent_floor or 0.0, reported or 0.0)
             carried = list(state.carried)
-            if spent_floor is not None and spent_floor > recovered_spent:
+            if floor > recovered_spent:
+                source = (
+                    "stated by the operator" if floor == spent_floor else "reported in the site's audit log"
+                )
                 carried.append(
                     CarriedSpend(
-                        epsilon=spent_floor - recovered_spent,
+                        epsilon=floor - recovered_spent,
                         delta=state.delta,
-                        reason=f"stated by the operator at reset: {reason.strip()}",
+                        reason=f"{source} at reset: {reason.strip()}",
                         at=now(),
                     )
                 )
             detail = f"{reason.strip()} (recovered spend {recovered_spent:.4f}"
-            detail += f", stated {spent_floor:g})" if spent_floor is not None else ")"
+            detail += f", stated {spent_floor:g}" if spent_floor is not None else ""
+            detail += f", audit log {reported:.4f}" if reported is not None else ""
+            detail += f"; budget {budget:g})"
             events = list(parsed.events) if parsed else []
             ledger = LedgerFile(
                 site_id=self.files.site_id,
@@ -345,6 +371,6 @@ class PrivacyBudget:
                 data=list(parsed.data) if parsed else [c.data for c in state.count_releases],
                 entries=list(parsed.entries) if parsed else [],
                 events=[*events, LedgerEvent(at=now(), kind="reset", detail=detail)],
-                **state.model_copy(update={"carried": carried}).model_dump(),
+                **state.model_copy(update={"carried": carried, "budget": budget}).model_dump(),
             )
             return self.files.restart(ledger, prev, detail)

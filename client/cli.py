@@ -28,14 +28,7 @@ console = Console()
 
 def _site_budget(config: Path) -> tuple[SiteConfig, PrivacyBudget]:
     site = load_config(SiteConfig, config)
-    return site, PrivacyBudget(
-        site.state_dir, site.site.id, site.site.privacy, lambda: _trained_with_dp(site)
-    )
-
-
-def _trained_with_dp(site: SiteConfig) -> bool:
-    meta = site.state_dir / "model.json"
-    return meta.exists() and bool(json.loads(meta.read_text(encoding="utf-8")).get("dp"))
+    return site, PrivacyBudget(site.state_dir, site.site.id, site.site.privacy)
 
 
 @app.command("ledger")
@@ -185,9 +178,7 @@ def start_cmd(
             raise MmflError(str(exc)) from None
     console.print(f"site {site.site.id}: " + validate_inputs(site))
     if site.site.privacy.enabled:
-        budget = PrivacyBudget(
-            site.state_dir, site.site.id, site.site.privacy, lambda: _trained_with_dp(site)
-        )
+        budget = PrivacyBudget(site.state_dir, site.site.id, site.site.privacy)
         budget.check_configuration(budget.load())
     config_path = write_site_config(site)
     server_args = ["--server", server, "--ca", str(ca.resolve()), "--key", str(key.resolve())]

@@ -15,7 +15,7 @@ where ``history`` is the Opacus accountant's ``(sigma, q, steps)`` segments of e
 on this site's data, a count release is the epsilon-DP noisy size of the training set (the only
 form in which the site's size ever leaves it), and carried spend comes from a ledger an operator
 had to re-initialise. Changes are written journal first (fsync), then the ledger (atomic), then
-its checksum, all before the reply that they account for leaves the site.
+its checksum; a round is charged before its first step.
 
 Fail closed: a ledger that is missing while the site's records say it existed, that does not
 match its checksum, or that disagrees with its journal stops training until an operator runs
@@ -29,7 +29,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -215,7 +216,7 @@ class PrivacyLedger:
             prev = hashlib.sha256(raw).hexdigest()
         return lines, prev, None
 
-    def load(self, expected_existing: bool = False) -> LedgerFile | None:
+    def load(self, expected_existing: Callable[[], bool] = lambda: False) -> LedgerFile | None:
         """The verified ledger, or None if this site never spent privacy.
 
         Raises :class:`LedgerError` when it should exist but does not, does not match its
@@ -228,7 +229,7 @@ class PrivacyLedger:
                 "operator carries its spend over with `mmfl client ledger-reset --reason ... --spent EPSILON`"
             )
         if not self.path.exists():
-            if expected_existing or self.journal_path.exists():
+            if self.journal_path.exists() or expected_existing():
                 raise LedgerError(
                     f"privacy ledger {self.path} is missing although this site spent privacy; refusing to "
                     "train until an operator re-initialises it (mmfl client ledger-reset --reason ...)"
@@ -307,17 +308,28 @@ class PrivacyLedger:
         return parsed, state, seq, prev
 
     def set_aside(self) -> None:
-        """Rename the current files ``*.replaced-TIME`` (kept for review, never read again)."""
+        """Copy the current files to ``*.replaced-TIME`` (kept for review, never read again)."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
         for path in (self.path, self.checksum_path, self.journal_path, self.dir / "ledgers.json"):
             if path.exists():
-                path.rename(path.with_name(f"{path.name}.replaced-{stamp}"))
+                shutil.copy2(path, path.with_name(f"{path.name}.replaced-{stamp}"))
+        (self.dir / "ledgers.json").unlink(missing_ok=True)
 
     def restart(self, ledger: LedgerFile, prev: str, note: str) -> LedgerFile:
-        """Set the old files aside and write ``ledger`` as the first change of a new journal
-        whose first line points at ``prev``, the last valid line of the old one."""
+        """Keep copies of the old files, then replace them with ``ledger`` as the first change of a
+        new journal whose first line points at ``prev``, the last valid line of the old one. Each
+        file is replaced atomically, so a crash leaves old or new files (or a mix that fails
+        closed), never none."""
         self.set_aside()
-        return self._write(ledger, "reset", note, prev, "wb")
+        saved = ledger.model_copy(update={"seq": ledger.seq + 1})
+        line = JournalLine(
+            seq=saved.seq, prev=prev, at=now(), kind="reset", note=note, state=saved.accounting()
+        )
+        atomic_write_bytes(self.journal_path, line.model_dump_json().encode() + b"\n")
+        data = saved.model_dump_json(indent=2).encode("utf-8")
+        atomic_write_bytes(self.path, data)
+        atomic_write_bytes(self.checksum_path, (hashlib.sha256(data).hexdigest() + "\n").encode())
+        return saved
 
     def read_anyway(self) -> LedgerFile | None:
         """The ledger as it is on disk, unverified (for ``mmfl client ledger`` to show a broken one)."""

@@ -82,8 +82,8 @@ class SecureRandom:
     def noisy_count(self, n: int, epsilon: float) -> int:
         """``n`` plus discrete Laplace noise: an epsilon-DP release of a count (sensitivity 1
         under adding or removing one unit), never below 1."""
-        a = math.exp(-epsilon)
         u = self.uniform(2)
-        # Geometric on {0, 1, ...} with P(k) = (1 - a) a^k, by inversion; 1 - u lies in (0, 1].
-        g1, g2 = (math.floor(math.log1p(-x) / math.log(a)) for x in u)
+        # Geometric on {0, 1, ...} with P(k) = (1 - a) a^k, a = exp(-epsilon), by inversion:
+        # floor(ln(1 - u) / ln a); 1 - u lies in (0, 1].
+        g1, g2 = (math.floor(math.log1p(-x) / -epsilon) for x in u)
         return max(1, n + g1 - g2)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from mmfl.client.budget import PrivacyBudget, PrivacyRefusal, RoundPlan
-from mmfl.client.ledger import LedgerError, add_segment
+from mmfl.client.ledger import LedgerError
 from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round
 from mmfl.config import SiteConfig
@@ -69,7 +69,7 @@ class Site:
         self.state = SiteState(config.state_dir)
         self.device = choose_device(self.spec.device)
         self.seed = site_seed(config.seed, self.spec.id)
-        self.budget = PrivacyBudget(config.state_dir, self.spec.id, self.spec.privacy, self._trained_with_dp)
+        self.budget = PrivacyBudget(config.state_dir, self.spec.id, self.spec.privacy)
 
     @property
     def private(self) -> bool:
@@ -129,12 +129,15 @@ class Site:
         return self._private_split[1]
 
     @cached_property
-    def train_groups(self) -> list[str | None] | None:
+    def train_groups(self) -> list[str] | None:
         """The group of each training row when the privacy unit is a group (else None)."""
         if self.spec.privacy.unit != "group":
             return None
         samples = self.private_manifest.samples
-        return [samples[int(i)].group for i in self._rows[0]]
+        groups = [samples[int(i)].group for i in self._rows[0]]
+        if any(g is None for g in groups):
+            raise MmflError(f"group-level privacy needs a group id on every row of {self.config.manifest}")
+        return groups  # type: ignore[return-value]
 
     @cached_property
     def training_units(self) -> int:
@@ -171,10 +174,6 @@ class Site:
         return model.to(self.device), meta
 
     # -- messages ---------------------------------------------------------------------------------
-    def _trained_with_dp(self) -> bool:
-        meta = self.state.meta_path
-        return meta.exists() and bool(json.loads(meta.read_text(encoding="utf-8")).get("dp"))
-
     def privacy_status(self) -> PrivacyStatus:
         try:
             key = self.data_key if self.private else None
@@ -349,6 +348,7 @@ class Site:
                 out["dp_fresh_model"] = 1.0
             if plan.steps == 0:
                 return out, plan
+            charged = self.budget.commit(ledger, plan, run_id, round_)  # before the first step
             history = run_private_round(
                 model,
                 self.train_data,
@@ -369,12 +369,10 @@ class Site:
                 ),
                 public_term,
             )
-            planned = add_segment(ledger.history, plan.noise_multiplier, plan.sample_rate, plan.steps)
-            if [list(h) for h in history] != planned:
+            if [list(h) for h in history] != charged.history:
                 raise LedgerError(
-                    f"the accountant recorded {history}, not the planned {planned}; nothing is sent"
+                    f"the accountant recorded {history}, not the charged {charged.history}; nothing is sent"
                 )
-            self.budget.commit(ledger, plan, run_id, round_)
             return out, plan
 
     def _refused(self, round_: int, reason: str) -> RepresentReply:

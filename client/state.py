@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,29 @@ class SiteState:
             old.unlink(missing_ok=True)
         atomic_write_bytes(self.meta_path, json.dumps(meta, indent=2).encode())
 
+    def trained_with_dp(self) -> bool:
+        """Whether the newest snapshot was trained with DP."""
+        return self.meta_path.exists() and bool(
+            json.loads(self.meta_path.read_text(encoding="utf-8")).get("dp")
+        )
+
     def secret(self) -> bytes:
         """The site's own 256-bit secret (``site.secret``, mode 0600), made on first use; it
         keys the data fingerprint the site shows to others."""
         path = self.root / "site.secret"
         if not path.exists():
-            atomic_write_bytes(path, os.urandom(32))
-            path.chmod(0o600)
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".secret")  # mode 0600 from the start
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(os.urandom(32))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, path)  # the first writer wins; a concurrent one reads its key
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
         return path.read_bytes()
 
     def keyed_fingerprint(self, fingerprint: str) -> str:

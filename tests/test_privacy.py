@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -156,16 +157,55 @@ def test_a_broken_ledger_fails_closed_and_a_reset_keeps_what_was_spent(tmp_path:
     assert b.reset("journal lost; ticket 43").spent() == pytest.approx(spent)
     # Everything gone: the operator must state the spend, which is carried over.
     files.set_aside()
-    for old in files.dir.glob("*.replaced-*"):
-        old.unlink()
-    b_dp = PrivacyBudget(tmp_path, "site-a", b.config, trained_with_dp=lambda: True)
+    for path in (files.path, files.checksum_path, files.journal_path):
+        path.unlink()
+    (tmp_path / "model.json").write_text('{"dp": true}')  # the site's model says it trained with DP
     with pytest.raises(LedgerError, match="is missing"):
-        b_dp.load()
+        b.load()
     with pytest.raises(MmflError, match="state what this site has spent with --spent"):
-        b_dp.reset("all lost; ticket 44")
-    carried = b_dp.reset("all lost; ticket 44", spent_floor=spent)
+        b.reset("all lost; ticket 44")
+    carried = b.reset("all lost; ticket 44", spent_floor=spent)
     assert carried.spent() == pytest.approx(spent) and carried.carried[0].epsilon == pytest.approx(spent)
     assert carried.total_delta() == pytest.approx(2e-5)  # basic composition with the carried spend
+
+
+def test_a_reset_never_goes_below_the_audit_log_nor_above_the_budget(tmp_path: Path) -> None:
+    b = budget(tmp_path, target_epsilon=4.0)
+    spent = spend_rounds(b, 2).spent()
+    (tmp_path / "audit.jsonl").write_text(
+        json.dumps(
+            {"time": "t", "run_id": "r", "round": 2, "message_type": "train.represent", "status": "ok",
+             "modalities": [], "shapes": {}, "bytes": 0, "sha256": "", "epsilon_after": spent + 1.0}
+        )
+        + "\n"
+    )  # fmt: skip
+    files = PrivacyLedger(tmp_path, "site-a")
+    raw = json.loads(files.path.read_text())
+    raw["budget"] = 100.0  # an edited ledger asking for a larger budget ...
+    files.path.write_text(json.dumps(raw))
+    shutil.rmtree(files.dir)  # ... then everything in privacy/ deleted: the audit log still knows
+    with pytest.raises(LedgerError, match="is missing"):
+        b.load()
+    with pytest.raises(MmflError, match=f"its audit log shows at least {spent + 1.0:.4f}"):
+        b.reset("privacy folder lost; ticket 45")
+    reset = b.reset("privacy folder lost; ticket 45", spent_floor=0.5)  # a floor too low is raised
+    assert reset.spent() == pytest.approx(spent + 1.0) and reset.budget == 4.0
+    assert "reported in the site's audit log" in reset.carried[0].reason
+    # An edited ledger cannot raise the budget through a reset either.
+    raw = json.loads(files.path.read_text())
+    raw["budget"], raw["history"] = 100.0, [[1.0, 0.5, 1000]]  # more spend, so it is the one kept
+    files.path.write_text(json.dumps(raw))
+    again = b.reset("ledger edited; ticket 46")
+    assert again.budget == 4.0 and again.spent() > reset.spent()
+
+
+def test_a_count_release_needs_room_in_the_budget(tmp_path: Path) -> None:
+    b = budget(tmp_path, target_epsilon=0.12, count_epsilon=0.05)
+    b.open(DATA, 600)
+    b.open("e" * 64, 600)
+    with pytest.raises(PrivacyRefusal, match="no room for the count of new data"):
+        b.open("f" * 64, 600)
+    assert PrivacyLedger(tmp_path, "site-a").load().spent() == pytest.approx(0.1)  # type: ignore[union-attr]
 
 
 def test_the_ledger_names_its_guarantee(tmp_path: Path) -> None:

@@ -330,6 +330,21 @@ def test_a_mechanism_that_differs_from_the_plan_sends_nothing(
         privacy, "run_private_round", lambda *a, **k: [(0.5, 0.01, 3)]
     )  # not what was planned
     reply, arrays = site.represent(*instruction(site, 1))
-    assert reply.status == "refused" and "not the planned" in reply.reason and arrays == {}
+    assert reply.status == "refused" and "not the charged" in reply.reason and arrays == {}
+    ledger = PrivacyLedger(tmp_path / "state", site.spec.id).load()  # charged before the first step
+    assert ledger is not None and len(ledger.entries) == 1 and not (tmp_path / "state" / "models").exists()
+
+
+def test_a_round_that_fails_midway_stays_charged(site_configs, tmp_path: Path, monkeypatch) -> None:
+    from mmfl.client import privacy
+
+    site = site_like(site_configs[0], tmp_path / "state", enabled=True)
+
+    def fails(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(privacy, "run_private_round", fails)
+    with pytest.raises(RuntimeError):
+        site.represent(*instruction(site, 1))
     ledger = PrivacyLedger(tmp_path / "state", site.spec.id).load()
-    assert ledger is not None and ledger.entries == [] and not (tmp_path / "state" / "models").exists()
+    assert ledger is not None and [e.round for e in ledger.entries] == [1] and ledger.history
