@@ -105,8 +105,7 @@ class AccountingState(_Record):
     carried: list[CarriedSpend] = Field(default_factory=list)
 
     def spent(self) -> float:
-        fixed = sum(c.epsilon for c in self.carried) + sum(c.epsilon for c in self.count_releases)
-        return fixed + epsilon_of(self.history, self.delta, self.accountant)
+        return self.fixed_spent() + epsilon_of(self.history, self.delta, self.accountant)
 
     def fixed_spent(self) -> float:
         """The part outside the accountant (count releases and carried spend)."""
@@ -261,15 +260,19 @@ class PrivacyLedger:
         return ledger
 
     # -- writing ---------------------------------------------------------------------------------
-    def _write(self, ledger: LedgerFile, kind: str, note: str, prev: str, mode: str) -> LedgerFile:
-        """Journal line, then ledger, then checksum (each fsynced); returns the saved ledger."""
+    def _write(self, ledger: LedgerFile, kind: str, note: str, prev: str, append: bool) -> LedgerFile:
+        """Journal line (appended, or as a new journal), then ledger, then checksum, each
+        fsynced; returns the saved ledger."""
         saved = ledger.model_copy(update={"seq": ledger.seq + 1})
         line = JournalLine(seq=saved.seq, prev=prev, at=now(), kind=kind, note=note, state=saved.accounting())
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self.journal_path.open(mode) as fh:
-            fh.write(line.model_dump_json().encode() + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        raw = line.model_dump_json().encode() + b"\n"
+        if append:
+            with self.journal_path.open("ab") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            atomic_write_bytes(self.journal_path, raw)
         data = saved.model_dump_json(indent=2).encode("utf-8")
         atomic_write_bytes(self.path, data)
         atomic_write_bytes(self.checksum_path, (hashlib.sha256(data).hexdigest() + "\n").encode())
@@ -280,7 +283,7 @@ class PrivacyLedger:
         _, prev, problem = self._journal()
         if problem:
             raise LedgerError(f"privacy journal {self.journal_path}: {problem}; refusing to record")
-        return self._write(ledger, kind, note, prev, "ab")
+        return self._write(ledger, kind, note, prev, append=True)
 
     def create(self, state: AccountingState, note: str) -> LedgerFile:
         ledger = LedgerFile(
@@ -289,7 +292,7 @@ class PrivacyLedger:
             events=[LedgerEvent(at=now(), kind="created", detail=note)],
             **state.model_dump(),
         )
-        return self._write(ledger, "created", note, "", "wb")
+        return self._write(ledger, "created", note, "", append=False)
 
     # -- recovery --------------------------------------------------------------------------------
     def recover(self) -> tuple[LedgerFile | None, AccountingState | None, int, str]:
@@ -321,15 +324,7 @@ class PrivacyLedger:
         file is replaced atomically, so a crash leaves old or new files (or a mix that fails
         closed), never none."""
         self.set_aside()
-        saved = ledger.model_copy(update={"seq": ledger.seq + 1})
-        line = JournalLine(
-            seq=saved.seq, prev=prev, at=now(), kind="reset", note=note, state=saved.accounting()
-        )
-        atomic_write_bytes(self.journal_path, line.model_dump_json().encode() + b"\n")
-        data = saved.model_dump_json(indent=2).encode("utf-8")
-        atomic_write_bytes(self.path, data)
-        atomic_write_bytes(self.checksum_path, (hashlib.sha256(data).hexdigest() + "\n").encode())
-        return saved
+        return self._write(ledger, "reset", note, prev, append=False)
 
     def read_anyway(self) -> LedgerFile | None:
         """The ledger as it is on disk, unverified (for ``mmfl client ledger`` to show a broken one)."""

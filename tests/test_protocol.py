@@ -9,27 +9,19 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Error, Message
 
+from helpers import SETTINGS as HELPER_SETTINGS
 from mmfl.protocols.messages import (
     Capabilities,
     DeviceInfo,
     PrivacyStatus,
     RepresentInstruction,
     RepresentReply,
-    TrainSettings,
 )
 from mmfl.protocols.records import ProtocolError, arrays_of, decode, encode, payload_bytes
 from mmfl.strategies.cream import CreamEnsemble
 
 D = 8
-SETTINGS = TrainSettings(
-    local_epochs=1,
-    batch_size=4,
-    lr=1e-3,
-    weight_decay=0,
-    public_batch_size=4,
-    contrast_temperature=0.5,
-    interintra_weight=0.5,
-)
+SETTINGS = HELPER_SETTINGS.model_copy(update={"batch_size": 4, "public_batch_size": 4})
 
 
 class FakeGrid:
