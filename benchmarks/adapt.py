@@ -32,7 +32,7 @@ from rich.table import Table
 from sklearn.datasets import load_digits
 from torch.nn import functional as F
 
-from mmfl.client.adaptation import (
+from mmfl.adaptation.adapt import (
     FeaturizerSpec,
     adapt,
     featurize,
@@ -41,8 +41,10 @@ from mmfl.client.adaptation import (
     train_unimodal,
 )
 from mmfl.config import AdaptConfig
-from mmfl.data.builtin import SPLITS, open_dataset
-from mmfl.data.manifest import Manifest, Sample, write_manifest
+from mmfl.data.builtin import open_dataset
+from mmfl.data.manifest import Manifest, write_manifest
+from mmfl.data.prepared import SPLITS
+from mmfl.data.sample import Sample
 from mmfl.models.multimodal import batches
 
 HERE = Path(__file__).resolve().parent
@@ -252,7 +254,7 @@ def main() -> None:
 
 
 def _meta(modality: str, arch: str, classes: list[str], spec: FeaturizerSpec):
-    from mmfl.client.adaptation import UnimodalMeta
+    from mmfl.adaptation.adapt import UnimodalMeta
 
     return UnimodalMeta(
         modality=modality,

@@ -59,8 +59,8 @@ def child(name: str, variant: str, batch: int, steps: int, mode: str = "auto") -
     from mmfl.client.privacy import PrivateTraining, private_losses
     from mmfl.client.secure_random import SecureRandom
     from mmfl.config import PrivacyConfig
-    from mmfl.data.tensors import Tensors, featurizers_for
-    from mmfl.models.encoders import count_parameters
+    from mmfl.data.tensors import Tensors
+    from mmfl.models.encoders import count_parameters, featurizers_for
     from mmfl.models.multimodal import MultiEncoder
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 A site model (image-only MLP, the digits default) trains on ``--members`` private digits for
 ``--epochs`` epochs, the way a site trains its task (class head, Adam): without DP, and with
 DP-SGD at each ``--epsilons`` budget (noise derived for that many epochs). The attacks
-(:mod:`mmfl.client.membership`) then separate the members from as many held-out non-members.
+(``benchmarks/membership.py``) then separate the members from as many held-out non-members.
 Prints a table and writes ``benchmarks/results/privacy_audit.json``.
 
     python benchmarks/privacy_audit.py [--members 256] [--epochs 40] [--epsilons 1,8] [--seeds 0,1,2]
@@ -17,16 +17,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from membership import membership_auc
 from rich.console import Console
 from rich.table import Table
 
 from mmfl.client.budget import RoundPlan, plan_noise
 from mmfl.client.ledger import epsilon_of
-from mmfl.client.membership import membership_auc
 from mmfl.client.privacy import private_losses, run_private_round
 from mmfl.config import PrivacyConfig
 from mmfl.data.builtin import open_dataset
-from mmfl.data.tensors import featurizers_for, load_tensors
+from mmfl.data.tensors import load_tensors
+from mmfl.models.encoders import featurizers_for
 from mmfl.models.multimodal import MultiEncoder, batches
 from mmfl.paths import feature_cache_root
 

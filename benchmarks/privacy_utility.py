@@ -66,7 +66,7 @@ def main() -> None:
             )
             key = f"cream+ DP eps {eps:g}"
             rows[key] = [s["final"]["retrieval"]["rsum"] for s in dp]
-            spent[key] = [max(s["rounds"][-1]["privacy"].values()) for s in dp]
+            spent[key] = [max(x["epsilon"] or 0.0 for x in s["rounds"][-1]["sites"]) for s in dp]
         so, full = float(np.mean(rows["server-only"])), float(np.mean(rows["cream+ no DP"]))
         table = {
             k: {

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from mmfl.config import SiteConfig, dump_toml
-from mmfl.data.builtin import DatasetInfo
 from mmfl.data.manifest import load_manifest
+from mmfl.data.prepared import read_dataset_info
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.flower_runtime import flower_bin, flower_env
@@ -37,10 +37,7 @@ MALLOC_TUNING = {
 def validate_inputs(config: SiteConfig) -> str:
     """Load both manifests (every row checked) and the public set's description; returns a
     one-line account. Raises MmflError naming what is wrong."""
-    info_path = config.public_manifest.parent / "dataset.json"
-    if not info_path.exists():
-        raise MmflError(f"the public set needs its dataset.json next to {config.public_manifest}")
-    info = DatasetInfo.model_validate_json(info_path.read_text(encoding="utf-8"))
+    info = read_dataset_info(config.public_manifest.parent)
     public = load_manifest(config.public_manifest, info.modalities)
     private = load_manifest(config.manifest, info.modalities)
     missing = [m for m in config.site.modalities if private.count(m) == 0]

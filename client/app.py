@@ -6,6 +6,11 @@ Which site this node is comes from its configuration:
   (a :class:`~mmfl.config.SiteConfig` TOML file);
 * simulation: the run config's ``site-configs`` (a JSON list of SiteConfig), indexed by the
   virtual node's ``partition-id``.
+
+Every reply passes :func:`audit_mod` (a Flower ``Mod``) on its way out, so the audit log sees
+each message that leaves the site, refusals and errors included. A handler that cannot do its
+work answers with a refusal (:func:`refusal`); a DP site says why only when the reason rests on
+public facts.
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from mmfl.client import audit
@@ -28,6 +33,8 @@ from mmfl.client.site import Site
 from mmfl.config import SiteConfig, load_config
 from mmfl.errors import MmflError
 from mmfl.protocols.messages import (
+    MSG_REPRESENT,
+    MSG_WEIGHTS,
     CapabilitiesQuery,
     EvaluateInstruction,
     EvaluateReply,
@@ -39,7 +46,6 @@ from mmfl.protocols.messages import (
 from mmfl.protocols.records import ProtocolError, arrays_of, decode, encode
 
 log = logging.getLogger("mmfl.client")
-app = ClientApp()
 
 _sites: dict[str, Site] = {}
 _sites_lock = threading.Lock()
@@ -86,15 +92,49 @@ def torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
-def _leave(
-    site, msg: Message, content, run_id: str, round_: int, status: str, epsilon: float | None, modalities=None
-) -> Message:  # noqa: ANN001
-    """Log what leaves the site (audit log, fsynced), then hand the reply to Flower."""
-    audit.append(
-        site.config.state_dir, msg.metadata.message_type, run_id, round_, status, content, epsilon, modalities
-    )
-    return Message(content, reply_to=msg)
+def _requested(msg: Message, key: str, default: object) -> object:
+    """A field of the instruction as sent, even when the instruction does not validate."""
+    try:
+        return json.loads(str(msg.content["meta"]["json"])).get(key, default)
+    except (KeyError, TypeError, ValueError):
+        return default
 
+
+def audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    """Write what leaves the site to its audit log (fsynced) before Flower sends it: the
+    message type, run, round, status, shapes, bytes, the payload's SHA-256 and the epsilon the
+    reply declares. A handler's exception is logged as an ``error`` entry, then raised on."""
+    try:
+        site = site_for(context)
+    except Exception:  # noqa: BLE001 - no site, no state folder: the handler reports it
+        return call_next(msg, context)
+    kind = msg.metadata.message_type
+    run_id, round_ = str(_requested(msg, "run_id", "")), int(_requested(msg, "round", 0) or 0)
+    try:
+        reply = call_next(msg, context)
+    except Exception:
+        audit.append(site.config.state_dir, kind, run_id, round_, "error", RecordDict(), None, [])
+        raise
+    if reply.has_error():
+        audit.append(site.config.state_dir, kind, run_id, round_, "error", RecordDict(), None, [])
+        return reply
+    meta = json.loads(str(reply.content["meta"]["json"]))
+    privacy = meta.get("privacy") or {}
+    status = meta.get("status", "ok")
+    audit.append(
+        site.config.state_dir,
+        kind,
+        run_id,
+        int(meta.get("round", round_)),
+        status,
+        reply.content,
+        privacy.get("epsilon_spent") if privacy.get("enabled") else None,
+        list(site.spec.modalities) if kind == MSG_WEIGHTS and status == "ok" else None,
+    )
+    return reply
+
+
+app = ClientApp(mods=[audit_mod])
 
 PUBLIC_ERRORS = (ProtocolError, LedgerError, PrivacyRefusal)
 GENERIC_REASON = "the site could not take part in this round (details in the site's log)"
@@ -115,32 +155,35 @@ def _expected(site: Site) -> tuple[type[BaseException], ...]:
     return (Exception,) if site.private else (ProtocolError, MmflError)
 
 
+def refusal(site: Site, msg: Message, exc: Exception) -> Message:
+    """The one refusal: the reply type of the message, ``status = refused``, the reason that
+    may be said, the site's privacy status; no arrays. Messages without a refusal form
+    (capabilities, evaluation) raise instead, and Flower sends an error reply."""
+    reason = _failure_reason(site, exc)
+    log.warning("site %s refused %s: %s", site.spec.id, msg.metadata.message_type, reason)
+    common = {
+        "site_id": site.spec.id,
+        "round": int(_requested(msg, "round", 0) or 0),
+        "status": "refused",
+        "reason": reason,
+        "privacy": site.privacy_status(),
+    }
+    kind = msg.metadata.message_type
+    if kind == MSG_REPRESENT:
+        return Message(encode(RepresentReply(**common)), reply_to=msg)
+    if kind == MSG_WEIGHTS:
+        return Message(encode(WeightsReply(**common, architecture="")), reply_to=msg)
+    raise MmflError(reason) from None
+
+
 @app.query("capabilities")
 def capabilities(msg: Message, context: Context) -> Message:
-    query = decode(msg.content, CapabilitiesQuery)
+    decode(msg.content, CapabilitiesQuery)
     site = site_for(context)
     try:
-        caps = site.capabilities()
+        return Message(encode(site.capabilities()), reply_to=msg)
     except _expected(site) as exc:
-        raise MmflError(_failure_reason(site, exc)) from None
-    return _leave(
-        site,
-        msg,
-        encode(caps),
-        query.run_id,
-        0,
-        "ok",
-        caps.privacy.epsilon_spent if caps.privacy.enabled else None,
-        [],
-    )
-
-
-def _requested(msg: Message, key: str, default: object) -> object:
-    """A field of the instruction as sent, even when the instruction does not validate."""
-    try:
-        return json.loads(str(msg.content["meta"]["json"])).get(key, default)
-    except (KeyError, TypeError, ValueError):
-        return default
+        return refusal(site, msg, exc)
 
 
 @app.train("represent")
@@ -151,19 +194,8 @@ def represent(msg: Message, context: Context) -> Message:
         with torch_threads(site.config.threads):
             reply, reps = site.represent(instruction, arrays_of(msg.content))
     except _expected(site) as exc:
-        reason = _failure_reason(site, exc)
-        log.warning("site %s refused a round: %s", site.spec.id, reason)
-        reply = RepresentReply(
-            site_id=site.spec.id,
-            round=int(_requested(msg, "round", 0)),
-            status="refused",
-            reason=reason,
-            privacy=site.privacy_status(),
-        )
-        reps = {}
-    eps = reply.privacy.epsilon_spent if reply.privacy.enabled else None
-    run_id = str(_requested(msg, "run_id", ""))
-    return _leave(site, msg, encode(reply, reps), run_id, reply.round, reply.status, eps)
+        return refusal(site, msg, exc)
+    return Message(encode(reply, reps), reply_to=msg)
 
 
 @app.train("weights")
@@ -171,35 +203,16 @@ def train_weights(msg: Message, context: Context) -> Message:
     """FedAvg baseline: weights in, weights out, with ``num-examples`` for the weighting (a DP
     site trains with DP-SGD and gives its noisy count; its losses stay at the site)."""
     site = site_for(context)
-    instruction = decode(msg.content, WeightsInstruction)
     try:
+        instruction = decode(msg.content, WeightsInstruction)
         with torch_threads(site.config.threads):
             reply, weights, n = site.train_weights(instruction, arrays_of(msg.content))
     except _expected(site) as exc:
-        reply = WeightsReply(
-            site_id=site.spec.id,
-            round=instruction.round,
-            status="refused",
-            reason=_failure_reason(site, exc),
-            architecture="",
-            privacy=site.privacy_status(),
-        )
-        eps = reply.privacy.epsilon_spent if reply.privacy.enabled else None
-        return _leave(site, msg, encode(reply), instruction.run_id, instruction.round, "refused", eps, [])
+        return refusal(site, msg, exc)
     metrics: dict[str, float] = {"num-examples": n}
     if not site.private:
         metrics["task_loss"] = float(reply.metrics.get("task_loss", float("nan")))
-    eps = reply.privacy.epsilon_spent if reply.privacy.enabled else None
-    return _leave(
-        site,
-        msg,
-        encode(reply, weights, metrics),
-        instruction.run_id,
-        instruction.round,
-        "ok",
-        eps,
-        list(site.spec.modalities),
-    )
+    return Message(encode(reply, weights, metrics), reply_to=msg)
 
 
 @app.evaluate("task")
@@ -210,6 +223,6 @@ def evaluate_task(msg: Message, context: Context) -> Message:
         with torch_threads(site.config.threads):
             metrics = site.evaluate(instruction.run_id)
     except _expected(site) as exc:
-        raise MmflError(_failure_reason(site, exc)) from None
+        return refusal(site, msg, exc)
     content = encode(EvaluateReply(site_id=site.spec.id, round=instruction.round, metrics=metrics))
-    return _leave(site, msg, content, instruction.run_id, instruction.round, "ok", None, [])
+    return Message(content, reply_to=msg)

@@ -18,6 +18,8 @@ from typing import Any
 from flwr.app import RecordDict
 from pydantic import BaseModel, ConfigDict
 
+from mmfl.modalities import MODALITIES
+
 
 class AuditEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -74,9 +76,7 @@ def append(
         round=round_,
         message_type=message_type,
         status=status,
-        modalities=sorted(
-            modalities if modalities is not None else [k for k in shapes if k in ("image", "text", "audio")]
-        ),
+        modalities=sorted(modalities if modalities is not None else [k for k in shapes if k in MODALITIES]),
         shapes=shapes,
         bytes=size,
         sha256=sha,

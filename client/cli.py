@@ -108,7 +108,7 @@ def keygen_cmd(
     name: str = typer.Option("site", "--name", help="file name of the private key (NAME.pub is public)"),
 ) -> None:
     """Create the site's SuperNode key pair; send NAME.pub to the coordinator's operator."""
-    from mmfl.server.pki import create_site_keys, key_fingerprint
+    from mmfl.pki import create_site_keys, key_fingerprint
 
     private, public = create_site_keys(out, name)
     console.print(

@@ -1,4 +1,5 @@
-"""One site: its private data, the public set, its model, and what it does per message."""
+"""One site: what it does for each message, on top of its data (:mod:`.site_data`), its model
+snapshots (:mod:`.state`) and its privacy budget (:mod:`.budget`)."""
 
 from __future__ import annotations
 
@@ -6,38 +7,40 @@ import copy
 import itertools
 import json
 import time
-from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
-from mmfl.client.budget import PrivacyBudget, PrivacyRefusal, RoundPlan
+from mmfl.client.budget import PrivacyBudget, PrivacyRefusal
+from mmfl.client.dp_round import public_negatives, train_private
 from mmfl.client.ledger import LedgerError
+from mmfl.client.site_data import SiteData
 from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round
 from mmfl.config import SiteConfig
-from mmfl.data.builtin import DatasetInfo
-from mmfl.data.fingerprint import sample_key
-from mmfl.data.manifest import Manifest, load_manifest
-from mmfl.data.partition import holdout_split, site_seed
-from mmfl.data.tensors import Tensors, featurizers_for, load_tensors
+from mmfl.data.partition import site_seed
 from mmfl.errors import MmflError
 from mmfl.models.metrics import accuracy, retrieval_metrics
 from mmfl.models.multimodal import MultiEncoder, batches
-from mmfl.paths import feature_cache_root
 from mmfl.protocols.messages import (
     Capabilities,
     DeviceInfo,
     PrivacyStatus,
     RepresentInstruction,
     RepresentReply,
-    TrainSettings,
     WeightsInstruction,
     WeightsReply,
+    positions,
 )
-from mmfl.protocols.records import ProtocolError, from_wire, to_wire
+from mmfl.protocols.records import (
+    ProtocolError,
+    check_represent_instruction,
+    check_weights,
+    from_wire,
+    to_wire,
+)
 
 
 def choose_device(requested: str) -> torch.device:
@@ -61,12 +64,13 @@ def describe_device(device: torch.device) -> DeviceInfo:
 
 
 class Site:
-    """A data site; loads lazily and caches what does not change between messages."""
+    """A data site. Failures raise; :mod:`mmfl.client.app` turns them into refusals."""
 
     def __init__(self, config: SiteConfig) -> None:
         self.config = config
         self.spec = config.site
         self.state = SiteState(config.state_dir)
+        self.data = SiteData(config, self.state)
         self.device = choose_device(self.spec.device)
         self.seed = site_seed(config.seed, self.spec.id)
         self.budget = PrivacyBudget(config.state_dir, self.spec.id, self.spec.privacy)
@@ -76,90 +80,16 @@ class Site:
         """Whether DP is on: then only DP releases and settings leave this site."""
         return self.spec.privacy.enabled
 
-    # -- data ---------------------------------------------------------------------------------
-    @cached_property
-    def info(self) -> DatasetInfo:
-        path = self.config.public_manifest.parent / "dataset.json"
-        if not path.exists():
-            raise MmflError(f"no dataset.json next to the public manifest {self.config.public_manifest}")
-        return DatasetInfo.model_validate_json(path.read_text(encoding="utf-8"))
-
-    # Rows are checked here; files were checked in full when the agent started (mmfl client
-    # start) and their content is hashed into the fingerprints below, so a changed or missing
-    # file still stops the site. Skipping the image decode keeps each ClientApp process fast.
-    @cached_property
-    def public_manifest(self) -> Manifest:
-        return load_manifest(self.config.public_manifest, self.info.modalities, check_files=False)
-
-    @cached_property
-    def private_manifest(self) -> Manifest:
-        return load_manifest(self.config.manifest, self.info.modalities, check_files=False)
-
-    @cached_property
-    def _featurizers(self):  # noqa: ANN202
-        return featurizers_for(self.spec.architectures, self.info.image_size, self.info.image_channels)
-
-    @cached_property
-    def public(self) -> Tensors:
-        return load_tensors(
-            self.public_manifest.samples, self._featurizers, self.info.classes, feature_cache_root()
-        )
-
-    @cached_property
-    def _rows(self) -> tuple[np.ndarray, np.ndarray]:
-        """(training, holdout) rows of the private manifest; each row's side depends on that
-        row alone (its group, else its content), see :func:`~mmfl.data.partition.holdout_split`."""
-        keys = [sample_key(s) for s in self.private_manifest.samples]
-        return holdout_split(keys, self.seed, self.config.holdout_fraction)
-
-    @cached_property
-    def _private_split(self) -> tuple[Tensors, Tensors]:
-        data = load_tensors(
-            self.private_manifest.samples, self._featurizers, self.info.classes, feature_cache_root()
-        )
-        train, hold = self._rows
-        return data.subset(train), data.subset(hold)
-
-    @property
-    def train_data(self) -> Tensors:
-        return self._private_split[0]
-
-    @property
-    def holdout(self) -> Tensors:
-        return self._private_split[1]
-
-    @cached_property
-    def train_groups(self) -> list[str] | None:
-        """The group of each training row when the privacy unit is a group (else None)."""
-        if self.spec.privacy.unit != "group":
-            return None
-        samples = self.private_manifest.samples
-        groups = [samples[int(i)].group for i in self._rows[0]]
-        if any(g is None for g in groups):
-            raise MmflError(f"group-level privacy needs a group id on every row of {self.config.manifest}")
-        return groups  # type: ignore[return-value]
-
-    @cached_property
-    def training_units(self) -> int:
-        """Privacy units in the training rows: rows, or distinct groups."""
-        groups = self.train_groups
-        return len(self._rows[0]) if groups is None else len(set(groups))
-
-    @cached_property
-    def data_key(self) -> str:
-        """The private manifest's fingerprint keyed with the site's secret."""
-        return self.state.keyed_fingerprint(self.private_manifest.fingerprint())
-
-    @property
-    def by_class(self) -> bool:
-        return self.info.pairing == "class"
-
     # -- model ----------------------------------------------------------------------------------
     def new_model(self) -> MultiEncoder:
-        shapes = {m: f.shape for m, f in self._featurizers.items()}
+        shapes = {m: f.shape for m, f in self.data.featurizers.items()}
         return MultiEncoder(
-            self.spec.architectures, shapes, self.config.embed_dim, len(self.info.classes), self.seed
+            self.spec.architectures, shapes, self.config.embed_dim, len(self.data.info.classes), self.seed
         )
+
+    @cached_property
+    def _weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.new_model().state_dict().items()}
 
     def load_model(
         self, run_id: str, before_round: int | None = None
@@ -173,66 +103,63 @@ class Site:
             raise MmflError(str(exc)) from None
         return model.to(self.device), meta
 
+    def _save(self, model: MultiEncoder, run_id: str, round_: int) -> None:
+        self.state.save_model(model, round_, self.spec.architectures, run_id, {"dp": self.private})
+
     # -- messages ---------------------------------------------------------------------------------
     def privacy_status(self) -> PrivacyStatus:
         try:
-            key = self.data_key if self.private else None
+            key = self.data.data_key if self.private else None
         except (MmflError, OSError):  # data that does not load has no count to show
             key = None
         return self.budget.status(key)
 
     def capabilities(self) -> Capabilities:
         """What the site is; with DP on, its size only as the ledger's noisy count."""
-        train = self.train_data
+        train = self.data.train
         if self.private:
             try:
                 with self.budget.exclusive():
-                    self.budget.open(self.data_key, self.training_units)  # the one noisy count release
+                    self.budget.open(self.data.data_key, self.data.training_units)  # the one noisy count
             except (LedgerError, PrivacyRefusal):
                 pass  # the status below says the budget cannot be spent
+        mods = self.spec.modalities
         return Capabilities(
             site_id=self.spec.id,
-            modalities=list(self.spec.modalities),
+            modalities=list(mods),
             architectures=dict(self.spec.architectures),
-            samples=None if self.private else {m: int(train.present[m].sum()) for m in self.spec.modalities},
+            samples=None if self.private else {m: int(train.present[m].sum()) for m in mods},
             paired_samples=None
             if self.private
-            else int(len(train.complete_rows(self.spec.modalities)))
-            if len(self.spec.modalities) > 1
-            else 0,
-            classes=len(self.info.classes),
+            else (int(len(train.complete_rows(mods))) if len(mods) > 1 else 0),
+            classes=len(self.data.info.classes),
             device=describe_device(self.device),
-            public_fingerprint=self.public_manifest.fingerprint(),
-            data_fingerprint=self.data_key,
+            public_fingerprint=self.data.public_manifest.fingerprint(),
+            data_fingerprint=self.data.data_key,
             privacy=self.privacy_status(),
         )
 
     def _public_round(self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]) -> PublicRound:
+        """This round's public rows and the global representations, checked as the coordinator
+        checks replies (:func:`~mmfl.protocols.records.check_represent_instruction`)."""
+        mine = self.data.public_manifest.fingerprint()
+        if instruction.public_fingerprint != mine:
+            raise ProtocolError(
+                f"public-set fingerprint {instruction.public_fingerprint[:12]} differs from ours {mine[:12]}"
+            )
+        check_represent_instruction(instruction, arrays, len(self.data.public))
         indices = instruction.public_indices
-        n_public = len(self.public)
-        if any(i < 0 or i >= n_public for i in indices):
-            raise ProtocolError(f"public index outside 0..{n_public - 1}")
-        globals_, position = {}, {}
-        for m, rows in instruction.rows.items():
-            if m not in arrays:
-                continue
-            arr = from_wire(arrays[m])
-            if arr.shape != (len(rows), instruction.embed_dim) or not np.isfinite(arr).all():
-                raise ProtocolError(
-                    f"global {m} representations of shape {arr.shape} do not match the instruction"
-                )
-            globals_[m] = torch.from_numpy(np.ascontiguousarray(arr))
-            where = {r: i for i, r in enumerate(rows)}
-            position[m] = torch.tensor([where.get(r, -1) for r in indices], dtype=torch.long)
-        return PublicRound(self.public.subset(indices), globals_, position)
+        globals_ = {m: torch.from_numpy(np.ascontiguousarray(from_wire(a))) for m, a in arrays.items()}
+        position = {
+            m: torch.tensor(positions(instruction.rows[m], indices), dtype=torch.long) for m in globals_
+        }
+        return PublicRound(self.data.public.subset(indices), globals_, position)
 
     def represent(
         self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]
     ) -> tuple[RepresentReply, dict[str, np.ndarray]]:
-        """Train one round, persist the model, encode this round's public rows."""
-        refused = self._refusal(instruction)
-        if refused:
-            return refused, {}
+        """Train one round, persist the model, encode the public rows the instruction asks for
+        (none when the method trains sites alone)."""
         started = time.perf_counter()
         pub = self._public_round(instruction, arrays)
         model, meta = self.load_model(instruction.run_id, before_round=instruction.round)
@@ -246,55 +173,22 @@ class Site:
         settings = instruction.settings
         rng = np.random.default_rng([self.seed, instruction.round])
         if self.private:
-            public_batches = (
-                itertools.cycle(batches(len(pub.tensors), settings.public_batch_size, rng))
-                if settings.regularisers
-                else None
-            )
-            public_losses: list[float] = []
-
-            def public_term() -> torch.Tensor | None:
-                assert public_batches is not None
-                loss = public_loss(model, old, pub, next(public_batches), settings, self.device)
-                if loss is not None:
-                    public_losses.append(float(loss.detach()))
-                return loss
-
-            try:
-                metrics, _ = self._train_private(
-                    model,
-                    instruction.run_id,
-                    instruction.round,
-                    settings,
-                    pub.globals_,
-                    {
-                        m: self.public.labels[torch.as_tensor(r, dtype=torch.long)]
-                        for m, r in instruction.rows.items()
-                    },
-                    public_term if public_batches is not None else None,
-                    fresh_from,
-                )
-            except (LedgerError, PrivacyRefusal) as exc:
-                return self._refused(instruction.round, str(exc)), {}
-            if public_losses:
-                metrics["public_loss"] = float(np.mean(public_losses))
+            metrics = self._represent_private(model, old, pub, instruction, rng, fresh_from)
         else:
             metrics = train_round(
                 model,
                 old,
-                self.train_data,
+                self.data.train,
                 pub,
                 settings,
-                self.by_class,
+                self.data.by_class,
                 self.config.train.task_temperature,
                 rng,
                 self.device,
             )
-        self.state.save_model(
-            model, instruction.round, self.spec.architectures, instruction.run_id, {"dp": self.private}
-        )
+        self._save(model, instruction.run_id, instruction.round)
         rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
-        reps = encode_rows(model, self.public, rows)
+        reps = encode_rows(model, self.data.public, rows)
         wire = {m: to_wire(v, settings.payload_dtype) for m, v in reps.items()}
         # A DP site's training time would tell its size; the coordinator times rounds itself.
         seconds = 0.0 if self.private else time.perf_counter() - started
@@ -309,85 +203,58 @@ class Site:
         )
         return reply, wire
 
-    def _train_private(
+    def _represent_private(
         self,
         model: MultiEncoder,
-        run_id: str,
-        round_: int,
-        settings: TrainSettings,
-        negatives: dict[str, torch.Tensor],
-        negative_labels: dict[str, torch.Tensor],
-        public_term: Callable[[], torch.Tensor | None] | None,
-        fresh_from: int | None = None,
-    ) -> tuple[dict[str, float], RoundPlan]:
-        """A DP-SGD round: planned and checked against the budget before any gradient, the
-        mechanism at run time checked against the plan, the ledger durable before this returns
-        (and so before any reply). Raises :class:`PrivacyRefusal` or :class:`LedgerError`.
-
-        Private losses use ``negatives`` (representations of public rows, fixed for the round)
-        as the only negatives, so each sample's loss depends on that sample alone.
-        """
-        # Opacus takes seconds to import; sites without DP never load it.
-        from mmfl.client.privacy import private_losses, run_private_round
-
-        with self.budget.exclusive():  # planning to commit: one DP round at a time
-            ledger = self.budget.open(self.data_key, self.training_units)
-            plan = self.budget.plan(ledger, self.data_key, settings.batch_size, settings.local_epochs)
-            out = {
-                "dp_steps": float(plan.steps),
-                "noise_multiplier": plan.noise_multiplier,
-                "sample_rate": plan.sample_rate,
-            }
-            if fresh_from is not None:
-                ledger = self.budget.note(
-                    ledger,
-                    "fresh-model",
-                    f"run {run_id} round {round_}: the model of round {fresh_from} was trained without DP; "
-                    "DP training starts from a fresh model",
-                )
-                out["dp_fresh_model"] = 1.0
-            if plan.steps == 0:
-                return out, plan
-            charged = self.budget.commit(ledger, plan, run_id, round_)  # before the first step
-            history = run_private_round(
-                model,
-                self.train_data,
-                self.train_groups,
-                plan,
-                self.spec.privacy,
-                settings.lr,
-                settings.weight_decay,
-                ledger.history,
-                lambda batch: private_losses(
-                    model,
-                    batch,
-                    negatives,
-                    negative_labels,
-                    self.by_class,
-                    self.config.train.task_temperature,
-                    self.device,
-                ),
-                public_term,
-            )
-            if [list(h) for h in history] != charged.history:
-                raise LedgerError(
-                    f"the accountant recorded {history}, not the charged {charged.history}; nothing is sent"
-                )
-            return out, plan
-
-    def _refused(self, round_: int, reason: str) -> RepresentReply:
-        return RepresentReply(
-            site_id=self.spec.id, round=round_, status="refused", reason=reason, privacy=self.privacy_status()
+        old: MultiEncoder,
+        pub: PublicRound,
+        instruction: RepresentInstruction,
+        rng: np.random.Generator,
+        fresh_from: int | None,
+    ) -> dict[str, float]:
+        """The DP round of :meth:`represent`: negatives are the received global representations
+        (the model's own public representations when none came), and the public regularisers
+        run between DP steps."""
+        settings = instruction.settings
+        use_public = settings.regularisers and bool(pub.globals_)
+        public_batches = (
+            itertools.cycle(batches(len(pub.tensors), settings.public_batch_size, rng))
+            if use_public
+            else None
         )
+        public_losses: list[float] = []
 
-    def _refusal(self, instruction: RepresentInstruction) -> RepresentReply | None:
-        mine = self.public_manifest.fingerprint()
-        if instruction.public_fingerprint != mine:
-            return self._refused(
-                instruction.round,
-                f"public-set fingerprint {instruction.public_fingerprint[:12]} differs from ours {mine[:12]}",
-            )
-        return None
+        def public_term() -> torch.Tensor | None:
+            assert public_batches is not None
+            loss = public_loss(model, old, pub, next(public_batches), settings, self.device)
+            if loss is not None:
+                public_losses.append(float(loss.detach()))
+            return loss
+
+        if pub.globals_:
+            negatives = pub.globals_
+            labels = {
+                m: self.data.public.labels[torch.as_tensor(r, dtype=torch.long)]
+                for m, r in instruction.rows.items()
+            }
+        else:
+            negatives, labels = public_negatives(model, self.data)
+        metrics, _ = train_private(
+            self.budget,
+            self.data,
+            model,
+            instruction.run_id,
+            instruction.round,
+            settings,
+            negatives,
+            labels,
+            public_term if use_public else None,
+            self.device,
+            fresh_from,
+        )
+        if public_losses:
+            metrics["public_loss"] = float(np.mean(public_losses))
+        return metrics
 
     def train_weights(
         self, instruction: WeightsInstruction, weights: dict[str, np.ndarray]
@@ -396,24 +263,24 @@ class Site:
         and the number of examples to weight them by. With DP on, the training is DP-SGD (paired
         rows contrast against the global model's representations of the public set), the
         round is accounted, and the number is the ledger's noisy count."""
+        check_weights(weights, self._weight_shapes)
         model = self.new_model()
-        try:
-            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-        except RuntimeError as exc:
-            raise ProtocolError(
-                f"global weights do not fit this site's architectures: {str(exc).splitlines()[0]}"
-            ) from None
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         model.to(self.device)
         settings = instruction.settings.model_copy(update={"regularisers": False})
         if self.private:
-            rows = {
-                m: [i for i in range(len(self.public)) if bool(self.public.present[m][i])]
-                for m in model.modalities
-            }
-            negatives = {m: torch.from_numpy(v) for m, v in encode_rows(model, self.public, rows).items()}
-            labels = {m: self.public.labels[torch.as_tensor(r, dtype=torch.long)] for m, r in rows.items()}
-            metrics, plan = self._train_private(
-                model, instruction.run_id, instruction.round, settings, negatives, labels, None
+            negatives, labels = public_negatives(model, self.data)
+            metrics, plan = train_private(
+                self.budget,
+                self.data,
+                model,
+                instruction.run_id,
+                instruction.round,
+                settings,
+                negatives,
+                labels,
+                None,
+                self.device,
             )
             examples = plan.units
         else:
@@ -421,18 +288,16 @@ class Site:
             metrics = train_round(
                 model,
                 None,
-                self.train_data,
+                self.data.train,
                 None,
                 settings,
-                self.by_class,
+                self.data.by_class,
                 self.config.train.task_temperature,
                 rng,
                 self.device,
             )
-            examples = len(self.train_data)
-        self.state.save_model(
-            model, instruction.round, self.spec.architectures, instruction.run_id, {"dp": self.private}
-        )
+            examples = len(self.data.train)
+        self._save(model, instruction.run_id, instruction.round)
         out = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         reply = WeightsReply(
             site_id=self.spec.id,
@@ -451,9 +316,9 @@ class Site:
             return {}  # metrics on private rows are not covered by the DP guarantee
         model, _ = self.load_model(run_id)
         model.eval()
-        data = self.holdout
+        data = self.data.holdout
         out: dict[str, float] = {"holdout_samples": float(len(data))}
-        held = torch.stack([self.train_data.present[m] for m in model.modalities]).sum(0)
+        held = torch.stack([self.data.train.present[m] for m in model.modalities]).sum(0)
         heads_trained = bool((held == 1).any())  # heads learn from single-modality rows only
         for m in model.modalities:
             rows = torch.nonzero(data.present[m] & (data.labels >= 0)).flatten()
@@ -466,6 +331,6 @@ class Site:
             if len(rows) > 1:
                 za = model.encode(a, data.inputs[a][rows])
                 zb = model.encode(b, data.inputs[b][rows])
-                metrics = retrieval_metrics(za, zb, data.labels[rows], self.by_class, (a, b))
+                metrics = retrieval_metrics(za, zb, data.labels[rows], self.data.by_class, (a, b))
                 out.update({f"retrieval_{k}": v for k, v in metrics.items()})
         return out

@@ -1,1 +1,2 @@
-"""The data layer: manifests, fingerprints, partitioners, preprocessing, built-in data sets."""
+"""The data layer: manifests, fingerprints, partitioners, preprocessing, frozen pretrained
+featurizers and their cache, prepared and built-in data sets."""

@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmfl.data.builtin import BUILTIN, SPLITS, info_summary, open_dataset, prepare
+from mmfl.data.builtin import BUILTIN, open_dataset, prepare
 from mmfl.data.manifest import load_manifest
+from mmfl.data.prepared import SPLITS, info_summary
 
 app = typer.Typer(
     help="Prepare built-in data sets; validate and fingerprint manifests.", no_args_is_help=True

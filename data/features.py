@@ -20,7 +20,7 @@ from tqdm import tqdm
 from mmfl.data.audio import fixed_length, load_mfcc, pooled_stats
 from mmfl.data.fingerprint import item_fingerprint
 from mmfl.data.images import load_image
-from mmfl.data.manifest import Sample
+from mmfl.data.sample import Sample
 from mmfl.data.text import hashed_ids
 
 HASH_VOCAB = 1 << 13
@@ -135,7 +135,7 @@ def _pixels(size: int, channels: int) -> Featurizer:
 
 
 def _effnet() -> Featurizer:
-    from mmfl.models.backbones import efficientnet_features
+    from mmfl.data.backbones import efficientnet_features
 
     def encode(paths: list[str]) -> np.ndarray:
         return efficientnet_features(np.stack([load_image(p, 224, 3) for p in paths]))
@@ -153,13 +153,13 @@ def _tokens() -> Featurizer:
 
 
 def _glove() -> Featurizer:
-    from mmfl.models.backbones import glove_mean
+    from mmfl.data.backbones import glove_mean
 
     return Featurizer("glove6b50-mean", "text", (50,), "float32", glove_mean, True, 1024)
 
 
 def _minilm() -> Featurizer:
-    from mmfl.models.backbones import minilm_features
+    from mmfl.data.backbones import minilm_features
 
     return Featurizer("minilm-l6-v2", "text", (384,), "float32", minilm_features, True, 64)
 

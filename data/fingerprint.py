@@ -11,14 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from mmfl.data.manifest import FILE_MODALITIES
+from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import ManifestError
-
-if TYPE_CHECKING:
-    from mmfl.data.manifest import Manifest, Sample
 
 _CHUNK = 1 << 20
 _file_cache: dict[tuple[str, int, int], str] = {}
@@ -50,15 +47,16 @@ def item_fingerprint(sample: Sample, modality: str) -> str:
     return file_sha256(value) if modality in FILE_MODALITIES else text_sha256(value)
 
 
-def manifest_fingerprint(manifest: Manifest) -> str:
-    """SHA-256 over every row: id, label, group and the item fingerprints, in row order."""
+def manifest_fingerprint(samples: Sequence[Sample], path: Path | None) -> str:
+    """SHA-256 over every row of the manifest at ``path``: id, label, group and the item
+    fingerprints, in row order."""
     digest = hashlib.sha256(b"mmfl-manifest-v1\n")
-    for sample in manifest.samples:
+    for sample in samples:
         try:
             items = {m: item_fingerprint(sample, m) for m in sorted(sample.values)}
         except OSError as exc:
             raise ManifestError(
-                f"manifest {manifest.path}: sample {sample.id}: {exc.strerror}: {exc.filename}"
+                f"manifest {path}: sample {sample.id}: {exc.strerror}: {exc.filename}"
             ) from None
         row = {"id": sample.id, "label": sample.label, "group": sample.group, "items": items}
         digest.update(json.dumps(row, sort_keys=True).encode("utf-8") + b"\n")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,25 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmfl import MODALITIES
+from mmfl.data.fingerprint import manifest_fingerprint
+from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import ManifestError
+from mmfl.files import atomic_write_text
+from mmfl.modalities import MODALITIES
 
-FILE_MODALITIES = ("image", "audio")
 RESERVED_COLUMNS = ("id", "label", "group")
 MAX_ERRORS_SHOWN = 8
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One validated row. ``values`` maps modality to an absolute path (files) or the text."""
-
-    id: str
-    values: dict[str, str]
-    label: str | None = None
-    group: str | None = None
-
-    def has(self, modality: str) -> bool:
-        return modality in self.values
 
 
 @dataclass
@@ -67,9 +54,7 @@ class Manifest:
     def fingerprint(self) -> str:
         """Content hash of rows and files (see :mod:`mmfl.data.fingerprint`); cached."""
         if self._fingerprint is None:
-            from mmfl.data.fingerprint import manifest_fingerprint
-
-            self._fingerprint = manifest_fingerprint(self)
+            self._fingerprint = manifest_fingerprint(self.samples, self.path)
         return self._fingerprint
 
 
@@ -225,30 +210,22 @@ def load_manifest(
 
 
 def write_manifest(path: str | Path, samples: Iterable[Sample], relative_to: Path | None = None) -> Path:
-    """Write samples as JSONL atomically (temp file, fsync, rename). Paths are made relative
-    to ``relative_to`` (default: the manifest's folder) when they lie below it."""
+    """Write samples as JSONL atomically (see :func:`~mmfl.files.atomic_write_text`). Paths are
+    made relative to ``relative_to`` (default: the manifest's folder) when they lie below it."""
     path = Path(path)
     base = (relative_to or path.parent).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for s in samples:
-                row: dict[str, str] = {"id": s.id}
-                for modality, value in s.values.items():
-                    if modality in FILE_MODALITIES:
-                        p = Path(value)
-                        value = str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
-                    row[modality] = value
-                if s.label is not None:
-                    row["label"] = s.label
-                if s.group is not None:
-                    row["group"] = s.group
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    lines: list[str] = []
+    for s in samples:
+        row: dict[str, str] = {"id": s.id}
+        for modality, value in s.values.items():
+            if modality in FILE_MODALITIES:
+                p = Path(value)
+                value = str(p.relative_to(base)) if p.is_relative_to(base) else str(p)
+            row[modality] = value
+        if s.label is not None:
+            row["label"] = s.label
+        if s.group is not None:
+            row["group"] = s.group
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(path, "".join(lines))
     return path

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mmfl.data.fingerprint import sample_key
+from mmfl.data.sample import Sample
+
 
 def _cuts(n: int, proportions: np.ndarray) -> np.ndarray:
     """Boundaries that cut ``n`` items by ``proportions`` (summing to 1), largest-remainder."""
@@ -122,3 +125,12 @@ def holdout_split(keys: Sequence[str], salt: int, fraction: float) -> tuple[np.n
     )
     hold = u < fraction
     return np.flatnonzero(~hold), np.flatnonzero(hold)
+
+
+def site_holdout(
+    samples: Sequence[Sample], seed: int, site_id: str, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A site's (training, holdout) rows of its manifest: :func:`holdout_split` on each row's
+    key, salted with the site's seed. The site and the ``centralized`` baseline both call this,
+    so the baseline pools exactly the rows the site trains on."""
+    return holdout_split([sample_key(s) for s in samples], site_seed(seed, site_id), fraction)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmfl.data.features import Featurizer, featurize, get_featurizer
-from mmfl.data.manifest import Sample
+from mmfl.data.features import Featurizer, featurize
+from mmfl.data.sample import Sample
 
 
 @dataclass
@@ -43,18 +43,6 @@ class Tensors:
         for m in modalities:
             mask &= self.present[m]
         return torch.nonzero(mask).flatten()
-
-
-def featurizers_for(
-    architectures: Mapping[str, str], image_size: int, image_channels: int
-) -> dict[str, Featurizer]:
-    """The featurizer feeding each modality's architecture."""
-    from mmfl.models.encoders import architecture
-
-    return {
-        m: get_featurizer(architecture(name, m).featurizer, image_size, image_channels)
-        for m, name in architectures.items()
-    }
 
 
 def load_tensors(

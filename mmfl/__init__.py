@@ -6,6 +6,3 @@ try:
     __version__ = version("mmfl")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+unknown"
-
-MODALITIES: tuple[str, ...] = ("image", "text", "audio")
-"""Every modality mmfl knows; a data set or federation uses a subset of them."""

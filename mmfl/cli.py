@@ -43,7 +43,7 @@ def _register() -> None:
     app.add_typer(data_app, name="data")
     app.add_typer(client_app, name="client")
 
-    from mmfl.client.adapt_cli import adapt_cmd, train_unimodal_cmd
+    from mmfl.adaptation.cli import adapt_cmd, train_unimodal_cmd
 
     app.command("adapt")(adapt_cmd)
     app.command("train-unimodal")(train_unimodal_cmd)

@@ -15,8 +15,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmfl.errors import ConfigError
+from mmfl.modalities import Modality
 
-Modality = Literal["image", "text", "audio"]
 SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 StrategyName = Literal["cream", "cream+", "mean", "fedavg", "server-only", "local", "centralized"]
 
@@ -195,33 +195,9 @@ class FederationSpec(StrictModel):
         """Sites holding every modality of the federation."""
         return [s for s in self.sites if set(self.modalities) <= set(s.modalities)]
 
-    def fedavg_architectures(self) -> dict[str, str]:
-        """The one architecture the FedAvg baseline gives every paired site (the first one's)."""
-        paired = self.paired_sites()
-        if not paired:
-            raise ValueError("the fedavg baseline needs at least one site holding every modality")
-        return {m: paired[0].architectures[m] for m in self.modalities}
-
     def train_for(self, site: SiteSpec) -> TrainConfig:
         """The site's own training settings, or the federation's defaults."""
         return site.train or self.train
-
-
-CREAM_PLUS_DEFAULTS: dict[str, Any] = {
-    "ensemble_temperature": 0.05,
-    "distill_loss": "contrastive",
-    "kd_weight": 1.0,
-    "distill_cross_modal": True,
-}
-"""What ``cream+`` changes where the spec leaves a field at its default (see the README)."""
-
-
-def effective_cream(spec: FederationSpec) -> CreamConfig:
-    """The CreamFL settings a run uses: ``cream+`` fills fields the spec did not set."""
-    if spec.strategy != "cream+":
-        return spec.cream
-    unset = {k: v for k, v in CREAM_PLUS_DEFAULTS.items() if k not in spec.cream.model_fields_set}
-    return spec.cream.model_copy(update=unset)
 
 
 class RunPlan(StrictModel):

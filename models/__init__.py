@@ -1,1 +1,1 @@
-"""Encoders per modality and architecture, frozen pretrained backbones, losses."""
+"""Trainable encoders per modality and architecture, the multi-encoder model, losses, metrics."""

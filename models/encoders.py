@@ -9,14 +9,14 @@ sites train concurrently). Normalisation layers are GroupNorm or LayerNorm.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.data.features import HASH_VOCAB
+from mmfl.data.features import HASH_VOCAB, Featurizer, get_featurizer
 
 
 class Encoder(nn.Module):
@@ -228,6 +228,16 @@ def architecture(name: str, modality: str | None = None) -> Architecture:
     if modality is not None and arch.modality != modality:
         raise ValueError(f"architecture {name!r} encodes {arch.modality}, not {modality}")
     return arch
+
+
+def featurizers_for(
+    architectures: Mapping[str, str], image_size: int, image_channels: int
+) -> dict[str, Featurizer]:
+    """The featurizer feeding each modality's architecture."""
+    return {
+        m: get_featurizer(architecture(name, m).featurizer, image_size, image_channels)
+        for m, name in architectures.items()
+    }
 
 
 def build_encoder(name: str, input_shape: tuple[int, ...], embed_dim: int) -> Encoder:

@@ -20,7 +20,6 @@ import itertools
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 if TYPE_CHECKING:
@@ -73,19 +72,6 @@ def distill_contrastive(z: torch.Tensor, target: torch.Tensor, tau: float) -> to
     to the others, not only the target's coordinates."""
     t = F.normalize(target, dim=-1)
     return F.cross_entropy(z @ t.T / tau, torch.arange(len(z), device=z.device))
-
-
-class ClassifierHead(nn.Module):
-    """Linear classifier on unit vectors, logits scaled by a fixed factor. A plain
-    ``nn.Linear`` keeps it compatible with Opacus' per-sample gradient samplers."""
-
-    def __init__(self, embed_dim: int, num_classes: int, scale: float = 16.0) -> None:
-        super().__init__()
-        self.linear = nn.Linear(embed_dim, num_classes, bias=False)
-        self.scale = scale
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.scale * self.linear(z)
 
 
 def multimodal_task_loss(

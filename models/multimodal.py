@@ -10,10 +10,22 @@ import torch
 from torch import nn
 
 from mmfl.models.encoders import build_encoder
-from mmfl.models.losses import ClassifierHead
 
 # torch.manual_seed is process-global: concurrent sites must not interleave their inits.
 _INIT_LOCK = threading.Lock()
+
+
+class ClassifierHead(nn.Module):
+    """Linear classifier on unit vectors, logits scaled by a fixed factor. A plain
+    ``nn.Linear`` keeps it compatible with Opacus' per-sample gradient samplers."""
+
+    def __init__(self, embed_dim: int, num_classes: int, scale: float = 16.0) -> None:
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, num_classes, bias=False)
+        self.scale = scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.linear(z)
 
 
 class MultiEncoder(nn.Module):

@@ -23,8 +23,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmfl.modalities import Modality
+
 PROTOCOL_VERSION = 1
-Modality = Literal["image", "text", "audio"]
 
 MSG_CAPABILITIES = "query.capabilities"
 MSG_REPRESENT = "train.represent"
@@ -146,3 +147,10 @@ class EvaluateReply(Message):
     site_id: str
     round: int
     metrics: dict[str, float]
+
+
+def positions(rows: list[int], among: list[int]) -> list[int]:
+    """Where each row of ``among`` sits in a modality's ``rows`` (the order its
+    representations travel in); -1 where the row lacks the modality."""
+    where = {r: i for i, r in enumerate(rows)}
+    return [where.get(r, -1) for r in among]

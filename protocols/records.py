@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from pydantic import ValidationError
 
-from mmfl.protocols.messages import PROTOCOL_VERSION, Message
+from mmfl.protocols.messages import PROTOCOL_VERSION, Message, RepresentInstruction
 
 M = TypeVar("M", bound=Message)
 
@@ -81,18 +81,27 @@ def payload_bytes(content: RecordDict) -> int:
 def check_representations(
     arrays: Mapping[str, np.ndarray],
     expected_rows: Mapping[str, int],
-    allowed_modalities: set[str],
     embed_dim: int,
+    allowed: set[str] | None = None,
+    required: set[str] | frozenset[str] = frozenset(),
     max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
 ) -> None:
-    """Arrays must be one per allowed modality, 2-D (rows, embed_dim), float32/16, finite,
-    with the row count the instruction implies, and fit in ``max_bytes`` together."""
-    if not arrays:
-        raise ProtocolError("no representations in the reply")
+    """The one check of representations that cross the wire, in either direction.
+
+    Arrays must be one per allowed modality (default: those with ``expected_rows``), every
+    ``required`` modality present, each 2-D (rows, embed_dim), float32/16, finite, with the
+    row count the instruction implies, and fit in ``max_bytes`` together. When rows were asked
+    for, at least one array must come."""
+    allowed = set(expected_rows) if allowed is None else allowed
+    if expected_rows and not arrays:
+        raise ProtocolError("no representations in the payload")
+    missing = sorted(set(required) - set(arrays))
+    if missing:
+        raise ProtocolError(f"no {missing[0]} representations in the payload")
     total = 0
     for modality, arr in arrays.items():
-        if modality not in allowed_modalities:
-            raise ProtocolError(f"unexpected modality {modality!r} (allowed: {sorted(allowed_modalities)})")
+        if modality not in allowed:
+            raise ProtocolError(f"unexpected modality {modality!r} (allowed: {sorted(allowed)})")
         if arr.dtype not in ALLOWED_DTYPES:
             raise ProtocolError(f"{modality}: dtype {arr.dtype} (expected float32 or float16)")
         if arr.ndim != 2 or arr.shape[1] != embed_dim:
@@ -101,6 +110,53 @@ def check_representations(
             raise ProtocolError(f"{modality}: {arr.shape[0]} rows, expected {expected_rows[modality]}")
         if not np.isfinite(arr).all():
             raise ProtocolError(f"{modality}: contains NaN or infinity")
+        total += arr.nbytes
+    if total > max_bytes:
+        raise ProtocolError(f"payload of {total} bytes exceeds the limit of {max_bytes}")
+
+
+def check_represent_instruction(
+    instruction: RepresentInstruction,
+    arrays: Mapping[str, np.ndarray],
+    public_rows: int,
+    max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> None:
+    """A site's check of a ``train.represent`` instruction and its global representations:
+    indices inside its public set, each modality's rows among them, and one array of global
+    representations per modality with rows, checked as the coordinator checks replies."""
+    indices = instruction.public_indices
+    if any(i < 0 or i >= public_rows for i in indices):
+        raise ProtocolError(f"public index outside 0..{public_rows - 1}")
+    chosen = set(indices)
+    for modality, rows in instruction.rows.items():
+        if not chosen.issuperset(rows):
+            raise ProtocolError(f"{modality}: rows outside this round's public indices")
+    check_representations(
+        arrays,
+        {m: len(r) for m, r in instruction.rows.items()},
+        instruction.embed_dim,
+        required=set(instruction.rows),
+        max_bytes=max_bytes,
+    )
+
+
+def check_weights(
+    arrays: Mapping[str, np.ndarray],
+    reference: Mapping[str, tuple[int, ...]],
+    max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> None:
+    """Model weights in either direction: exactly the reference's keys and shapes, floating
+    point, finite, within ``max_bytes``."""
+    missing = sorted(set(reference) - set(arrays))
+    extra = sorted(set(arrays) - set(reference))
+    if missing or extra:
+        raise ProtocolError(f"weights {'lack ' + missing[0] if missing else 'have an unknown ' + extra[0]}")
+    total = 0
+    for key, arr in arrays.items():
+        if tuple(arr.shape) != tuple(reference[key]):
+            raise ProtocolError(f"{key}: shape {tuple(arr.shape)}, expected {tuple(reference[key])}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ProtocolError(f"{key}: contains NaN or infinity")
         total += arr.nbytes
     if total > max_bytes:
         raise ProtocolError(f"payload of {total} bytes exceeds the limit of {max_bytes}")

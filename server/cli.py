@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.resources import files
 from pathlib import Path
@@ -11,13 +12,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from mmfl.config import DaemonConfig, FederationSpec, RunPlan, load_config
 from mmfl.data.builtin import open_dataset
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
+from mmfl.pki import key_fingerprint, load_site_public_key
 from mmfl.server.daemon import (
     CONNECTION,
     ServerLayout,
@@ -30,8 +30,8 @@ from mmfl.server.daemon import (
     start_detached,
     stop_daemon,
 )
-from mmfl.server.pki import key_fingerprint, load_site_public_key
-from mmfl.server.store import RoundRow, Run, SiteRoundRow, open_store
+from mmfl.server.store import RunStore, open_store
+from mmfl.strategies.methods import method_of
 
 app = typer.Typer(help="The coordinator daemon and its runs (operators).", no_args_is_help=True)
 run_app = typer.Typer(help="Submit and inspect runs.", no_args_is_help=True)
@@ -175,36 +175,8 @@ def status_cmd(dir_: Path = DirOpt, as_json: bool = typer.Option(False, "--json"
         }
         for name, s in registered_sites(layout).items()
     ]
-    engine = open_store(layout.store())
-    runs = []
-    with Session(engine) as session:
-        for run in session.scalars(select(Run).order_by(Run.started_at.desc()).limit(10)):
-            rounds = session.scalars(
-                select(RoundRow).where(RoundRow.run_id == run.id).order_by(RoundRow.round)
-            ).all()
-            eps: dict[str, float] = {}
-            for row in rounds:
-                for sr in session.scalars(select(SiteRoundRow).where(SiteRoundRow.round_id == row.id)):
-                    if sr.epsilon is not None:
-                        eps[sr.site_id] = sr.epsilon
-            last = rounds[-1] if rounds else None
-            runs.append(
-                {
-                    "run_id": run.id,
-                    "status": run.status,
-                    "strategy": run.strategy,
-                    "rounds": len(rounds),
-                    "last_round": None
-                    if last is None
-                    else {
-                        "round": last.round,
-                        "status": last.status,
-                        "rsum": (last.metrics.get("test") or {}).get("rsum"),
-                    },
-                    "epsilon": eps,
-                }
-            )
-    report["runs"] = runs
+    runs = RunStore.recent(open_store(layout.store()), limit=10)
+    report["runs"] = [asdict(r) for r in runs]
     if as_json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -221,18 +193,18 @@ def status_cmd(dir_: Path = DirOpt, as_json: bool = typer.Option(False, "--json"
     for col in ("run", "status", "rounds", "last round", "epsilon per site"):
         table.add_column(col)
     for r in runs:
-        last = r["last_round"]
+        last = r.last_round
         lr = (
             "—"
             if last is None
-            else f"{last['round']} {last['status']} rsum {last['rsum'] if last['rsum'] is None else round(last['rsum'], 1)}"
+            else f"{last.round} {last.status} rsum {last.rsum if last.rsum is None else round(last.rsum, 1)}"
         )
         table.add_row(
-            r["run_id"],
-            r["status"],
-            str(r["rounds"]),
+            r.run_id,
+            r.status,
+            str(r.rounds),
             lr,
-            ", ".join(f"{k} {v:.2f}" for k, v in r["epsilon"].items()) or "—",
+            ", ".join(f"{k} {v:.2f}" for k, v in r.epsilon.items()) or "—",
         )
     console.print(table)
 
@@ -270,6 +242,8 @@ def run_submit(
     if daemon_pid(layout) is None:
         raise MmflError("the daemon is not running (mmfl server start)")
     spec = load_config(FederationSpec, config, set_)
+    if method_of(spec.strategy).server_data == "public+sites":
+        raise MmflError(f"{spec.strategy} pools the sites' rows at the server: a simulation-only baseline")
     expected = (
         sites
         if sites is not None

@@ -36,8 +36,8 @@ from mmfl.config import DaemonConfig, dump_toml, load_config
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.flower_runtime import flower_bin, flower_env
+from mmfl.pki import create_ca, issue_server_certificate
 from mmfl.server import nginx
-from mmfl.server.pki import create_ca, issue_server_certificate
 from mmfl.server.store import store_url
 
 CONNECTION = "mmfl-local"

@@ -4,6 +4,7 @@ events. SQLAlchemy 2 ORM; a SQLite file by default, PostgreSQL by URL."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from mmfl.errors import MmflError
+from mmfl.server.records import RoundRecord
 
 
 def utcnow() -> datetime:
@@ -150,6 +152,49 @@ def open_store(url: str | Path) -> Engine:
     return engine
 
 
+@dataclass(frozen=True)
+class LastRound:
+    """A run's newest round: its number, outcome and test R-sum (None when not evaluated)."""
+
+    round: int
+    status: str
+    rsum: float | None
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as ``mmfl server status`` lists it."""
+
+    run_id: str
+    status: str
+    strategy: str
+    rounds: int
+    last_round: LastRound | None
+    epsilon: dict[str, float]  # site -> the epsilon it reported last
+
+
+def _summarize(session: Session, run: Run) -> RunSummary:
+    rounds = session.scalars(select(RoundRow).where(RoundRow.run_id == run.id).order_by(RoundRow.round)).all()
+    eps: dict[str, float] = {}
+    for row in rounds:
+        for sr in session.scalars(select(SiteRoundRow).where(SiteRoundRow.round_id == row.id)):
+            if sr.epsilon is not None:
+                eps[sr.site_id] = sr.epsilon
+    last = rounds[-1] if rounds else None
+    return RunSummary(
+        run_id=run.id,
+        status=run.status,
+        strategy=run.strategy,
+        rounds=len(rounds),
+        last_round=None
+        if last is None
+        else LastRound(
+            round=last.round, status=last.status, rsum=(last.metrics.get("test") or {}).get("rsum")
+        ),
+        epsilon=eps,
+    )
+
+
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, allow_nan=True).replace("NaN", "null"))
 
@@ -182,39 +227,32 @@ class RunStore:
         with Session(self.engine) as s, s.begin():
             s.add(SiteRow(run_id=self.run_id, site_id=site_id, capabilities=_jsonable(capabilities)))
 
-    def add_round(
-        self,
-        round_: int,
-        status: str,
-        reason: str,
-        wall_seconds: float,
-        metrics: dict[str, Any],
-        sites: list[dict[str, Any]],
-    ) -> None:
+    def add_round(self, record: RoundRecord) -> None:
+        """Record a round and each contacted site's part in it."""
         with Session(self.engine) as s, s.begin():
             row = RoundRow(
                 run_id=self.run_id,
-                round=round_,
-                status=status,
-                reason=reason,
-                wall_seconds=wall_seconds,
-                bytes_down=sum(int(x["bytes_down"]) for x in sites),
-                bytes_up=sum(int(x["bytes_up"]) for x in sites),
-                metrics=_jsonable(metrics),
+                round=record.round,
+                status=record.status,
+                reason=record.reason,
+                wall_seconds=record.wall_seconds,
+                bytes_down=record.bytes_down,
+                bytes_up=record.bytes_up,
+                metrics=_jsonable(record.server_metrics()),
             )
             s.add(row)
             s.flush()
-            for x in sites:
+            for x in record.sites:
                 s.add(
                     SiteRoundRow(
                         round_id=row.id,
-                        site_id=x["site_id"],
-                        accepted=bool(x["accepted"]),
-                        reason=x.get("reason", ""),
-                        bytes_down=int(x["bytes_down"]),
-                        bytes_up=int(x["bytes_up"]),
-                        epsilon=x.get("epsilon"),
-                        metrics=_jsonable(x.get("metrics", {})),
+                        site_id=x.site_id,
+                        accepted=x.accepted,
+                        reason=x.reason,
+                        bytes_down=x.bytes_down,
+                        bytes_up=x.bytes_up,
+                        epsilon=x.epsilon,
+                        metrics=_jsonable(x.metrics),
                     )
                 )
 
@@ -237,3 +275,16 @@ class RunStore:
             return list(
                 s.scalars(select(RoundRow).where(RoundRow.run_id == self.run_id).order_by(RoundRow.round))
             )
+
+    def summary(self) -> RunSummary | None:
+        """This run's summary; None when it was never started."""
+        with Session(self.engine) as s:
+            run = s.get(Run, self.run_id)
+            return None if run is None else _summarize(s, run)
+
+    @staticmethod
+    def recent(engine: Engine, limit: int = 10) -> list[RunSummary]:
+        """The ``limit`` most recently started runs of the store, newest first."""
+        with Session(engine) as s:
+            runs = s.scalars(select(Run).order_by(Run.started_at.desc()).limit(limit))
+            return [_summarize(s, run) for run in runs]

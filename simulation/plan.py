@@ -11,13 +11,15 @@ import numpy as np
 import torch
 
 from mmfl.config import FederationSpec, RunPlan, SiteConfig, dump_toml
-from mmfl.data.builtin import PreparedDataset, open_dataset
-from mmfl.data.manifest import Sample, write_manifest
+from mmfl.data.builtin import open_dataset
+from mmfl.data.manifest import write_manifest
 from mmfl.data.partition import drop_modalities, partition_dirichlet, partition_iid
+from mmfl.data.prepared import PreparedDataset
+from mmfl.data.sample import Sample
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
-from mmfl.server.loop import SITE_STRATEGIES
 from mmfl.server.store import store_url
+from mmfl.strategies.methods import method_of
 
 
 def default_output_dir(spec: FederationSpec) -> Path:
@@ -79,14 +81,14 @@ def build_plan(
     if missing:
         raise MmflError(f"data set {ds.info.name} has no {missing[0]} modality (it has {ds.info.modalities})")
     out.mkdir(parents=True, exist_ok=True)
-    uses_sites = spec.strategy in SITE_STRATEGIES or spec.strategy == "centralized"
+    method = method_of(spec.strategy)
     site_configs: list[SiteConfig] = []
-    if uses_sites and spec.sites:
+    if method.needs_site_data and spec.sites:
+        taking_part = method.site_architectures(spec)
         for site, rows in zip(spec.sites, partition_sites(spec, ds), strict=True):
-            if spec.strategy == "fedavg":
-                if site not in spec.paired_sites():
-                    continue  # weights cannot be averaged across modalities: uni-modal sites sit out
-                site = site.model_copy(update={"architectures": spec.fedavg_architectures()})
+            if site.id not in taking_part:
+                continue  # e.g. FedAvg: weights average only between paired sites of one model
+            site = site.model_copy(update={"architectures": taking_part[site.id]})
             folder = out / "sites" / site.id
             manifest = write_manifest(folder / "data.jsonl", rows)
             site_configs.append(
@@ -111,7 +113,7 @@ def build_plan(
         output_dir=out,
         store_url=store or store_url(out / "runs.sqlite"),
         site_configs=configs_path if site_configs else None,
-        expected_sites=len(site_configs) if spec.strategy in SITE_STRATEGIES else 0,
+        expected_sites=len(site_configs) if method.uses_sites else 0,
         threads=torch.get_num_threads(),
     )
     atomic_write_text(out / "spec.toml", dump_toml(spec))

@@ -162,8 +162,9 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
                 lines.append(f"| {site} | {k} | {_fmt(v)} |")
     eps = defaultdict(list)
     for r in rounds:
-        for site, e in r["privacy"].items():
-            eps[site].append((r["round"], e))
+        for s in r["sites"]:
+            if s["epsilon"] is not None:
+                eps[s["site_id"]].append((r["round"], s["epsilon"]))
     if eps:
         lines += ["", "## Privacy spent (ε after each round)", ""]
         for site, pts in eps.items():

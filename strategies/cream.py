@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from mmfl.strategies.ensemble import OtherModality, contrastive_weights, weight_entropy, weighted_sum
-from mmfl.strategies.representation import RepresentationStrategy
+from mmfl.strategies.ensemble import OtherModality, contrastive_weights
+from mmfl.strategies.rule import EnsembleRule
 
 
-class CreamEnsemble(RepresentationStrategy):
+class CreamEnsemble(EnsembleRule):
     r"""Weight each site's representation of each public row by how well it retrieves the
     global representation of the other modality, softmax over sites, weighted sum:
 
@@ -19,17 +21,12 @@ class CreamEnsemble(RepresentationStrategy):
 
     ``temperature = 1`` reproduces the reference code. Unit vectors scored at ``T = 1`` differ
     by at most 2 in logit, so the weights come out nearly uniform; a smaller ``T`` (the
-    ``cream+`` strategy) makes the ensemble selective. See :mod:`mmfl.strategies.ensemble`.
+    ``cream+`` method) makes the ensemble selective. See :mod:`mmfl.strategies.ensemble`.
     """
 
-    def __init__(self, *args, temperature: float = 1.0, chunk: int = 1024, **kwargs) -> None:  # noqa: ANN002, ANN003
-        super().__init__(*args, **kwargs)
+    def __init__(self, temperature: float = 1.0, chunk: int = 1024) -> None:
         self.temperature = temperature
         self.chunk = chunk
 
-    def combine(
-        self, modality: str, contributions: list[torch.Tensor], others: list[OtherModality]
-    ) -> torch.Tensor:
-        weights = contrastive_weights(contributions, others, self.temperature, self.chunk)
-        self.last_round.weight_entropy[modality] = weight_entropy(weights)
-        return weighted_sum(contributions, weights)
+    def weights(self, contributions: Sequence[torch.Tensor], others: Sequence[OtherModality]) -> torch.Tensor:
+        return contrastive_weights(contributions, others, self.temperature, self.chunk)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from mmfl.strategies.ensemble import OtherModality, uniform_weights, weight_entropy, weighted_sum
-from mmfl.strategies.representation import RepresentationStrategy
+from mmfl.strategies.ensemble import OtherModality, uniform_weights
+from mmfl.strategies.rule import EnsembleRule
 
 
-class MeanEnsemble(RepresentationStrategy):
+class MeanEnsemble(EnsembleRule):
     r"""Every contributor counts the same: :math:`\hat v_j = \frac{1}{K}\sum_k v_j^k`."""
 
-    def combine(
-        self, modality: str, contributions: list[torch.Tensor], others: list[OtherModality]
-    ) -> torch.Tensor:
-        weights = uniform_weights(len(contributions), len(contributions[0]))
-        self.last_round.weight_entropy[modality] = weight_entropy(weights)
-        return weighted_sum(contributions, weights)
+    def weights(self, contributions: Sequence[torch.Tensor], others: Sequence[OtherModality]) -> torch.Tensor:
+        return uniform_weights(len(contributions), len(contributions[0]))

@@ -43,7 +43,7 @@ def instruction(
 ) -> tuple[RepresentInstruction, dict[str, np.ndarray]]:  # noqa: ANN001
     """A represent instruction for the site's first ``n`` public rows (all: None), with random
     unit-length global representations."""
-    samples = site.public_manifest.samples[:n]
+    samples = site.data.public_manifest.samples[:n]
     rows = {m: [i for i, x in enumerate(samples) if x.has(m)] for m in ("image", "text")}
     rng = np.random.default_rng(round_)
     arrays = {}
@@ -53,7 +53,7 @@ def instruction(
     message = RepresentInstruction(
         run_id=run_id,
         round=round_,
-        public_fingerprint=site.public_manifest.fingerprint(),
+        public_fingerprint=site.data.public_manifest.fingerprint(),
         public_indices=list(range(len(samples))),
         rows=rows,
         embed_dim=256,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmfl.client.pseudo_labels import (
+from mmfl.adaptation.pseudo_labels import (
     IGNORE,
     agreement_filter,
     certainty_filter,

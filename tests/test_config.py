@@ -86,7 +86,10 @@ def test_every_config_forbids_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_cream_plus_fills_only_what_the_spec_leaves_unset(tmp_path: Path) -> None:
-    from mmfl.config import CREAM_PLUS_DEFAULTS, effective_cream
+    from mmfl.strategies.methods import CREAM_PLUS_DEFAULTS, method_of
+
+    def effective_cream(spec: FederationSpec):  # noqa: ANN202
+        return method_of(spec.strategy).cream(spec.cream)
 
     spec = load_config(FederationSpec, overrides=['strategy="cream+"'])
     cream = effective_cream(spec)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -10,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmfl.data.builtin import SPLITS, open_dataset, prepare
+from mmfl.data.builtin import open_dataset, prepare
 from mmfl.data.builtin.digits import WORDS, load_fsdd_mfcc, load_mnist_5k
 from mmfl.data.builtin.openclipart import normalise
 from mmfl.data.fingerprint import file_sha256
-from mmfl.errors import DataSetMissing
+from mmfl.data.prepared import SPLITS, read_dataset_info
+from mmfl.errors import DataSetMissing, MmflError
 
 
 def test_digits_is_real_mnist_and_fsdd_paired_by_class(digits) -> None:
@@ -51,11 +51,11 @@ def test_open_dataset_reuses_preparation(digits) -> None:
 
 def test_openclipart_split_is_clean(openclipart_root: Path, tmp_path: Path) -> None:
     ds = prepare("openclipart", tmp_path / "oc", source=openclipart_root)
-    info = json.loads((tmp_path / "oc" / "dataset.json").read_text())
+    splits = read_dataset_info(tmp_path / "oc").splits
     manifests = {s: ds.manifest(s) for s in SPLITS}
-    assert {s: len(m) for s, m in manifests.items()} == info["splits"]
-    assert info["splits"]["test"] == 1000 and info["splits"]["val"] == 500
-    assert info["splits"]["public"] == 1500 and info["splits"]["private"] > 1500
+    assert {s: len(m) for s, m in manifests.items()} == splits
+    assert splits["test"] == 1000 and splits["val"] == 500
+    assert splits["public"] == 1500 and splits["private"] > 1500
     assert len(ds.info.classes) == 22 and ds.info.pairing == "instance"
     # Rows point at the real installed files.
     for s in manifests["test"].samples[:50]:
@@ -75,3 +75,15 @@ def test_openclipart_split_is_clean(openclipart_root: Path, tmp_path: Path) -> N
 def test_openclipart_missing_files_say_what_to_install(tmp_path: Path) -> None:
     with pytest.raises(DataSetMissing, match="apt-get install openclipart-png openclipart-svg"):
         prepare("openclipart", tmp_path / "x", source=tmp_path / "nothing")
+
+
+def test_dataset_info_problems_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(MmflError, match=r"is not a prepared data set \(no dataset.json\)"):
+        read_dataset_info(tmp_path)
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(MmflError, match="invalid .*dataset.json: ") as bad_json:
+        read_dataset_info(tmp_path)
+    (tmp_path / "dataset.json").write_text('{"name": "x", "pairing": "pairs"}')
+    with pytest.raises(MmflError, match="pairing: ") as bad_field:
+        read_dataset_info(tmp_path)
+    assert "\n" not in str(bad_json.value) and "\n" not in str(bad_field.value)

@@ -61,7 +61,7 @@ def test_text_featurizers(digits, tmp_path: Path) -> None:
 
 
 def test_pretrained_backbones_give_meaningful_features(tmp_path: Path) -> None:
-    from mmfl.models.backbones import efficientnet_features, minilm_features
+    from mmfl.data.backbones import efficientnet_features, minilm_features
 
     emb = minilm_features(
         ["a photo of a dog playing in the grass", "a puppy running on a lawn", "a bowl of soup"]

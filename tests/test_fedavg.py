@@ -1,60 +1,54 @@
-"""The FedAvg baseline averages exactly as Flower's FedAvg: weighted by num-examples."""
+"""The FedAvg baseline: Flower's weighted average, and replies checked before they count."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Message
 
-from mmfl.protocols.messages import PrivacyStatus, TrainSettings, WeightsInstruction, WeightsReply
+from helpers import SETTINGS
+from mmfl.protocols.messages import MSG_WEIGHTS, PrivacyStatus, WeightsInstruction, WeightsReply
 from mmfl.protocols.records import encode
-from mmfl.strategies.fedavg import PairedFedAvg
+from mmfl.server.exchange import read_weights_reply
+from mmfl.server.records import SiteReport
+from mmfl.strategies.fedavg import weighted_average
 
 
-class FakeGrid:
-    def get_node_ids(self) -> list[int]:
-        return [1, 2, 3]
+def test_weighted_average_is_flowers_fedavg() -> None:
+    got = weighted_average([{"w": np.ones(3, np.float32)}, {"w": np.full(3, 4, np.float32)}], [1, 3])
+    assert np.allclose(got["w"], [3.25, 3.25, 3.25])  # (1*1 + 3*4) / 4
 
 
-def test_weighted_average_and_refusals(flower_identity) -> None:
-    settings = TrainSettings(
-        local_epochs=1,
-        batch_size=2,
-        lr=0.1,
-        weight_decay=0,
-        public_batch_size=2,
-        contrast_temperature=0.5,
-        interintra_weight=0.5,
+def test_weights_replies_are_checked_before_they_count(flower_identity) -> None:
+    instruction = WeightsInstruction(run_id="r", round=1, settings=SETTINGS)
+    sent = Message(
+        encode(instruction, {"w": np.zeros(3, np.float32)}), dst_node_id=1, message_type=MSG_WEIGHTS
     )
-    strategy = PairedFedAvg({1: "a", 2: "b", 3: "c"})
-    instruction = WeightsInstruction(run_id="r", round=1, settings=settings)
-    messages = list(
-        strategy.configure_train(
-            1,
-            ArrayRecord({"w": Array(np.zeros(3, np.float32))}),
-            ConfigRecord({"instruction": instruction.model_dump_json()}),
-            FakeGrid(),
-        )
-    )
-    for i, m in enumerate(messages):
-        m.metadata.__dict__["_message_id"] = f"m{i}"
-    strategy.remember_sent(messages)
+    sent.metadata.__dict__["_message_id"] = "m1"
 
-    def reply(msg: Message, site: str, w: list[float], n: int, status: str = "ok") -> Message:
+    def reply(w: list[float], n: int | None, status: str = "ok", round_: int = 1) -> Message:
         meta = WeightsReply(
-            site_id=site, round=1, status=status, architecture="x", privacy=PrivacyStatus(enabled=False)
+            site_id="a", round=round_, status=status, architecture="x", privacy=PrivacyStatus(enabled=False)
         )
-        return Message(
-            encode(meta, {"w": np.asarray(w, np.float32)}, {"num-examples": n, "task_loss": 1.0}),
-            reply_to=msg,
-        )
+        metrics = {"task_loss": 1.0} if n is None else {"num-examples": n, "task_loss": 1.0}
+        return Message(encode(meta, {"w": np.asarray(w, np.float32)}, metrics), reply_to=sent)
 
-    replies = [
-        reply(messages[0], "a", [1, 1, 1], 1),
-        reply(messages[1], "b", [4, 4, 4], 3),
-        reply(messages[2], "c", [100, 0, 0], 50, "refused"),
-    ]
-    arrays, _ = strategy.aggregate_train(1, replies)
-    assert arrays is not None
-    assert np.allclose(arrays["w"].numpy(), [3.25, 3.25, 3.25])  # (1*1 + 3*4) / 4
-    accepted = {s.site_id: s.accepted for s in strategy.last_round.sites}
-    assert accepted == {"a": True, "b": True, "c": False}
+    def read(message: Message) -> tuple[object, SiteReport]:
+        report = SiteReport(site_id="a", node_id=1)
+        got, _ = read_weights_reply(message, report, instruction, {"w": (3,)})
+        return got, report
+
+    got, report = read(reply([1, 2, 3], 5))
+    assert report.accepted and got.examples == 5 and np.array_equal(got.weights["w"], [1, 2, 3])
+    for bad, reason in [
+        (reply([1, 2, 3], 5, status="refused"), "site refused the round"),
+        (reply([1, 2], 5), r"w: shape \(2,\), expected \(3,\)"),
+        (reply([1, np.nan, 3], 5), "w: contains NaN"),
+        (reply([1, 2, 3], None), "no positive num-examples"),
+        (reply([1, 2, 3], 0), "no positive num-examples"),
+        (reply([1, 2, 3], 5, round_=2), "reply for round 2, expected 1"),
+    ]:
+        got, report = read(bad)
+        assert got is None and not report.accepted
+        assert re.search(reason, report.reason), report.reason

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmfl.data.manifest import Sample, load_manifest, write_manifest
+from mmfl.data.manifest import load_manifest, write_manifest
+from mmfl.data.sample import Sample
 from mmfl.errors import ManifestError
 
 

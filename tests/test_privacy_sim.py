@@ -21,13 +21,16 @@ from sqlalchemy.orm import Session
 
 from helpers import SETTINGS, instruction, small_spec
 from mmfl.client.app import app as client_app
-from mmfl.client.ledger import PrivacyLedger, epsilon_of
+from mmfl.client.ledger import LedgerError, PrivacyLedger, epsilon_of
 from mmfl.client.privacy import PoissonSampler
 from mmfl.client.secure_random import SecureRandom
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig
-from mmfl.data.manifest import Sample, load_manifest, write_manifest
+from mmfl.data.manifest import load_manifest, write_manifest
+from mmfl.data.sample import Sample
 from mmfl.protocols.messages import (
+    MSG_CAPABILITIES,
+    MSG_REPRESENT,
     MSG_WEIGHTS,
     Capabilities,
     EvaluateReply,
@@ -47,7 +50,7 @@ DP_ALL = [f"sites.{i}.privacy.enabled=true" for i in range(4)]
 def test_dp_federation_reports_epsilon_per_site_per_round(digits, tmp_path: Path) -> None:
     summary = run_inprocess(build_plan(small_spec(*DP_ALL), tmp_path / "dp"))
     validate_summary(summary)
-    eps = [r["privacy"] for r in summary["rounds"]]
+    eps = [{s["site_id"]: s["epsilon"] for s in r["sites"]} for r in summary["rounds"]]
     assert set(eps[0]) == set(eps[1]) == {"img", "txt", "pair-a", "pair-b"}
     for site in eps[0]:
         assert 0 < eps[0][site] < eps[1][site] <= 8.0
@@ -56,6 +59,8 @@ def test_dp_federation_reports_epsilon_per_site_per_round(digits, tmp_path: Path
         assert s["privacy"]["enabled"] and s["privacy"]["target_epsilon"] == 8.0
         assert s["private_samples"] is None and s["paired_samples"] is None  # the size stays at the site
         assert s["private_units_noisy"] == s["privacy"]["noisy_units"] > 100
+        # the status the site reported last: what it spent by the end of the run
+        assert s["privacy"]["epsilon_spent"] == pytest.approx(eps[-1][s["id"]])
     # Nothing computed on private data, and no timing, leaves a DP site.
     for r in summary["rounds"]:
         for s in r["sites"]:
@@ -190,8 +195,8 @@ def test_what_a_dp_site_sends(site_configs, tmp_path: Path) -> None:
     site = site_like(site_configs[2], tmp_path / "pair", enabled=True)  # a paired site
     caps = site.capabilities()
     assert caps.samples is None and caps.paired_samples is None
-    assert caps.data_fingerprint != site.private_manifest.fingerprint()  # keyed, not the content hash
-    assert caps.data_fingerprint == site.data_key and len(caps.data_fingerprint) == 64
+    assert caps.data_fingerprint != site.data.private_manifest.fingerprint()  # keyed, not the content hash
+    assert caps.data_fingerprint == site.data.data_key and len(caps.data_fingerprint) == 64
     units = caps.privacy.noisy_units
     assert units is not None and caps.privacy.epsilon_spent == pytest.approx(0.05)  # the count release
     reply, _ = site.represent(*instruction(site, 1))
@@ -233,7 +238,7 @@ def test_fedavg_with_dp_sites_runs_dp_sgd_and_is_accounted(
     site_configs, tmp_path: Path, flower_identity
 ) -> None:
     summary = run_inprocess(build_plan(small_spec(*DP_ALL, "strategy=fedavg"), tmp_path / "fedavg"))
-    eps = [r["privacy"] for r in summary["rounds"]]
+    eps = [{s["site_id"]: s["epsilon"] for s in r["sites"]} for r in summary["rounds"]]
     assert set(eps[0]) == {"pair-a", "pair-b"} and all(0 < eps[0][s] < eps[1][s] for s in eps[0])
     for site in ("pair-a", "pair-b"):
         ledger = PrivacyLedger(tmp_path / "fedavg" / "sites" / site / "state", site).load()
@@ -268,13 +273,14 @@ def test_group_level_dp_with_the_default_holdout(site_configs, tmp_path: Path) -
     config = img.model_copy(update={"manifest": manifest})
     site = site_like(config, tmp_path / "state", enabled=True, unit="group")
     assert config.holdout_fraction == 0.2
-    train, hold = site._rows
-    samples = site.private_manifest.samples
+    train, hold = site.data.rows
+    samples = site.data.private_manifest.samples
     assert {samples[i].group for i in train}.isdisjoint({samples[i].group for i in hold})
-    groups = site.train_groups
-    assert groups is not None and site.training_units == len(set(groups)) < len(groups)
-    ledger = site.budget.open(site.data_key, site.training_units)
-    plan = site.budget.plan(ledger, site.data_key, 32, 1)
+    data = site.data
+    groups = data.train_groups
+    assert groups is not None and data.training_units == len(set(groups)) < len(groups)
+    ledger = site.budget.open(data.data_key, data.training_units)
+    plan = site.budget.plan(ledger, data.data_key, 32, 1)
     sampler = PoissonSampler.build(groups, len(groups), plan.sample_rate, SecureRandom())
     rows_of = Counter(groups)
     multi = 0
@@ -321,7 +327,7 @@ def test_a_dp_site_says_nothing_about_its_data_when_it_fails(
 
 
 def test_a_mechanism_that_differs_from_the_plan_sends_nothing(
-    site_configs, tmp_path: Path, monkeypatch
+    site_configs, tmp_path: Path, monkeypatch, flower_identity
 ) -> None:
     from mmfl.client import privacy
 
@@ -329,10 +335,16 @@ def test_a_mechanism_that_differs_from_the_plan_sends_nothing(
     monkeypatch.setattr(
         privacy, "run_private_round", lambda *a, **k: [(0.5, 0.01, 3)]
     )  # not what was planned
-    reply, arrays = site.represent(*instruction(site, 1))
-    assert reply.status == "refused" and "not the charged" in reply.reason and arrays == {}
+    with pytest.raises(LedgerError, match="not the charged"):
+        site.represent(*instruction(site, 1))
+    # Through the ClientApp: a refusal with that reason, and no representation.
+    message, arrays = instruction(site, 2)
+    sent = Message(encode(message, arrays), dst_node_id=1, message_type=MSG_REPRESENT)
+    reply = client_app(sent, node_context(site.config, tmp_path / "sites.json", run=1))
+    meta = decode(reply.content, RepresentReply)
+    assert meta.status == "refused" and "not the charged" in meta.reason and arrays_of(reply.content) == {}
     ledger = PrivacyLedger(tmp_path / "state", site.spec.id).load()  # charged before the first step
-    assert ledger is not None and len(ledger.entries) == 1 and not (tmp_path / "state" / "models").exists()
+    assert ledger is not None and len(ledger.entries) == 2 and not (tmp_path / "state" / "models").exists()
 
 
 def test_a_round_that_fails_midway_stays_charged(site_configs, tmp_path: Path, monkeypatch) -> None:
@@ -348,3 +360,27 @@ def test_a_round_that_fails_midway_stays_charged(site_configs, tmp_path: Path, m
         site.represent(*instruction(site, 1))
     ledger = PrivacyLedger(tmp_path / "state", site.spec.id).load()
     assert ledger is not None and [e.round for e in ledger.entries] == [1] and ledger.history
+
+
+def test_the_audit_mod_logs_every_reply_refusals_and_errors_included(
+    site_configs, tmp_path: Path, flower_identity
+) -> None:
+    site = site_like(site_configs[2], tmp_path / "state", enabled=True)
+    context = node_context(site.config, tmp_path / "sites.json", run=1)
+    message, arrays = instruction(site, 1)
+    # A round for another public set: a refusal, with the reason and the site's epsilon.
+    other = message.model_copy(update={"public_fingerprint": "0" * 64})
+    sent = Message(encode(other, arrays), dst_node_id=1, message_type=MSG_REPRESENT)
+    reply = client_app(sent, context)
+    meta = decode(reply.content, RepresentReply)
+    assert meta.status == "refused" and "fingerprint" in meta.reason and arrays_of(reply.content) == {}
+    # A query that does not validate: the handler raises, Flower sends an error reply.
+    broken = Message(RecordDict(), dst_node_id=1, message_type=MSG_CAPABILITIES)
+    with pytest.raises(Exception, match="meta"):
+        client_app(broken, context)
+    entries = [json.loads(x) for x in (tmp_path / "state" / "audit.jsonl").read_text().splitlines()]
+    assert [(e["message_type"], e["status"], e["round"]) for e in entries] == [
+        (MSG_REPRESENT, "refused", 1),
+        (MSG_CAPABILITIES, "error", 0),
+    ]
+    assert entries[0]["run_id"] == "t" and entries[0]["shapes"] == {} and entries[1]["bytes"] == 0

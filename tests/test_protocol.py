@@ -7,7 +7,8 @@ import uuid
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Error, Message
+import torch
+from flwr.app import Error, Message
 
 from helpers import SETTINGS as HELPER_SETTINGS
 from mmfl.protocols.messages import (
@@ -17,19 +18,48 @@ from mmfl.protocols.messages import (
     RepresentInstruction,
     RepresentReply,
 )
-from mmfl.protocols.records import ProtocolError, arrays_of, decode, encode, payload_bytes
+from mmfl.protocols.records import (
+    ProtocolError,
+    arrays_of,
+    check_represent_instruction,
+    check_weights,
+    decode,
+    encode,
+    payload_bytes,
+)
+from mmfl.server.exchange import SiteExchange
+from mmfl.server.sites import SiteRegistry
 from mmfl.strategies.cream import CreamEnsemble
+from mmfl.strategies.mean import MeanEnsemble
 
 D = 8
 SETTINGS = HELPER_SETTINGS.model_copy(update={"batch_size": 4, "public_batch_size": 4})
 
 
 class FakeGrid:
-    def __init__(self, nodes: list[int]) -> None:
+    """A grid whose nodes answer with ``respond(node, message)`` at once (None: never)."""
+
+    def __init__(self, nodes: list[int], respond=None) -> None:  # noqa: ANN001
         self.nodes = nodes
+        self.respond = respond
+        self.sent: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
+
+    def push_messages(self, messages: list[Message]) -> list[str]:
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.sent[m.metadata.message_id] = m
+        return [m.metadata.message_id for m in messages]
+
+    def pull_messages(self, ids) -> list[Message]:  # noqa: ANN001
+        out = []
+        for mid in list(ids):
+            reply = self.respond(self.sent[mid].metadata.dst_node_id, self.sent[mid])
+            if reply is not None:
+                out.append(reply)
+        return out
 
 
 def caps(site: str, modalities: list[str]) -> Capabilities:
@@ -78,10 +108,26 @@ def reply_to(
     return Message(encode(meta, arrays), reply_to=msg)
 
 
+def exchange_for(sites: dict[int, Capabilities], respond) -> SiteExchange:  # noqa: ANN001
+    registry = SiteRegistry(["image", "text"], "f" * 64, lambda kind, message: None)
+    registry.sites.update(sites)
+    return SiteExchange(FakeGrid(list(sites), respond), registry, timeout=0.5)
+
+
+def represent_instruction(n: int, round_: int = 1) -> RepresentInstruction:
+    return RepresentInstruction(
+        run_id="r",
+        round=round_,
+        public_fingerprint="f" * 64,
+        public_indices=list(range(n)),
+        rows={"image": list(range(n)), "text": list(range(n))},
+        embed_dim=D,
+        settings=SETTINGS,
+    )
+
+
 def test_malformed_replies_are_dropped_and_the_round_completes(flower_identity) -> None:
     n = 12
-    rows = {"image": list(range(n)), "text": list(range(n))}
-    strategy = CreamEnsemble(["image", "text"], D)
     sites = {
         1: caps("good-image", ["image"]),
         2: caps("good-pair", ["image", "text"]),
@@ -92,47 +138,29 @@ def test_malformed_replies_are_dropped_and_the_round_completes(flower_identity) 
         7: caps("refusing", ["image"]),
         8: caps("crashed", ["image"]),
         9: caps("undeclared-text", ["image"]),
+        10: caps("silent", ["image"]),
+        11: caps("float64", ["image"]),
     }
-    for node, c in sites.items():
-        strategy.register(node, c)
-    instruction = RepresentInstruction(
-        run_id="r",
-        round=1,
-        public_fingerprint="f" * 64,
-        public_indices=list(range(n)),
-        rows=rows,
-        embed_dim=D,
-        settings=SETTINGS,
-    )
-    from flwr.app import Array, ArrayRecord
-
-    globals_ = ArrayRecord({"image": Array(unit(n, 0)), "text": Array(unit(n, 1))})
-    messages = list(
-        strategy.configure_train(
-            1, globals_, ConfigRecord({"instruction": instruction.model_dump_json()}), FakeGrid(list(sites))
-        )
-    )
-    assert sorted(m.metadata.dst_node_id for m in messages) == list(sites)
-    by_node = {}
-    for m in messages:
-        m.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-        by_node[m.metadata.dst_node_id] = m
     nan = unit(n, 4)
     nan[3, 2] = np.nan
-    replies = [
-        reply_to(by_node[1], "good-image", {"image": unit(n, 2)}),
-        reply_to(by_node[2], "good-pair", {"image": unit(n, 3), "text": unit(n, 5)}),
-        reply_to(by_node[3], "wrong-shape", {"image": unit(n, 6)[:, :4]}),
-        reply_to(by_node[4], "nan", {"image": nan}),
-        reply_to(by_node[5], "wrong-rows", {"text": unit(n - 1, 7)}),
-        reply_to(by_node[6], "unknown-modality", {"xray": unit(n, 8)}),
-        reply_to(by_node[7], "refusing", {}, status="refused"),
-        Message(Error(code=0, reason="ClientApp crashed"), reply_to=by_node[8]),
-        reply_to(by_node[9], "undeclared-text", {"text": unit(n, 9)}),
-    ]
-    strategy.remember_sent(messages)
-    aggregated, metrics = strategy.aggregate_train(1, replies)
-    report = {s.site_id: s for s in strategy.last_round.sites}
+    answers = {
+        1: lambda m: reply_to(m, "good-image", {"image": unit(n, 2)}),
+        2: lambda m: reply_to(m, "good-pair", {"image": unit(n, 3), "text": unit(n, 5)}),
+        3: lambda m: reply_to(m, "wrong-shape", {"image": unit(n, 6)[:, :4]}),
+        4: lambda m: reply_to(m, "nan", {"image": nan}),
+        5: lambda m: reply_to(m, "wrong-rows", {"text": unit(n - 1, 7)}),
+        6: lambda m: reply_to(m, "unknown-modality", {"xray": unit(n, 8)}),
+        7: lambda m: reply_to(m, "refusing", {}, status="refused"),
+        8: lambda m: Message(Error(code=0, reason="ClientApp crashed"), reply_to=m),
+        9: lambda m: reply_to(m, "undeclared-text", {"text": unit(n, 9)}),
+        10: lambda m: None,
+        11: lambda m: reply_to(m, "float64", {"image": unit(n, 10).astype(np.float64)}),
+    }
+    exchange = exchange_for(sites, lambda node, m: answers[node](m))
+    globals_ = {"image": unit(n, 0), "text": unit(n, 1)}
+    reports, accepted = exchange.represent(sorted(sites), represent_instruction(n), globals_)
+    report = {s.site_id: s for s in reports}
+    assert list(report) == [c.site_id for c in sites.values()]  # every contacted site, in node order
     assert {k for k, s in report.items() if s.accepted} == {"good-image", "good-pair"}
     assert "shape (12, 4)" in report["wrong-shape"].reason
     assert "NaN" in report["nan"].reason
@@ -141,39 +169,73 @@ def test_malformed_replies_are_dropped_and_the_round_completes(flower_identity) 
     assert "refused the round: budget" in report["refusing"].reason
     assert "ClientApp crashed" in report["crashed"].reason
     assert "unexpected modality 'text'" in report["undeclared-text"].reason
-    assert aggregated is not None and aggregated["image"].numpy().shape == (n, D)
-    assert np.allclose(aggregated["text"].numpy(), unit(n, 5))  # the only text contributor
-    assert metrics["sites-accepted"] == 2 and metrics["sites-dropped"] == 7
+    assert "no reply within 0.5 s" in report["silent"].reason
+    assert "dtype float64" in report["float64"].reason
+    assert all(s.bytes_down > n * D * 4 * 2 for s in reports)  # both modalities' globals went out
+    assert report["good-pair"].bytes_up >= n * D * 4 * 2 and report["silent"].bytes_up == 0
+    merged = CreamEnsemble().aggregate(
+        {m: [reps[m] for reps in accepted.values() if m in reps] for m in ("image", "text")},
+        {m: torch.from_numpy(g) for m, g in globals_.items()},
+        represent_instruction(n).rows,
+    )
+    assert merged.targets["image"].shape == (n, D) and merged.contributors == {"image": 2, "text": 1}
+    assert np.allclose(merged.targets["text"].numpy(), unit(n, 5))  # the only text contributor
 
 
-def test_a_modality_without_contributors_is_skipped(flower_identity) -> None:
+def test_a_modality_without_contributors_is_skipped_and_a_late_round_dropped(flower_identity) -> None:
     n = 6
-    strategy = CreamEnsemble(["image", "text"], D)
-    strategy.register(1, caps("img", ["image"]))
-    instruction = RepresentInstruction(
-        run_id="r",
-        round=2,
-        public_fingerprint="f" * 64,
-        public_indices=list(range(n)),
-        rows={"image": list(range(n)), "text": list(range(n))},
-        embed_dim=D,
-        settings=SETTINGS,
+    sites = {1: caps("img", ["image"])}
+    round_of_reply = {"value": 2}
+    exchange = exchange_for(
+        sites, lambda node, m: reply_to(m, "img", {"image": unit(n, 2)}, round_=round_of_reply["value"])
     )
-    from flwr.app import Array, ArrayRecord
+    globals_ = {"image": unit(n, 0), "text": unit(n, 1)}
+    instruction = represent_instruction(n, round_=2)
+    _, accepted = exchange.represent([1], instruction, globals_)
+    merged = MeanEnsemble().aggregate(
+        {m: [r[m] for r in accepted.values() if m in r] for m in ("image", "text")},
+        {m: torch.from_numpy(g) for m, g in globals_.items()},
+        instruction.rows,
+    )
+    assert list(merged.targets) == ["image"] and merged.skipped == ["text"]
+    round_of_reply["value"] = 1  # a reply for another round is dropped
+    reports, accepted = exchange.represent([1], instruction, globals_)
+    assert accepted == {} and "reply for round 1, expected 2" in reports[0].reason
 
-    msgs = list(
-        strategy.configure_train(
-            2,
-            ArrayRecord({"image": Array(unit(n, 0)), "text": Array(unit(n, 1))}),
-            ConfigRecord({"instruction": instruction.model_dump_json()}),
-            FakeGrid([1]),
-        )
-    )
-    msgs[0].metadata.__dict__["_message_id"] = "m1"
-    strategy.remember_sent(msgs)
-    aggregated, _ = strategy.aggregate_train(2, [reply_to(msgs[0], "img", {"image": unit(n, 2)}, round_=2)])
-    assert aggregated is not None and list(aggregated.keys()) == ["image"]
-    assert strategy.last_round.skipped_modalities == ["text"]
-    # A reply for another round is dropped.
-    aggregated, _ = strategy.aggregate_train(2, [reply_to(msgs[0], "img", {"image": unit(n, 2)}, round_=1)])
-    assert aggregated is None and "expected 2" in strategy.last_round.sites[0].reason
+
+def test_a_site_checks_instructions_with_the_same_rules(flower_identity) -> None:
+    """The coordinator -> site direction: the one check refuses what a reply would be refused for."""
+    n = 6
+    instruction = represent_instruction(n)
+    good = {"image": unit(n, 0), "text": unit(n, 1)}
+    check_represent_instruction(instruction, good, public_rows=n)
+    cases = {
+        "public index outside 0..4": (instruction, good, n - 1),
+        "no text representations": (instruction, {"image": good["image"]}, n),
+        "dtype float64": (instruction, {**good, "text": good["text"].astype(np.float64)}, n),
+        "shape (6, 4)": (instruction, {**good, "image": good["image"][:, :4]}, n),
+        "5 rows, expected 6": (instruction, {**good, "image": good["image"][:5]}, n),
+        "contains NaN": (instruction, {**good, "image": np.full((n, D), np.nan, np.float32)}, n),
+        "unexpected modality 'audio'": (instruction, {**good, "audio": good["image"]}, n),
+        "rows outside this round's public indices": (
+            instruction.model_copy(update={"public_indices": [0, 1, 2]}),
+            good,
+            n,
+        ),
+    }
+    for reason, (instr, arrays, rows) in cases.items():
+        with pytest.raises(ProtocolError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            check_represent_instruction(instr, arrays, public_rows=rows)
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        check_represent_instruction(instruction, good, public_rows=n, max_bytes=100)
+
+
+def test_weights_are_checked_in_both_directions() -> None:
+    reference = {"w": (3,), "b": (2, 2)}
+    check_weights({"w": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.float32)}, reference)
+    with pytest.raises(ProtocolError, match="weights lack b"):
+        check_weights({"w": np.zeros(3, np.float32)}, reference)
+    with pytest.raises(ProtocolError, match=r"b: shape \(2, 3\), expected \(2, 2\)"):
+        check_weights({"w": np.zeros(3, np.float32), "b": np.zeros((2, 3), np.float32)}, reference)
+    with pytest.raises(ProtocolError, match="w: contains NaN"):
+        check_weights({"w": np.full(3, np.inf, np.float32), "b": np.zeros((2, 2), np.float32)}, reference)

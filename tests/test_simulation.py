@@ -112,6 +112,12 @@ def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
     local = run_inprocess(build_plan(small_spec("strategy=local", "rounds=1"), tmp_path / "local"))
     assert local["final"]["retrieval"] is None and len(local["final"]["site_metrics"]) == 4
     assert "public_loss" not in local["rounds"][0]["sites"][0]["metrics"]
+    # Sites train alone: nothing public goes out, no representation comes back, nothing merges.
+    round_ = local["rounds"][0]
+    assert all(s["accepted"] for s in round_["sites"]) and round_["weight_entropy"] == {}
+    assert round_["bytes_down"] < 4 * 2_000 and round_["bytes_up"] < 4 * 2_000  # instructions, replies
+    audit = (tmp_path / "local" / "sites" / "pair-a" / "state" / "audit.jsonl").read_text().splitlines()
+    assert [json.loads(x)["shapes"] for x in audit if "represent" in x] == [{}]
     assert "distill_loss" not in local["rounds"][0]["server_metrics"]
     mean = run_inprocess(build_plan(small_spec("strategy=mean", "rounds=1"), tmp_path / "mean"))
     assert abs(mean["rounds"][0]["weight_entropy"]["image"] - math.log(3)) < 1e-6
@@ -129,21 +135,23 @@ def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
 
 
 def test_centralized_pools_site_rows_as_the_sites_hold_them(digits, tmp_path: Path) -> None:
-    from mmfl.config import RunPlan
-    from mmfl.server.loop import FederatedRun
+    from mmfl.client.site import Site
+    from mmfl.config import SiteConfig
+    from mmfl.data.prepared import PreparedDataset
+    from mmfl.models.encoders import featurizers_for
+    from mmfl.server.data import pooled_site_rows
 
     plan = build_plan(small_spec("strategy=centralized"), tmp_path / "c")
-    run = FederatedRun(RunPlan.model_validate_json((tmp_path / "c" / "plan.json").read_text()), None)
-    feats = {"image": None, "text": None}
-    from mmfl.data.tensors import featurizers_for
-
+    assert plan.site_configs is not None and plan.expected_sites == 0  # no site is contacted
     feats = featurizers_for({"image": "mlp", "text": "bag"}, 28, 1)
-    pooled = run._pooled_site_data(feats)
+    pooled = pooled_site_rows(plan.site_configs, feats, PreparedDataset(plan.dataset_root))
     by_site = dict(zip(["img", "txt", "pair-a", "pair-b"], pooled, strict=True))
     assert not by_site["img"].present["text"].any() and by_site["img"].present["image"].all()
     assert not by_site["txt"].present["image"].any()
     assert by_site["pair-a"].present["image"].all() and by_site["pair-a"].present["text"].all()
-    assert plan.site_configs is not None
+    for raw in json.loads(plan.site_configs.read_text()):
+        site = Site(SiteConfig.model_validate(raw))  # the rows the site itself trains on
+        assert torch.equal(by_site[site.spec.id].labels, site.data.train.labels)
 
 
 def test_a_round_below_the_minimum_of_sites_is_failed(digits, tmp_path: Path) -> None:

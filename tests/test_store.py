@@ -9,12 +9,15 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
 from helpers import small_spec
+from mmfl.server.records import RoundRecord, ServerMetrics, SiteReport
 from mmfl.server.store import (
     CheckpointRow,
     EventRow,
+    LastRound,
     RoundRow,
     Run,
     RunStore,
+    RunSummary,
     SiteRoundRow,
     SiteRow,
     open_store,
@@ -48,25 +51,21 @@ def test_a_run_is_recorded_and_read_back(store_url: str) -> None:
     store.start("name", "cream", "digits", 3, {"rounds": 2, "nested": {"a": [1, 2]}}, "/out")
     store.add_site("site-a", {"modalities": ["image"], "samples": {"image": 10}})
     sites = [
-        {
-            "site_id": "site-a",
-            "accepted": True,
-            "bytes_down": 3 * 2**31,
-            "bytes_up": 10,
-            "epsilon": 1.5,
-            "metrics": {"loss": float("nan")},
-        },
-        {
-            "site_id": "site-b",
-            "accepted": False,
-            "reason": "NaN in image",
-            "bytes_down": 5,
-            "bytes_up": 0,
-            "epsilon": None,
-        },
+        SiteReport(
+            site_id="site-a",
+            node_id=1,
+            accepted=True,
+            bytes_down=3 * 2**31,
+            bytes_up=10,
+            epsilon=1.5,
+            metrics={"loss": float("nan")},
+        ),
+        SiteReport(site_id="site-b", node_id=2, reason="NaN in image", bytes_down=5),
     ]
-    store.add_round(1, "completed", "", 2.5, {"test": {"rsum": 123.4}}, sites)
-    store.add_round(2, "failed", "0 sites accepted", 1.0, {}, [])
+    store.add_round(
+        RoundRecord(round=1, wall_seconds=2.5, server=ServerMetrics(test={"rsum": 123.4}), sites=sites)
+    )
+    store.add_round(RoundRecord(round=2, status="failed", reason="0 sites accepted", wall_seconds=1.0))
     store.add_checkpoint(1, "/out/checkpoints/round-0001.pt", "ab" * 32)
     store.event("site-refused", "site-c: fingerprint differs")
     store.finish("completed-with-failed-rounds", {"retrieval": {"rsum": 123.4}})
@@ -91,6 +90,17 @@ def test_a_run_is_recorded_and_read_back(store_url: str) -> None:
         assert s.scalars(select(EventRow)).one().kind == "site-refused"
         assert s.scalars(select(SiteRow)).one().capabilities["samples"] == {"image": 10}
     assert [r.round for r in store.rounds()] == [1, 2]
+    summary = RunSummary(
+        run_id="run-1",
+        status="completed-with-failed-rounds",
+        strategy="cream",
+        rounds=2,
+        last_round=LastRound(round=2, status="failed", rsum=None),
+        epsilon={"site-a": 1.5},
+    )
+    assert store.summary() == summary
+    assert RunStore.recent(open_store(store_url)) == [summary]
+    assert RunStore(open_store(store_url), "never-started").summary() is None
 
 
 def test_a_simulation_writes_to_the_store(store_url: str, digits, tmp_path: Path) -> None:

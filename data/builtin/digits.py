@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mmfl.data.builtin import DatasetInfo, PreparedDataset, write_info
-from mmfl.data.manifest import Sample, write_manifest
+from mmfl.data.manifest import write_manifest
+from mmfl.data.prepared import DatasetInfo, PreparedDataset, write_info
+from mmfl.data.sample import Sample
 from mmfl.errors import DataSetMissing
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")

@@ -26,9 +26,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mmfl.data.builtin import DatasetInfo, PreparedDataset, write_info
 from mmfl.data.fingerprint import file_sha256
-from mmfl.data.manifest import Sample, write_manifest
+from mmfl.data.manifest import write_manifest
+from mmfl.data.prepared import DatasetInfo, PreparedDataset, write_info
+from mmfl.data.sample import Sample
 from mmfl.errors import DataSetMissing
 
 DEFAULT_SOURCE = Path("/usr/share/openclipart")

@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY mmfl ./mmfl
 COPY server ./server
 COPY client ./client
+COPY adaptation ./adaptation
 COPY protocols ./protocols
 COPY strategies ./strategies
 COPY simulation ./simulation

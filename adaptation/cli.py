@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 
 from mmfl.config import AdaptConfig, load_config
-from mmfl.data.builtin import DatasetInfo
 from mmfl.data.manifest import load_manifest
+from mmfl.data.prepared import has_dataset_info, read_dataset_info
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.paths import feature_cache_root
@@ -34,7 +34,7 @@ def train_unimodal_cmd(
 ) -> None:
     """Train one uni-modal classifier (a source model for `mmfl adapt`)."""
     # Imported here: torch is not needed for ``mmfl --help``.
-    from mmfl.client.adaptation import FeaturizerSpec, save_unimodal, train_unimodal
+    from mmfl.adaptation.adapt import FeaturizerSpec, save_unimodal, train_unimodal
     from mmfl.data.features import get_featurizer
     from mmfl.data.tensors import load_tensors
     from mmfl.models.encoders import architecture
@@ -44,8 +44,7 @@ def train_unimodal_cmd(
     except ValueError as exc:
         raise MmflError(str(exc)) from None
     manifest = load_manifest(data, [modality], require_label=True)
-    info_path = data.parent / "dataset.json"
-    info = DatasetInfo.model_validate_json(info_path.read_text()) if info_path.exists() else None
+    info = read_dataset_info(data.parent) if has_dataset_info(data.parent) else None
     classes = info.classes if info else sorted({s.label for s in manifest.samples if s.label is not None})
     feat_spec = FeaturizerSpec(
         name=spec.featurizer,
@@ -71,7 +70,7 @@ def adapt_cmd(
     set_: list[str] | None = typer.Option(None, "--set", help="override a setting, e.g. --set fusion=af"),
 ) -> None:
     """Adapt uni-modal models to this site's unlabeled paired data, without any source data."""
-    from mmfl.client.adaptation import adapt, fused_probabilities, load_unimodal, save_unimodal
+    from mmfl.adaptation.adapt import adapt, fused_probabilities, load_unimodal, save_unimodal
 
     settings = load_config(AdaptConfig, config, set_)
     checkpoints = {}

@@ -27,7 +27,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch.nn import functional as F
 
-from mmfl.client import pseudo_labels as pl
+from mmfl.adaptation import pseudo_labels as pl
 from mmfl.config import AdaptConfig
 from mmfl.data.features import get_featurizer
 from mmfl.data.manifest import Manifest

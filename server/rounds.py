@@ -1,0 +1,194 @@
+"""One round as a pipeline (design: "one round, as data flows"), driven by the run's
+:class:`~mmfl.strategies.methods.Method`:
+
+1. the server trains on its data (``method.server_data``);
+2. the sites work (``method.site_work``):
+
+   * ``represent``: the server encodes this round's public rows (the global representations),
+     the sampled sites train and reply with theirs, the method's rule merges them per modality
+     and the server distils toward the result;
+   * ``weights``: the sites train the global weights, and their weighted average becomes the
+     server model (FedAvg);
+   * ``local``: the sites train alone; nothing is merged;
+
+3. the server model is evaluated on val and test.
+
+A round with fewer accepted sites than ``server.min_sites`` is recorded as failed and nothing
+from it reaches the server model. The result is one :class:`~mmfl.server.records.RoundRecord`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from mmfl.config import CreamConfig, FederationSpec
+from mmfl.protocols.messages import RepresentInstruction, TrainSettings, WeightsInstruction
+from mmfl.protocols.records import from_wire, to_wire
+from mmfl.server.data import ServerData
+from mmfl.server.exchange import SiteExchange
+from mmfl.server.model import ServerTrainer
+from mmfl.server.records import RoundRecord
+from mmfl.server.sites import SiteSampler
+from mmfl.strategies.fedavg import weighted_average
+from mmfl.strategies.methods import Method
+
+Event = Callable[[str, str], None]
+
+
+class RoundPipeline:
+    """Runs rounds of one method; owns nothing durable (the run checkpoints the trainer and
+    the random states)."""
+
+    def __init__(
+        self,
+        run_id: str,
+        spec: FederationSpec,
+        method: Method,
+        cream: CreamConfig,
+        trainer: ServerTrainer,
+        data: ServerData,
+        public_fingerprint: str,
+        rng: np.random.Generator,
+        sampler: SiteSampler,
+        exchange: SiteExchange | None,
+        event: Event,
+    ) -> None:
+        self.run_id = run_id
+        self.spec = spec
+        self.method = method
+        self.cream = cream
+        self.rule = method.rule(cream)
+        self.trainer = trainer
+        self.data = data
+        self.public_fingerprint = public_fingerprint
+        self.rng = rng
+        self.sampler = sampler
+        self.exchange = exchange
+        self.event = event
+        mods = spec.modalities
+        self.pairs = [(mods[i], mods[j]) for i in range(len(mods)) for j in range(i + 1, len(mods))]
+
+    # -- the round -----------------------------------------------------------------------------
+    def run(self, r: int) -> RoundRecord:
+        t0 = time.perf_counter()
+        record = RoundRecord(round=r)
+        if self.method.server_data is not None:
+            losses = [
+                self.trainer.train_epoch(self.data.own, self.rng)
+                for _ in range(self.spec.server.epochs_per_round)
+            ]
+            record.server.train_loss = losses[-1]
+        if self.method.site_work == "weights":
+            self._weights(record)
+        elif self.method.site_work is not None:
+            self._represent(record)
+        if self.method.has_server_model:
+            record.server.val = self.trainer.retrieval(self.data.val, self.pairs)
+            record.server.test = self.trainer.retrieval(self.data.test, self.pairs)
+        record.wall_seconds = time.perf_counter() - t0
+        return record
+
+    def final(self) -> dict[str, dict[str, float] | None]:
+        """The server model's retrieval on test and val after the last round (None without one)."""
+        if not self.method.has_server_model:
+            return {"retrieval": None, "val_retrieval": None}
+        return {
+            "retrieval": self.trainer.retrieval(self.data.test, self.pairs),
+            "val_retrieval": self.trainer.retrieval(self.data.val, self.pairs),
+        }
+
+    # -- site work -----------------------------------------------------------------------------
+    def settings(self) -> TrainSettings:
+        t = self.spec.train
+        return TrainSettings(
+            local_epochs=t.local_epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            weight_decay=t.weight_decay,
+            public_batch_size=t.public_batch_size,
+            contrast_temperature=self.cream.contrast_temperature,
+            interintra_weight=self.cream.interintra_weight,
+            regularisers=self.method.site_work == "represent",
+            regulariser_mode=self.cream.regulariser_mode,
+            payload_dtype=self.cream.payload_dtype,
+        )
+
+    def _round_rows(self) -> tuple[list[int], dict[str, list[int]]]:
+        """This round's public rows (a random subset when ``cream.public_subset`` is set) and,
+        per modality, those holding it."""
+        public = self.data.public
+        n = len(public)
+        subset = self.cream.public_subset
+        if subset is None or subset >= n:
+            indices = list(range(n))
+        else:
+            indices = sorted(self.rng.choice(n, size=subset, replace=False).tolist())
+        return indices, {m: [i for i in indices if bool(public.present[m][i])] for m in self.spec.modalities}
+
+    def _enough(self, record: RoundRecord, minimum: int) -> bool:
+        accepted = len(record.accepted)
+        if accepted >= minimum:
+            return True
+        record.fail(f"{accepted} sites accepted, fewer than the minimum of {minimum}")
+        self.event("round-failed", f"round {record.round}: {record.reason}")
+        return False
+
+    def _represent(self, record: RoundRecord) -> None:
+        """Representation exchange (``local``: the sites train alone, nothing is asked back)."""
+        assert self.exchange is not None
+        exchanging = self.method.site_work == "represent"
+        indices, rows = self._round_rows() if exchanging else ([], {})
+        wire = {
+            m: to_wire(g.numpy(), self.cream.payload_dtype)
+            for m, g in self.trainer.encode(self.data.public, rows).items()
+        }
+        instruction = RepresentInstruction(
+            run_id=self.run_id,
+            round=record.round,
+            public_fingerprint=self.public_fingerprint,
+            public_indices=indices,
+            rows=rows,
+            embed_dim=self.spec.embed_dim,
+            settings=self.settings(),
+        )
+        nodes = self.sampler.sample(self.exchange.registry.online(self.exchange.grid))
+        record.sites, accepted = self.exchange.represent(nodes, instruction, wire)
+        if self.rule is None:
+            self._enough(record, self.spec.server.min_sites)
+            return
+        aggregate = self.rule.aggregate(
+            {m: [reps[m] for reps in accepted.values() if m in reps] for m in self.spec.modalities},
+            {m: torch.from_numpy(from_wire(a)) for m, a in wire.items()},  # as the sites saw them
+            rows,
+        )
+        record.weight_entropy, record.contributors = aggregate.weight_entropy, aggregate.contributors
+        if self._enough(record, self.spec.server.min_sites) and aggregate.targets:
+            record.server.distill_loss = self.trainer.distill(
+                self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
+            )
+
+    def _weights(self, record: RoundRecord) -> None:
+        """FedAvg: the global weights out, the paired sites' weighted average back in."""
+        assert self.exchange is not None
+        state = {k: v.detach().cpu().numpy() for k, v in self.trainer.model.state_dict().items()}
+        instruction = WeightsInstruction(run_id=self.run_id, round=record.round, settings=self.settings())
+        nodes = self.exchange.registry.online(self.exchange.grid)
+        record.sites, accepted = self.exchange.weights(nodes, instruction, state)
+        if not self._enough(record, max(1, self.spec.server.min_sites)):
+            return
+        got = [accepted[n] for n in sorted(accepted)]
+        averaged = weighted_average([g.weights for g in got], [g.examples for g in got])
+        device = self.trainer.device
+        self.trainer.model.load_state_dict(
+            {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in averaged.items()}
+        )
+
+    def evaluate_sites(self, nodes: Sequence[int]) -> dict[str, dict[str, float]]:
+        """The sites' own metrics on their held-out rows (methods where sites keep a model)."""
+        if self.exchange is None or self.method.site_work not in ("represent", "local"):
+            return {}
+        return self.exchange.evaluate(nodes, self.run_id, self.spec.rounds)

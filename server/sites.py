@@ -1,0 +1,126 @@
+"""The sites of a run: discovery, registration, who is online, and each site's privacy status.
+
+A site is registered when its capabilities validate, its public-set fingerprint equals the
+coordinator's and its modalities are in the federation; otherwise it is refused with a reason.
+Its :class:`~mmfl.protocols.messages.PrivacyStatus` is replaced by the one in each reply, so the
+run's summary and evidence show what a site spent by the end, not before round 1.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from mmfl.protocols.messages import MSG_CAPABILITIES, Capabilities, CapabilitiesQuery, PrivacyStatus
+from mmfl.protocols.records import ProtocolError, decode, encode
+from mmfl.server.transport import send_and_collect
+
+Event = Callable[[str, str], None]
+
+
+class SiteRegistry:
+    """Registered sites by Flower node id."""
+
+    def __init__(self, modalities: Sequence[str], public_fingerprint: str, event: Event) -> None:
+        self.modalities = list(modalities)
+        self.public_fingerprint = public_fingerprint
+        self.event = event
+        self.sites: dict[int, Capabilities] = {}
+
+    def site_id(self, node: int) -> str:
+        caps = self.sites.get(node)
+        return caps.site_id if caps else f"node-{node}"
+
+    def register(self, node: int, reply: Message) -> Capabilities | None:
+        """Register the node from its capabilities reply, or refuse it with a reason."""
+        try:
+            caps = decode(reply.content, Capabilities)
+        except ProtocolError as exc:
+            self.event("site-refused", f"node {node}: {exc}")
+            return None
+        if caps.public_fingerprint != self.public_fingerprint:
+            self.event("site-refused", f"site {caps.site_id}: public-set fingerprint differs; excluded")
+            return None
+        bad = [m for m in caps.modalities if m not in self.modalities]
+        if bad:
+            self.event("site-refused", f"site {caps.site_id}: modality {bad[0]} is not in this federation")
+            return None
+        self.sites[node] = caps
+        return caps
+
+    def refuse_unless(self, keep: Callable[[Capabilities], str | None]) -> None:
+        """Unregister every site for which ``keep`` returns a reason."""
+        for node, caps in list(self.sites.items()):
+            reason = keep(caps)
+            if reason:
+                self.event("site-refused", f"site {caps.site_id}: {reason}")
+                del self.sites[node]
+
+    def online(self, grid: Grid) -> list[int]:
+        """Registered nodes that are connected now, in node order."""
+        connected = set(grid.get_node_ids())
+        return sorted(n for n in self.sites if n in connected)
+
+    def update_privacy(self, node: int, status: PrivacyStatus | None) -> None:
+        if status is not None and node in self.sites:
+            self.sites[node] = self.sites[node].model_copy(update={"privacy": status})
+
+
+class SiteSampler:
+    """``per_round`` of the given nodes, uniformly without replacement (all when None)."""
+
+    def __init__(self, per_round: int | None, seed: int) -> None:
+        self.per_round = per_round
+        self.rng = random.Random(seed)
+
+    def sample(self, nodes: Sequence[int]) -> list[int]:
+        pool = sorted(nodes)
+        if self.per_round is not None and self.per_round < len(pool):
+            pool = sorted(self.rng.sample(pool, self.per_round))
+        return pool
+
+
+def discover(
+    grid: Grid,
+    registry: SiteRegistry,
+    query: CapabilitiesQuery,
+    expected: int,
+    timeout: float,
+    reply_timeout: float,
+) -> None:
+    """Ask every connected node for its capabilities until ``expected`` nodes registered or
+    were refused for good, or ``timeout`` passed. A node that is not reachable yet (e.g.
+    reconnecting after the coordinator restarted) is asked again; its failure reported once."""
+    deadline = time.monotonic() + timeout
+    settled: set[int] = set()
+    failed: set[int] = set()
+    while True:
+        nodes = sorted(n for n in grid.get_node_ids() if n not in settled)
+        if nodes:
+            remaining = max(5.0, deadline - time.monotonic())
+            replies = send_and_collect(
+                grid,
+                {n: encode(query) for n in nodes},
+                MSG_CAPABILITIES,
+                "discovery",
+                min(reply_timeout, remaining),
+            )
+            for node, reply in replies.items():
+                if reply is None:
+                    continue
+                if reply.has_error():
+                    if node not in failed:
+                        registry.event(
+                            "site-error", f"node {node}: capabilities failed: {reply.error.reason}"
+                        )
+                        failed.add(node)
+                    continue
+                settled.add(node)
+                registry.register(node, reply)
+        if len(settled) >= expected or time.monotonic() >= deadline:
+            return
+        time.sleep(2.0)
