@@ -59,13 +59,18 @@ def minilm() -> tuple[object, torch.nn.Module]:
 
 @torch.no_grad()
 def minilm_features(texts: list[str]) -> np.ndarray:
-    """Sentence embeddings (B, 384), attention-masked mean pooling then L2 normalisation."""
+    """Sentence embeddings (B, 384), mean pooling then L2 normalisation.
+
+    Each text runs alone: in a batch, padding and the batch's size change the rounding of a
+    text's embedding, so a feature would depend on its batch-mates and a cached feature could
+    differ from a fresh one. Alone, it is a function of the text only (a few ms a text on a CPU)."""
     tokenizer, model = minilm()
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")  # type: ignore[operator]
-    hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    for i, text in enumerate(texts):
+        ids = tokenizer([text], truncation=True, max_length=64, return_tensors="pt")["input_ids"]  # type: ignore[operator]
+        hidden = model(input_ids=ids).last_hidden_state
+        out[i] = torch.nn.functional.normalize(hidden.mean(1), dim=-1).numpy()[0]
+    return out
 
 
 @lru_cache(maxsize=1)

@@ -161,7 +161,7 @@ def _glove() -> Featurizer:
 def _minilm() -> Featurizer:
     from mmfl.data.backbones import minilm_features
 
-    return Featurizer("minilm-l6-v2", "text", (384,), "float32", minilm_features, True, 64)
+    return Featurizer("minilm-l6-v2-unbatched", "text", (384,), "float32", minilm_features, True, 64)
 
 
 def _mfcc_seq() -> Featurizer:
