@@ -1,13 +1,25 @@
-"""Quality benchmark: every strategy on digits and openclipart, 3 seeds each.
+"""Quality benchmark: does the sites' knowledge reach the server?
 
-Prints a table of mean ± std server rsum (test and validation) and the per-site task metrics,
-and writes ``benchmarks/results/quality-<dataset>.{json,md}`` plus the runs' reports. Runs use
-the in-process engine (numerically identical to Flower's simulation engine; see
-``tests/test_simulation.py``). Hyper-parameters were chosen on the validation split; the test
-split is only reported.
+Every method of a spec under ``benchmarks/specs/`` over the same seeds (5 by default), then:
 
-    python benchmarks/quality.py                       # both data sets, all strategies, seeds 0-2
-    python benchmarks/quality.py --datasets digits --seeds 0 --strategies cream,server-only
+* the server's test rsum after the last round and at each run's best-val round, mean ± sample
+  std (ddof 1), and val rsum;
+* each federated method against its site-free controls (``site-free``: the server's own
+  representations; ``public-teachers``: the sites' architectures trained on the public set
+  alone, ensembled as the sites would be) and against the strongest of them (the one with the
+  highest mean *val* rsum): the paired per-seed difference ``federation - control`` with its
+  95 % t interval, and the share of the control-to-``centralized`` gap it closes;
+* the teachers (the sites' final models, evaluated offline by
+  :mod:`benchmarks.teachers`): the sites' ensemble against the public-only ensemble (what the
+  private data holds) and against the server (what the transfer loses).
+
+Writes ``benchmarks/results/quality-<spec>.{json,md}`` and the per-round plot. Runs use the
+in-process engine (numerically identical to Flower's simulation engine; see
+``tests/test_simulation.py``). Nothing here is selected on test: the strongest control is the
+one with the highest val rsum, and the best-val round is chosen on val.
+
+    python benchmarks/quality.py                                   # every spec, 5 seeds
+    python benchmarks/quality.py --datasets openclipart-paired --seeds 0,1 --reuse
 """
 
 from __future__ import annotations
@@ -15,29 +27,42 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from mmfl.config import FederationSpec, load_config
 from mmfl.simulation.engines import run_inprocess
+from mmfl.simulation.paired import gap_closed, paired_difference, sample_std
 from mmfl.simulation.plan import build_plan
 from mmfl.simulation.report import comparison_table, write_comparison
+from mmfl.strategies.methods import METHODS
 
 HERE = Path(__file__).resolve().parent
-SPECS = {"digits": HERE / "specs" / "digits.toml", "openclipart": HERE / "specs" / "openclipart.toml"}
-STRATEGIES = ["server-only", "local", "mean", "fedavg", "cream", "cream+", "centralized"]
+sys.path.insert(0, str(HERE))
+from teachers import teacher_retrieval  # noqa: E402
+
+SPECS = {name: HERE / "specs" / f"{name}.toml" for name in ("digits", "openclipart", "openclipart-paired")}
+STRATEGIES = [
+    "server-only",
+    "site-free",
+    "public-teachers",
+    "local",
+    "mean",
+    "fedavg",
+    "cream",
+    "cream+",
+    "centralized",
+]
+CEILING = "centralized"
 
 
 def run(
-    dataset: str,
-    strategies: list[str],
-    seeds: list[int],
-    out: Path,
-    overrides: list[str],
-    reuse: bool = False,
+    dataset: str, strategies: list[str], seeds: list[int], out: Path, overrides: list[str], reuse: bool
 ) -> list[dict]:
     summaries = []
     for strategy in strategies:
@@ -49,28 +74,154 @@ def run(
             done = run_dir / "summary.json"
             # Reuse when the stored spec, read with today's defaults, is the spec asked for.
             if reuse and done.exists() and load_config(FederationSpec, run_dir / "spec.toml") == spec:
-                summaries.append(json.loads(done.read_text()))
+                summary = json.loads(done.read_text())
                 print(f"{dataset} {strategy} seed {seed}: reused {done}", flush=True)
-                continue
-            shutil.rmtree(run_dir, ignore_errors=True)  # a run folder from older code is not reused
-            t0 = time.perf_counter()
-            summary = run_inprocess(build_plan(spec, run_dir, force=True))
-            rsum = (summary["final"]["retrieval"] or {}).get("rsum")
-            print(
-                f"{dataset} {strategy} seed {seed}: test rsum {rsum}, {time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)  # a run folder from older code is not reused
+                t0 = time.perf_counter()
+                summary = run_inprocess(build_plan(spec, run_dir, force=True))
+                rsum = (summary["final"]["retrieval"] or {}).get("rsum")
+                print(
+                    f"{dataset} {strategy} seed {seed}: test rsum {rsum}, {time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
+            summary["_run_dir"] = str(run_dir)
             summaries.append(summary)
     return summaries
+
+
+def _by_seed(summaries: list[dict], strategy: str, key: str = "retrieval") -> dict[int, float]:
+    return {
+        s["seed"]: s["final"][key]["rsum"]
+        for s in summaries
+        if s["strategy"] == strategy and s["final"].get(key)
+    }
+
+
+def _mean(values: dict[int, float]) -> float | None:
+    return sum(values.values()) / len(values) if values else None
+
+
+def paired_rows(summaries: list[dict]) -> list[dict[str, Any]]:
+    """Each federated method against each of its controls and the strongest (by val)."""
+    ran = {s["strategy"] for s in summaries}
+    ceiling = _mean(_by_seed(summaries, CEILING))
+    rows = []
+    for name in sorted(ran):
+        controls = [c for c in ran if METHODS[c].control_of == name]
+        if not controls or METHODS[name].control_of is not None:
+            continue
+        strongest = max(controls, key=lambda c: _mean(_by_seed(summaries, c, "val_retrieval")) or -1.0)
+        for control in sorted(controls):
+            diff = paired_difference(name, control, _by_seed(summaries, name), _by_seed(summaries, control))
+            treated_mean, control_mean = _mean(_by_seed(summaries, name)), _mean(_by_seed(summaries, control))
+            closed = (
+                None
+                if ceiling is None or treated_mean is None or control_mean is None
+                else gap_closed(treated_mean, control_mean, ceiling)
+            )
+            rows.append({**diff.model_dump(), "strongest_by_val": control == strongest, "gap_closed": closed})
+    return rows
+
+
+def teacher_rows(summaries: list[dict]) -> list[dict[str, Any]]:
+    """Per representation-exchange run: the teachers' ensemble and the student, on test."""
+    rows = []
+    for s in summaries:
+        method = METHODS[s["strategy"]]
+        if method.site_work != "represent" or not s["final"].get("retrieval"):
+            continue
+        teachers = teacher_retrieval(Path(s["_run_dir"]))
+        rows.append(
+            {
+                "strategy": s["strategy"],
+                "seed": s["seed"],
+                "ensemble": teachers.pop("ensemble"),
+                "best_site": max(teachers.values()),
+                "sites": teachers,
+                "student": s["final"]["retrieval"]["rsum"],
+            }
+        )
+    return rows
+
+
+def teacher_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for strategy in sorted({r["strategy"] for r in rows}):
+        mine = [r for r in rows if r["strategy"] == strategy]
+        entry: dict[str, Any] = {"strategy": strategy, "seeds": [r["seed"] for r in mine]}
+        for key in ("ensemble", "best_site", "student"):
+            values = [r[key] for r in mine]
+            entry[key] = {"mean": sum(values) / len(values), "std": sample_std(values)}
+        out.append(entry)
+    return out
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def markdown(
+    dataset: str, seeds: list[int], paired: list[dict], teachers: list[dict], rows: list[dict]
+) -> str:
+    lines = [
+        f"# Quality on `{dataset}` (seeds {', '.join(map(str, seeds))})",
+        "",
+        "Server test rsum after the last round and at each run's best-val round, mean ± sample std.",
+        "",
+        "| strategy | seeds | test rsum, last round | test rsum, best-val round | val rsum | MB per round |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['strategy']} | {len(r['seeds'])} | {_pm(r['test_rsum_mean'], r['test_rsum_std'])} | "
+            f"{_pm(r['best_val_test_rsum_mean'], r['best_val_test_rsum_std'])} | "
+            f"{_pm(r['val_rsum_mean'], r['val_rsum_std'])} | {r['bytes_per_round_mean'] / 1e6:.2f} |"
+        )
+    if paired:
+        lines += [
+            "",
+            "Federation − site-free control, test rsum after the last round, paired by seed "
+            "(95 % t interval; sd = sample std of the differences). ★ = the strongest control by val. "
+            f"Gap closed = share of the control-to-`{CEILING}` gap.",
+            "",
+            "| federation | control | mean difference | 95 % interval | sd | per seed | gap closed |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for p in paired:
+            ci = "—" if p["ci_low"] is None else f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]"
+            sd = "—" if p["sd"] is None else f"{p['sd']:.1f}"
+            closed = "—" if p["gap_closed"] is None else f"{100 * p['gap_closed']:.0f} %"
+            star = " ★" if p["strongest_by_val"] else ""
+            per_seed = ", ".join(f"{d:+.1f}" for d in p["per_seed"])
+            lines.append(
+                f"| {p['treated']} | {p['control']}{star} | {p['mean']:+.1f} | {ci} | {sd} | {per_seed} | {closed} |"
+            )
+    if teachers:
+        lines += [
+            "",
+            "Teachers (the sites' final models, evaluated offline; ensemble = sum of the sites' "
+            "cosine-similarity matrices) against the server they taught, test rsum:",
+            "",
+            "| run | teachers' ensemble | best single site | server (student) |",
+            "|---|---|---|---|",
+        ]
+        for t in teachers:
+            cells = [_pm(t[k]["mean"], t[k]["std"]) for k in ("ensemble", "best_site", "student")]
+            lines.append(f"| {t['strategy']} | " + " | ".join(cells) + " |")
+    lines += ["", f"![test rsum per round](quality-{dataset}-rsum.png)", ""]
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--datasets", default="digits,openclipart")
+    parser.add_argument("--datasets", default=",".join(SPECS))
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--set", action="append", default=[], help="spec override for every run")
     parser.add_argument(
@@ -81,31 +232,41 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     console = Console()
     for dataset in [d for d in args.datasets.split(",") if d]:
+        runs = args.out / "runs" / dataset
         summaries = run(dataset, strategies, seeds, args.out / "runs", args.set, args.reuse)
-        write_comparison(summaries, args.out / "runs" / dataset)
+        write_comparison(summaries, runs)
         rows = comparison_table(summaries)
-        result = {"dataset": dataset, "seeds": seeds, "overrides": args.set, "rows": rows}
+        paired = paired_rows(summaries)
+        per_run = teacher_rows(summaries)
+        teachers = teacher_summary(per_run)
+        result = {
+            "dataset": dataset,
+            "seeds": seeds,
+            "overrides": args.set,
+            "rows": rows,
+            "paired": paired,
+            "teachers": teachers,
+            "teachers_per_run": per_run,
+        }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"quality-{dataset}.json").write_text(json.dumps(result, indent=2))
-        md = (args.out / "runs" / dataset / "comparison.md").read_text()
-        # The run folders are not committed; the plots next to the tables are.
-        for png in (args.out / "runs" / dataset).glob("*.png"):
-            shutil.copyfile(png, args.out / f"quality-{dataset}-{png.name}")
-            md = md.replace(f"]({png.name})", f"](quality-{dataset}-{png.name})")
-        (args.out / f"quality-{dataset}.md").write_text(md)
-        table = Table(title=f"{dataset}: server rsum, mean ± std over seeds {seeds}")
-        for col in ("strategy", "test rsum", "val rsum", "MB/round", "s/run"):
+        shutil.copyfile(runs / "rsum.png", args.out / f"quality-{dataset}-rsum.png")
+        (args.out / f"quality-{dataset}.md").write_text(markdown(dataset, seeds, paired, teachers, rows))
+        table = Table(title=f"{dataset}: server test rsum, mean ± sample std over seeds {seeds}")
+        for col in ("strategy", "last round", "best-val round", "val rsum", "MB/round"):
             table.add_column(col, justify="right")
         for r in rows:
-            fmt = lambda m, s: "—" if m is None else f"{m:.1f} ± {s:.1f}"  # noqa: E731
             table.add_row(
                 r["strategy"],
-                fmt(r["test_rsum_mean"], r["test_rsum_std"]),
-                fmt(r["val_rsum_mean"], r["val_rsum_std"]),
+                _pm(r["test_rsum_mean"], r["test_rsum_std"]),
+                _pm(r["best_val_test_rsum_mean"], r["best_val_test_rsum_std"]),
+                _pm(r["val_rsum_mean"], r["val_rsum_std"]),
                 f"{r['bytes_per_round_mean'] / 1e6:.1f}",
-                f"{r['wall_seconds_mean']:.0f}",
             )
         console.print(table)
+        for p in paired:
+            ci = "" if p["ci_low"] is None else f" (95 % [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}])"
+            console.print(f"{p['treated']} − {p['control']}: {p['mean']:+.1f}{ci}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ from mmfl.errors import ConfigError
 from mmfl.modalities import Modality
 
 SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-StrategyName = Literal["cream", "cream+", "mean", "fedavg", "server-only", "local", "centralized"]
+StrategyName = Literal[
+    "cream", "cream+", "mean", "fedavg", "server-only", "local", "centralized", "site-free", "public-teachers"
+]
 
 
 class StrictModel(BaseModel):
@@ -167,7 +169,7 @@ class FederationSpec(StrictModel):
     embed_dim: int = Field(256, ge=2)
     rounds: int = Field(4, ge=1)
     seed: int = 0
-    strategy: StrategyName = "cream"
+    strategy: StrategyName = "cream+"
     sites: list[SiteSpec] = Field(default_factory=lambda: default_digits_sites())
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -86,6 +86,8 @@ class RoundPipeline:
             self._weights(record)
         elif self.method.site_work is not None:
             self._represent(record)
+        elif self.method.self_targets:
+            self._self_distil(record)
         if self.method.has_server_model:
             record.server.val = self.trainer.retrieval(self.data.val, self.pairs)
             record.server.test = self.trainer.retrieval(self.data.test, self.pairs)
@@ -170,6 +172,21 @@ class RoundPipeline:
             record.server.distill_loss = self.trainer.distill(
                 self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
             )
+
+    def _self_distil(self, record: RoundRecord) -> None:
+        """The site-free control: the server's own representations, as sites would receive
+        them, are the one contribution the rule merges; the server distils toward the result."""
+        assert self.rule is not None
+        _, rows = self._round_rows()
+        sent = {
+            m: torch.from_numpy(from_wire(to_wire(g.numpy(), self.cream.payload_dtype)))
+            for m, g in self.trainer.encode(self.data.public, rows).items()
+        }
+        aggregate = self.rule.aggregate({m: [g] for m, g in sent.items()}, sent, rows)
+        record.weight_entropy, record.contributors = aggregate.weight_entropy, aggregate.contributors
+        record.server.distill_loss = self.trainer.distill(
+            self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
+        )
 
     def _weights(self, record: RoundRecord) -> None:
         """FedAvg: the global weights out, the paired sites' weighted average back in."""

@@ -133,7 +133,9 @@ def simulate(
     config: Path | None = ConfigOpt,
     set_: list[str] | None = SetOpt,
     strategy: str | None = typer.Option(
-        None, "--strategy", help="cream | cream+ | mean | fedavg | server-only | local | centralized"
+        None,
+        "--strategy",
+        help="cream | cream+ | mean | fedavg | server-only | local | centralized | site-free | public-teachers",
     ),
     engine: str = EngineOpt,
     seed: int | None = typer.Option(None, "--seed"),
@@ -145,20 +147,64 @@ def simulate(
         None, "--store", help="run store URL or SQLite path (default: OUT/runs.sqlite)"
     ),
     force: bool = typer.Option(False, "--force", help="reuse an output folder that already holds a run"),
+    controls: bool = typer.Option(
+        True,
+        "--controls/--no-controls",
+        help="also run the site-free controls (server-only, site-free) on the same spec and seed",
+    ),
 ) -> None:
-    """Run one federation (the default: CreamFL on digits, six sites of three kinds)."""
+    """Run one federation (the default: cream+ on digits, six sites of three kinds), and beside
+    it the servers that use no site at all, so that the table shows what the sites added."""
     if ctx.invoked_subcommand is not None:
         return
     spec = _spec(config, set_, strategy=strategy, seed=seed, rounds=rounds)
     with _progress() as progress:
         summary, run_dir = run_one(spec, engine, out, store, force, progress)
+        others = []
+        if controls:
+            for name in control_strategies(spec.strategy):
+                control = spec.model_copy(update={"strategy": name})
+                others.append(run_one(control, engine, run_dir / "controls" / name, None, force, progress)[0])
     print_summary(summary, run_dir)
+    if others:
+        print_controls(summary, others)
+
+
+def control_strategies(strategy: str) -> list[str]:
+    """The cheap site-free servers to run beside a federated method (none for the others)."""
+    from mmfl.strategies.methods import METHODS
+
+    method = METHODS[strategy]
+    if not (method.uses_sites and method.has_server_model):
+        return []
+    return ["server-only", "site-free"]
+
+
+def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> None:
+    """The federation next to the servers that use no site, on the same seed."""
+    table = Table(title=f"what the sites added (seed {summary['seed']}; benchmarks/quality.py pairs 5 seeds)")
+    for col in ("server", "val rsum", "test rsum", "test mAP", "test rsum − site-free"):
+        table.add_column(col, justify="right")
+    by_name = {s["strategy"]: s for s in [summary, *controls]}
+    reference = (by_name.get("site-free", {}).get("final", {}).get("retrieval") or {}).get("rsum")
+    for s in [summary, *controls]:
+        test = s["final"].get("retrieval") or {}
+        val = s["final"].get("val_retrieval") or {}
+        diff = "—" if reference is None or "rsum" not in test else f"{test['rsum'] - reference:+.1f}"
+        table.add_row(
+            s["strategy"],
+            f"{val.get('rsum', float('nan')):.1f}",
+            f"{test.get('rsum', float('nan')):.1f}",
+            "—" if "map" not in test else f"{test['map']:.1f}",
+            diff,
+        )
+    Console().print(table)
 
 
 @app.command("compare")
 def compare(
     strategies: str = typer.Option(
-        "cream,cream+,mean,server-only,centralized", "--strategies", help="comma-separated"
+        "cream,cream+,mean,server-only,site-free,centralized", "--strategies", help="comma-separated"
     ),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma-separated"),
     config: Path | None = ConfigOpt,
@@ -178,7 +224,7 @@ def compare(
                 run_dir = out / f"{name.replace('+', 'plus')}-s{seed}"
                 summaries.append(run_one(spec, engine, run_dir, store, force, progress)[0])
     write_comparison(summaries, out)
-    table = Table(title="comparison (final test rsum, mean ± std over seeds)")
+    table = Table(title="comparison (final test rsum, mean ± sample std over seeds)")
     for col in ("strategy", "seeds", "test rsum", "val rsum"):
         table.add_column(col)
     for row in comparison_table(summaries):

@@ -41,6 +41,20 @@ def check_architectures(spec: FederationSpec) -> None:
             raise MmflError(f"{owner}: {exc}") from None
 
 
+def public_copies(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample]]:
+    """Each site's copy of the public set, holding only the site's own modalities (the
+    ``public-teachers`` control: sites that know nothing the coordinator does not)."""
+    out = []
+    for site in spec.sites:
+        rows = [
+            Sample(s.id, {m: v for m, v in s.values.items() if m in site.modalities}, s.label, s.group)
+            for s in ds.manifest("public").samples
+            if any(m in s.values for m in site.modalities)
+        ]
+        out.append(rows)
+    return out
+
+
 def partition_sites(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample]]:
     """Each site's private samples, holding only the site's own modalities."""
     pool = ds.manifest("private")
@@ -85,7 +99,8 @@ def build_plan(
     site_configs: list[SiteConfig] = []
     if method.needs_site_data and spec.sites:
         taking_part = method.site_architectures(spec)
-        for site, rows in zip(spec.sites, partition_sites(spec, ds), strict=True):
+        held = public_copies(spec, ds) if method.site_data == "public" else partition_sites(spec, ds)
+        for site, rows in zip(spec.sites, held, strict=True):
             if site.id not in taking_part:
                 continue  # e.g. FedAvg: weights average only between paired sites of one model
             site = site.model_copy(update={"architectures": taking_part[site.id]})

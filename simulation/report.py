@@ -181,9 +181,27 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def best_val_round(summary: dict[str, Any]) -> tuple[int, float] | None:
+    """The round whose server val rsum is highest (the first on ties) and its test rsum."""
+    best: tuple[float, int, float] | None = None
+    for r in summary["rounds"]:
+        val, test = _rsum(r["server_metrics"], "val"), _rsum(r["server_metrics"])
+        if val is not None and test is not None and (best is None or val > best[0]):
+            best = (val, r["round"], test)
+    return None if best is None else (best[1], best[2])
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof 1; 0.0 with one value)."""
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per strategy: mean and std over seeds of the final test and val rsum, and the
-    mean of each site metric."""
+    """One row per strategy: mean and sample std (ddof 1) over seeds of the test and val rsum
+    after the last round and of the test rsum at each run's best-val round, and the mean of
+    each site metric."""
     by: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
         by[s["strategy"]].append(s)
@@ -191,22 +209,29 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]
     for strategy, runs in by.items():
         test = [r["final"]["retrieval"]["rsum"] for r in runs if r["final"].get("retrieval")]
         val = [r["final"]["val_retrieval"]["rsum"] for r in runs if r["final"].get("val_retrieval")]
+        best = [b for r in runs if (b := best_val_round(r)) is not None]
         site_values: dict[str, list[float]] = defaultdict(list)
         for r in runs:
             for site, metrics in (r["final"].get("site_metrics") or {}).items():
                 for k, v in metrics.items():
                     if v is not None and (k.endswith("accuracy") or k == "retrieval_rsum"):
                         site_values[f"{site}/{k}"].append(v)
+        test_mean, test_std = _mean_std(test)
+        val_mean, val_std = _mean_std(val)
+        best_mean, best_std = _mean_std([t for _, t in best])
         rows.append(
             {
                 "strategy": strategy,
                 "seeds": [r["seed"] for r in runs],
-                "test_rsum_mean": float(np.mean(test)) if test else None,
-                "test_rsum_std": float(np.std(test)) if test else None,
-                "val_rsum_mean": float(np.mean(val)) if val else None,
-                "val_rsum_std": float(np.std(val)) if val else None,
+                "test_rsum_mean": test_mean,
+                "test_rsum_std": test_std,
+                "val_rsum_mean": val_mean,
+                "val_rsum_std": val_std,
+                "best_val_test_rsum_mean": best_mean,
+                "best_val_test_rsum_std": best_std,
+                "best_val_rounds": [n for n, _ in best],
                 "site_metrics": {
-                    k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in site_values.items()
+                    k: dict(zip(("mean", "std"), _mean_std(v), strict=True)) for k, v in site_values.items()
                 },
                 "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in runs])),
                 "bytes_per_round_mean": float(
@@ -237,18 +262,23 @@ def write_comparison(summaries: Sequence[dict[str, Any]], out: Path) -> Path:
     lines = [
         f"# Comparison on {dataset}",
         "",
-        "| strategy | seeds | test rsum | val rsum | MB per round | s per run |",
-        "|---|---|---|---|---|---|",
+        "| strategy | seeds | test rsum, last round | test rsum, best-val round | val rsum | MB per round | s per run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         test = "—" if r["test_rsum_mean"] is None else f"{r['test_rsum_mean']:.1f} ± {r['test_rsum_std']:.1f}"
         val = "—" if r["val_rsum_mean"] is None else f"{r['val_rsum_mean']:.1f} ± {r['val_rsum_std']:.1f}"
+        best = (
+            "—"
+            if r["best_val_test_rsum_mean"] is None
+            else f"{r['best_val_test_rsum_mean']:.1f} ± {r['best_val_test_rsum_std']:.1f}"
+        )
         lines.append(
-            f"| {r['strategy']} | {len(r['seeds'])} | {test} | {val} | {r['bytes_per_round_mean'] / 1e6:.2f} | {r['wall_seconds_mean']:.0f} |"
+            f"| {r['strategy']} | {len(r['seeds'])} | {test} | {best} | {val} | {r['bytes_per_round_mean'] / 1e6:.2f} | {r['wall_seconds_mean']:.0f} |"
         )
     site_keys = sorted({k for r in rows for k in r["site_metrics"]})
     if site_keys:
-        lines += ["", "Per-site task metrics (mean ± std over seeds):", ""]
+        lines += ["", "Per-site task metrics (mean ± sample std over seeds):", ""]
         lines.append("| metric | " + " | ".join(r["strategy"] for r in rows) + " |")
         lines.append("|---|" + "---|" * len(rows))
         for k in site_keys:

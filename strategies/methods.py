@@ -3,17 +3,27 @@
 A :class:`Method` says what the sites do each round, what the coordinator combines, what the
 server trains on and whether it distils; the round loop reads these fields, never the name.
 
-=============  ===============  ===============  ======================  ==========
-method         sites do         coordinator      server trains on        distils to
-=============  ===============  ===============  ======================  ==========
-cream          represent        CreamFL ensemble public                  aggregate
-cream+         represent        selective ens.   public                  aggregate
-mean           represent        uniform mean     public                  aggregate
-fedavg         weights          weighted average (the average itself)    -
-local          train alone      -                -                       -
-server-only    -                -                public                  -
-centralized    -                -                public + sites' rows    -
-=============  ===============  ===============  ======================  ==========
+===============  ===============  ===============  ======================  ==============
+method           sites do         coordinator      server trains on        distils to
+===============  ===============  ===============  ======================  ==============
+cream            represent        CreamFL ensemble public                  aggregate
+cream+           represent        selective ens.   public                  aggregate
+mean             represent        uniform mean     public                  aggregate
+fedavg           weights          weighted average (the average itself)    -
+local            train alone      -                -                       -
+server-only      -                -                public                  -
+centralized      -                -                public + sites' rows    -
+site-free        -                selective ens.   public                  its own reps
+public-teachers  represent,       selective ens.   public                  aggregate
+                 public set only
+===============  ===============  ===============  ======================  ==============
+
+The last two are the site-free controls of ``cream+``: the same server, passes, losses and
+epochs, with every site replaced by what the coordinator could build without any site
+(``site-free``: the server's own representations as the only contributor;
+``public-teachers``: models of the sites' architectures trained on the public set alone,
+ensembled exactly as the sites would be). Only what a federation gains beyond them comes
+from the sites' private data.
 """
 
 from __future__ import annotations
@@ -44,6 +54,12 @@ class Method:
     """What the server's task epoch runs on each round; None: no task epoch."""
     cream_defaults: dict[str, Any] = field(default_factory=dict)
     """CreamFL settings this method changes where the spec leaves them at their defaults."""
+    site_data: Literal["private", "public"] = "private"
+    """What the sites train on: their private partitions, or (a control) the public set."""
+    self_targets: bool = False
+    """The server's own representations of the round's public rows stand in for the sites'."""
+    control_of: str | None = None
+    """The federated method this site-free control reproduces without any site's data."""
 
     @property
     def uses_sites(self) -> bool:
@@ -114,6 +130,11 @@ METHODS: dict[str, Method] = {
         Method("server-only", "the server trains on the public set alone; no site"),
         Method("centralized", "the server trains on the public set and the sites' pooled rows",
                server_data="public+sites"),
+        Method("site-free", "control: cream+ with the server's own representations as the only site",
+               ensemble="cream", cream_defaults=CREAM_PLUS_DEFAULTS, self_targets=True, control_of="cream+"),
+        Method("public-teachers", "control: cream+ with sites that hold the public set instead of private data",
+               site_work="represent", ensemble="cream", cream_defaults=CREAM_PLUS_DEFAULTS, site_data="public",
+               control_of="cream+"),
     )
 }  # fmt: skip
 assert set(METHODS) == set(get_args(StrategyName)), "config.StrategyName and METHODS must agree"

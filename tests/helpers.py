@@ -7,6 +7,7 @@ import numpy as np
 from mmfl.protocols.messages import RepresentInstruction, TrainSettings
 
 SMALL = [
+    'strategy="cream"',
     "rounds=2",
     "train.local_epochs=1",
     "server.epochs_per_round=1",

@@ -20,7 +20,17 @@ from helpers import SMALL  # noqa: E402
 PINNED = Path(__file__).parent / "pinned"
 TOLERANCE = 1e-6
 
-DIGITS_METHODS = ["cream", "cream+", "mean", "fedavg", "local", "server-only", "centralized"]
+DIGITS_METHODS = [
+    "cream",
+    "cream+",
+    "mean",
+    "fedavg",
+    "local",
+    "server-only",
+    "centralized",
+    "site-free",
+    "public-teachers",
+]
 OPENCLIPART_METHODS = ["cream+", "centralized"]
 # The benchmark's openclipart federation on every SLICE-th row of each split (the frozen
 # encoders' features of the whole set take minutes on a CPU), two rounds, a public subset.

@@ -222,6 +222,11 @@ def test_cli_simulate_and_init(digits, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "final test retrieval" in out.stdout and "rsum" in out.stdout
     assert (tmp_path / "run" / "report.md").exists()
+    # beside the federation, the servers that use no site, on the same seed
+    assert "what the sites added" in out.stdout
+    for control in ("server-only", "site-free"):
+        done = json.loads((tmp_path / "run" / "controls" / control / "summary.json").read_text())
+        assert done["strategy"] == control and done["seed"] == 0 and done["sites"] == []
     again = subprocess.run(
         [
             sys.executable,
