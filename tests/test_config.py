@@ -102,4 +102,5 @@ def test_cream_plus_fills_only_what_the_spec_leaves_unset(tmp_path: Path) -> Non
         and chosen.ensemble_temperature == 0.2
         and chosen.distill_loss == "contrastive"
     )
-    assert effective_cream(load_config(FederationSpec)).ensemble_temperature == 1.0  # plain cream untouched
+    plain = load_config(FederationSpec, overrides=['strategy="cream"'])
+    assert effective_cream(plain).ensemble_temperature == 1.0  # plain cream untouched
