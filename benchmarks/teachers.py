@@ -64,21 +64,17 @@ def teacher_retrieval(run_dir: Path, split: str = "test") -> dict[str, float]:
     pair = tuple(summary["modalities"][:2])
     out: dict[str, float] = {}
     total: torch.Tensor | None = None
-    dataset = None
+    if not configs:
+        return out
+    dataset = PreparedDataset(Path(configs[0].public_manifest).parent)
+    by_class = dataset.info.pairing == "class"
+    position = {c: i for i, c in enumerate(dataset.info.classes)}
+    held = [s for s in dataset.manifest(split).samples if all(m in s.values for m in pair)]
+    labels = torch.tensor([position.get(s.label, -1) if by_class else 0 for s in held], dtype=torch.long)
     for cfg in configs:
         if not set(pair) <= set(cfg.site.modalities):
             continue  # a uni-modal site ranks nothing across the pair
-        site = Site(cfg)
-        dataset = dataset or PreparedDataset(Path(cfg.public_manifest).parent)
-        sim = _similarities(site, summary["run_id"], dataset, split, pair)
-        labels = torch.zeros(len(sim), dtype=torch.long)
-        by_class = dataset.info.pairing == "class"
-        if by_class:
-            data = dataset.manifest(split).samples
-            position = {c: i for i, c in enumerate(dataset.info.classes)}
-            labels = torch.tensor(
-                [position.get(s.label, -1) for s in data if all(m in s.values for m in pair)]
-            )
+        sim = _similarities(Site(cfg), summary["run_id"], dataset, split, pair)
         out[cfg.site.id] = _rsum(sim, labels, by_class, pair)
         total = sim if total is None else total + sim
     if total is not None:

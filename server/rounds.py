@@ -162,16 +162,13 @@ class RoundPipeline:
         if self.rule is None:
             self._enough(record, self.spec.server.min_sites)
             return
-        aggregate = self.rule.aggregate(
+        self._merge_and_distil(
+            record,
             {m: [reps[m] for reps in accepted.values() if m in reps] for m in self.spec.modalities},
             {m: torch.from_numpy(from_wire(a)) for m, a in wire.items()},  # as the sites saw them
             rows,
+            enough=lambda: self._enough(record, self.spec.server.min_sites),
         )
-        record.weight_entropy, record.contributors = aggregate.weight_entropy, aggregate.contributors
-        if self._enough(record, self.spec.server.min_sites) and aggregate.targets:
-            record.server.distill_loss = self.trainer.distill(
-                self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
-            )
 
     def _self_distil(self, record: RoundRecord) -> None:
         """The site-free control: the server's own representations, as sites would receive
@@ -182,11 +179,25 @@ class RoundPipeline:
             m: torch.from_numpy(from_wire(to_wire(g.numpy(), self.cream.payload_dtype)))
             for m, g in self.trainer.encode(self.data.public, rows).items()
         }
-        aggregate = self.rule.aggregate({m: [g] for m, g in sent.items()}, sent, rows)
+        self._merge_and_distil(record, {m: [g] for m, g in sent.items()}, sent, rows, enough=lambda: True)
+
+    def _merge_and_distil(
+        self,
+        record: RoundRecord,
+        contributions: dict[str, list[torch.Tensor]],
+        sent: dict[str, torch.Tensor],
+        rows: dict[str, list[int]],
+        enough: Callable[[], bool],
+    ) -> None:
+        """Merge the contributions with the method's rule (scored against the global
+        representations ``sent``) and, when ``enough()`` holds, distil toward the result."""
+        assert self.rule is not None
+        aggregate = self.rule.aggregate(contributions, sent, rows)
         record.weight_entropy, record.contributors = aggregate.weight_entropy, aggregate.contributors
-        record.server.distill_loss = self.trainer.distill(
-            self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
-        )
+        if enough() and aggregate.targets:
+            record.server.distill_loss = self.trainer.distill(
+                self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
+            )
 
     def _weights(self, record: RoundRecord) -> None:
         """FedAvg: the global weights out, the paired sites' weighted average back in."""

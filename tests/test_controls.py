@@ -87,7 +87,7 @@ def test_every_method_is_a_strategy_summaries_may_carry() -> None:
 
 
 def test_public_teachers_sites_hold_the_public_set_and_nothing_private(digits, tmp_path: Path) -> None:
-    plan = build_plan(small_spec('strategy="public-teachers"'), tmp_path / "run")
+    build_plan(small_spec('strategy="public-teachers"'), tmp_path / "run")
     ds = PreparedDataset(digits.root)
     public = {s.id: s for s in ds.manifest("public").samples}
     private = {s.id for s in ds.manifest("private").samples}
@@ -104,7 +104,6 @@ def test_public_teachers_sites_hold_the_public_set_and_nothing_private(digits, t
         for s in held:
             assert set(s.values) <= set(cfg.site.modalities)
             assert all(public[s.id].values[m] == v for m, v in s.values.items())
-    assert plan.spec.strategy == "public-teachers"
 
 
 def test_site_free_control_distils_toward_its_own_representations(digits, tmp_path: Path) -> None:
