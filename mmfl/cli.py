@@ -48,6 +48,12 @@ def _register() -> None:
     app.command("adapt")(adapt_cmd)
     app.command("train-unimodal")(train_unimodal_cmd)
 
+    from mmfl.inference.cli import embed_cmd, evaluate_cmd, export_cmd
+
+    app.command("evaluate")(evaluate_cmd)
+    app.command("embed")(embed_cmd)
+    app.command("export")(export_cmd)
+
 
 _register()
 

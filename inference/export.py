@@ -1,0 +1,66 @@
+"""Export a trained model: ``model.safetensors`` (weights), ``model_card.json`` (how to rebuild
+and feed it, what it saw, ε per site) and one ``encoder-<modality>.pt2`` per modality
+(``torch.export`` programs of the trainable part: featurized input in, unit vectors out, any
+batch size).
+
+The export is written into a temporary sibling folder and renamed into place: a failed export
+leaves nothing behind, and an existing export is replaced only with ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mmfl.errors import MmflError
+from mmfl.inference.card import CARD_FILE, WEIGHTS_FILE
+from mmfl.inference.trained import TrainedModel, weights_blob
+
+PROGRAM_FILE = "encoder-{modality}.pt2"
+
+
+def _example(model: TrainedModel, modality: str) -> torch.Tensor:
+    enc = model.card.encoders[modality]
+    if enc.input_dtype.startswith("int"):
+        return torch.ones((2, *enc.input_shape), dtype=torch.long)
+    return torch.zeros((2, *enc.input_shape), dtype=torch.float32)
+
+
+def export_programs(model: TrainedModel, folder: Path) -> list[str]:
+    """One ``torch.export`` program per modality encoder; returns the file names written."""
+    written = []
+    for m in model.modalities:
+        encoder = model.model.encoders[m].eval()
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(encoder, (_example(model, m),), dynamic_shapes=({0: batch},))
+        name = PROGRAM_FILE.format(modality=m)
+        torch.export.save(program, folder / name)
+        written.append(name)
+    return written
+
+
+def export_model(model: TrainedModel, out: Path, overwrite: bool = False, programs: bool = True) -> Path:
+    """Write the export folder ``out``; returns it."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MmflError(f"{out} already exists; choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        blob = weights_blob(model.model.state_dict(), model.card.run_id)
+        (staging / WEIGHTS_FILE).write_bytes(blob)
+        card = model.card.model_copy(update={"weights_sha256": hashlib.sha256(blob).hexdigest()})
+        (staging / CARD_FILE).write_text(card.model_dump_json(indent=2), encoding="utf-8")
+        if programs:
+            export_programs(model, staging)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,312 @@
+"""A trained server model rebuilt from a run folder or an export, ready to embed and evaluate.
+
+A run folder (simulation or deployment) holds ``summary.json``, ``plan.json`` and
+``final_model.pt``; an export holds ``model_card.json`` and ``model.safetensors``
+(:mod:`mmfl.inference.export`). Both load into the same :class:`TrainedModel`; the card states
+the architectures, featurizers and embedding size that rebuild the model exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from mmfl import __version__
+from mmfl.data.features import Featurizer, featurize
+from mmfl.data.manifest import Manifest, load_manifest
+from mmfl.data.prepared import read_dataset_info
+from mmfl.data.sample import FILE_MODALITIES, Sample
+from mmfl.data.tensors import Tensors, load_tensors
+from mmfl.errors import MmflError
+from mmfl.inference.card import (
+    CARD_FILE,
+    PREPROCESSING,
+    WEIGHTS_FILE,
+    EncoderCard,
+    ModelCard,
+    SitePrivacyCard,
+)
+from mmfl.models.encoders import architecture, featurizers_for
+from mmfl.models.metrics import accuracy, retrieval_metrics
+from mmfl.models.multimodal import MultiEncoder
+from mmfl.paths import feature_cache_root
+
+
+class TrainedModel:
+    """A server model in eval mode with its card; ``embed`` maps items to unit vectors."""
+
+    def __init__(self, card: ModelCard, state: dict[str, torch.Tensor]) -> None:
+        self.card = card
+        self.featurizers: dict[str, Featurizer] = featurizers_for(
+            {m: e.architecture for m, e in card.encoders.items()}, card.image_size, card.image_channels
+        )
+        self.model = MultiEncoder(
+            {m: e.architecture for m, e in card.encoders.items()},
+            {m: tuple(e.input_shape) for m, e in card.encoders.items()},
+            card.embed_dim,
+            len(card.classes),
+        )
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise MmflError(f"weights do not match the model card's architectures: {first}") from None
+        self.model.eval()
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.card.modalities)
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every modality pair, in the run's order (the first one is the headline)."""
+        mods = self.modalities
+        return [(mods[i], mods[j]) for i in range(len(mods)) for j in range(i + 1, len(mods))]
+
+    # -- featurize and encode -------------------------------------------------------------------
+    def tensors(self, samples: Sequence[Sample], progress: bool = False) -> Tensors:
+        """Featurize ``samples`` as the run did (same featurizers, same feature cache)."""
+        return load_tensors(samples, self.featurizers, self.card.classes, feature_cache_root(), progress)
+
+    def embed(self, modality: str, items: Sequence[str | Path]) -> np.ndarray:
+        """Unit vectors ``(len(items), embed_dim)`` for file paths (image, audio) or texts."""
+        if modality not in self.featurizers:
+            raise MmflError(f"this model has no {modality} encoder (it has {', '.join(self.modalities)})")
+        samples = [Sample(f"item{i}", {modality: str(v)}) for i, v in enumerate(items)]
+        if modality in FILE_MODALITIES:
+            missing = [str(v) for v in items if not Path(v).is_file()]
+            if missing:
+                raise MmflError(f"{modality} file not found: {missing[0]}")
+        values, _ = featurize(samples, self.featurizers[modality], feature_cache_root(), progress=False)
+        return self.encode(modality, torch.from_numpy(np.ascontiguousarray(values))).numpy()
+
+    def encode(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
+        """Representations of featurized ``inputs`` (the run's evaluation batch size)."""
+        return self.model.encode(modality, inputs, self.card.eval_batch_size)
+
+    def embed_manifest(self, manifest: Manifest) -> dict[str, tuple[list[str], np.ndarray]]:
+        """Per modality: the ids of the rows holding it and their vectors, in manifest order."""
+        data = self.tensors(manifest.samples, progress=True)
+        out = {}
+        for m in self.modalities:
+            rows = data.rows_with(m)
+            if len(rows) == 0:
+                continue
+            ids = [manifest.samples[int(i)].id for i in rows]
+            out[m] = (ids, self.encode(m, data.inputs[m][rows]).numpy())
+        return out
+
+    # -- evaluate -------------------------------------------------------------------------------
+    def evaluate(self, manifest: Manifest) -> dict[str, Any]:
+        """Retrieval for every modality pair over rows holding both (as the run reports it: the
+        first pair also unprefixed), and each class head's accuracy over labeled rows."""
+        data = self.tensors(manifest.samples, progress=True)
+        by_class = self.card.pairing == "class"
+        retrieval: dict[str, float] = {}
+        for i, (a, b) in enumerate(self.pairs):
+            rows = data.complete_rows([a, b])
+            if len(rows) < 2:
+                continue
+            za = self.encode(a, data.inputs[a][rows])
+            zb = self.encode(b, data.inputs[b][rows])
+            metrics = retrieval_metrics(za, zb, data.labels[rows], by_class, (a, b))
+            if i == 0:
+                retrieval.update(metrics)
+            retrieval.update({f"{a}-{b}/{k}": v for k, v in metrics.items()})
+        result: dict[str, Any] = {"rows": len(manifest), "retrieval": retrieval, "accuracy": {}}
+        labeled = [s.label for s in manifest.samples if s.label is not None]
+        unknown = sorted({lab for lab in labeled if lab not in set(self.card.classes)})
+        if unknown and self.card.classes:
+            raise MmflError(
+                f"manifest {manifest.path}: label {unknown[0]!r} is not one of the model's "
+                f"{len(self.card.classes)} classes"
+            )
+        if self.card.classes and labeled:
+            with torch.no_grad():
+                for m in self.card.trained_heads:
+                    rows = data.rows_with(m)
+                    if len(rows) == 0:
+                        continue
+                    logits = self.model.heads[m](self.encode(m, data.inputs[m][rows]))
+                    result["accuracy"][m] = accuracy(logits, data.labels[rows])
+        return result
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def load(path: str | Path) -> TrainedModel:
+    """The trained model in ``path``: a run folder (``summary.json`` + ``final_model.pt``) or an
+    export (``model_card.json`` + ``model.safetensors``)."""
+    folder = Path(path)
+    if (folder / CARD_FILE).exists():
+        return _load_export(folder)
+    if (folder / "summary.json").exists() or (folder / "plan.json").exists():
+        return _load_run(folder)
+    raise MmflError(f"{folder} is neither a run folder (summary.json) nor an export ({CARD_FILE})")
+
+
+def _load_export(folder: Path) -> TrainedModel:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        card = ModelCard.model_validate_json((folder / CARD_FILE).read_text(encoding="utf-8"))
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        raise MmflError(
+            f"invalid {folder / CARD_FILE}: {'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MmflError(f"cannot read {folder / CARD_FILE}: {exc}") from None
+    weights = folder / WEIGHTS_FILE
+    if not weights.exists():
+        raise MmflError(f"export {folder} has no {WEIGHTS_FILE}")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != card.weights_sha256:
+        raise MmflError(f"{weights} does not match the card's weights_sha256 (altered or truncated)")
+    try:
+        state = load_file(weights)
+    except SafetensorError as exc:
+        raise MmflError(f"unreadable {weights}: {exc}") from None
+    return TrainedModel(card, state)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MmflError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MmflError(f"cannot read {path}: {exc}") from None
+
+
+def _load_run(folder: Path) -> TrainedModel:
+    weights = folder / "final_model.pt"
+    if not (folder / "summary.json").exists() or not weights.exists():
+        raise MmflError(
+            f"run {folder} has no final model (summary.json and final_model.pt are written when the "
+            "last round ends); an unfinished run can be continued with `mmfl simulate --resume`"
+        )
+    summary = _read_json(folder / "summary.json")
+    plan = _read_json(folder / "plan.json")
+    raw = weights.read_bytes()
+    try:
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
+        raise MmflError(f"unreadable {weights}: {type(exc).__name__}") from None
+    blob = weights_blob(state, summary["run_id"])
+    card = card_from_run(summary, plan, hashlib.sha256(blob).hexdigest(), state)
+    return TrainedModel(card, state)
+
+
+def weights_blob(state: dict[str, torch.Tensor], run_id: str) -> bytes:
+    """The ``model.safetensors`` bytes of ``state`` (what ``weights_sha256`` hashes)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    return save(tensors, metadata={"format": "pt", "run_id": run_id})
+
+
+def _trained_heads(
+    state: dict[str, torch.Tensor],
+    architectures: dict[str, str],
+    shapes: dict,
+    embed_dim: int,
+    classes: int,
+    seed: int,
+) -> list[str]:
+    """Modalities whose head differs from its seeded initialisation. Adam leaves a parameter
+    that never received a gradient exactly as initialised, so equality means never trained."""
+    if not classes:
+        return []
+    init = MultiEncoder(architectures, shapes, embed_dim, classes, seed=seed).state_dict()
+    return [
+        m
+        for m in architectures
+        if not torch.equal(state[f"heads.{m}.linear.weight"], init[f"heads.{m}.linear.weight"])
+    ]
+
+
+def card_from_run(
+    summary: dict[str, Any], plan: dict[str, Any], weights_sha256: str, state: dict[str, torch.Tensor]
+) -> ModelCard:
+    """The card of a finished run, from its ``summary.json``, ``plan.json`` and ``dataset.json``."""
+    info = read_dataset_info(Path(plan["dataset_root"]))
+    modalities = list(summary["modalities"])
+    architectures = {m: a for m, a in summary["server"]["architectures"].items() if m in modalities}
+    feats = featurizers_for(architectures, info.image_size, info.image_channels)
+    encoders = {}
+    for m, name in architectures.items():
+        featurizer = architecture(name, m).featurizer
+        encoders[m] = EncoderCard(
+            architecture=name,
+            featurizer=featurizer,
+            featurizer_key=feats[m].key,
+            input_shape=list(feats[m].shape),
+            input_dtype=feats[m].dtype,
+            preprocessing=PREPROCESSING.get(featurizer, featurizer),
+        )
+    privacy = [
+        SitePrivacyCard(
+            site=s["id"],
+            enabled=bool(s["privacy"]["enabled"]),
+            epsilon_spent=float(s["privacy"]["epsilon_spent"] or 0.0),
+            delta=s["privacy"].get("delta"),
+            target_epsilon=s["privacy"].get("target_epsilon"),
+            unit=s["privacy"].get("unit"),
+        )
+        for s in summary["sites"]
+    ]
+    final = summary["final"]
+    return ModelCard(
+        mmfl_version=__version__,
+        run_id=summary["run_id"],
+        name=summary["name"],
+        strategy=summary["strategy"],
+        seed=summary["seed"],
+        rounds=len(summary["rounds"]),
+        modalities=list(architectures),
+        embed_dim=summary["embed_dim"],
+        encoders=encoders,
+        image_size=info.image_size,
+        image_channels=info.image_channels,
+        classes=list(info.classes),
+        trained_heads=_trained_heads(
+            state,
+            architectures,
+            {m: f.shape for m, f in feats.items()},
+            summary["embed_dim"],
+            len(info.classes),
+            summary["seed"],
+        ),
+        pairing=info.pairing,
+        eval_batch_size=plan["spec"]["server"]["eval_batch_size"],
+        dataset=summary["dataset"]["name"],
+        public_fingerprint=summary["dataset"]["public_fingerprint"],
+        privacy=privacy,
+        metrics={"test": final.get("retrieval"), "val": final.get("val_retrieval")},
+        weights_sha256=weights_sha256,
+    )
+
+
+def load_eval_manifest(path: Path, model: TrainedModel) -> Manifest:
+    """A manifest to evaluate or embed, every row validated; columns of modalities the model
+    has no encoder for are left out, and it must hold at least one the model encodes."""
+    full = load_manifest(path)
+    if not set(full.modalities) & set(model.modalities):
+        raise MmflError(
+            f"manifest {path} holds {', '.join(full.modalities)}; the model encodes "
+            f"{', '.join(model.modalities)}"
+        )
+    kept = [
+        Sample(s.id, {m: v for m, v in s.values.items() if m in model.modalities}, s.label, s.group)
+        for s in full.samples
+    ]
+    return Manifest(full.path, kept, tuple(m for m in full.modalities if m in model.modalities))
