@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from mmfl.data.audio import fixed_length, load_mfcc, pooled_stats
+from mmfl.data.audio import MFCC_COEFFS, fixed_length, load_mfcc, pooled_stats
 from mmfl.data.fingerprint import item_fingerprint
 from mmfl.data.images import load_image
 from mmfl.data.sample import Sample
@@ -26,7 +26,6 @@ from mmfl.data.text import hashed_ids
 HASH_VOCAB = 1 << 13
 TEXT_MAX_LEN = 32
 MFCC_FRAMES = 48
-MFCC_COEFFS = 13
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ def _mfcc_seq() -> Featurizer:
         return np.stack([fixed_length(load_mfcc(p), MFCC_FRAMES) for p in paths])
 
     return Featurizer(
-        f"mfcc-seq{MFCC_FRAMES}", "audio", (MFCC_COEFFS, MFCC_FRAMES), "float32", encode, False, 512
+        f"mfcc-seq{MFCC_FRAMES}", "audio", (MFCC_COEFFS, MFCC_FRAMES), "float32", encode, True, 512
     )
 
 
@@ -177,7 +176,7 @@ def _mfcc_stats() -> Featurizer:
     def encode(paths: list[str]) -> np.ndarray:
         return np.stack([pooled_stats(load_mfcc(p)) for p in paths])
 
-    return Featurizer("mfcc-stats", "audio", (4 * MFCC_COEFFS,), "float32", encode, False, 512)
+    return Featurizer("mfcc-stats", "audio", (4 * MFCC_COEFFS,), "float32", encode, True, 512)
 
 
 def get_featurizer(name: str, image_size: int = 32, image_channels: int = 3) -> Featurizer:

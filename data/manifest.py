@@ -9,15 +9,16 @@ refuses the whole manifest with a :class:`ManifestError` that names the rows.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
+from mmfl.data.audio import check_audio_file
 from mmfl.data.fingerprint import manifest_fingerprint
 from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import ManifestError
@@ -58,29 +59,42 @@ class Manifest:
         return self._fingerprint
 
 
+def _decoded(path: Path) -> str:
+    """The file's text; a byte that is not UTF-8 is refused naming its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestError(
+            f"manifest {path}: line {line} is not UTF-8 (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
+
+
 def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
     """(line number, raw row) pairs from a CSV or JSONL file."""
     suffix = path.suffix.lower()
     rows: list[tuple[int, dict[str, object]]] = []
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ManifestError(f"manifest {path}: line {lineno} is not JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ManifestError(f"manifest {path}: line {lineno} is not a JSON object")
-                rows.append((lineno, obj))
+        for lineno, line in enumerate(_decoded(path).split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"manifest {path}: line {lineno} is not JSON ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise ManifestError(f"manifest {path}: line {lineno} is not a JSON object")
+            rows.append((lineno, obj))
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
-            if not reader.fieldnames:
-                raise ManifestError(f"manifest {path}: no header row")
-            for lineno, row in enumerate(reader, start=2):
-                rows.append((lineno, {k: v for k, v in row.items() if k is not None}))
+        reader = csv.DictReader(io.StringIO(_decoded(path), newline=""))
+        if not reader.fieldnames:
+            raise ManifestError(f"manifest {path}: no header row")
+        try:
+            for row in reader:
+                rows.append((reader.line_num, {k: v for k, v in row.items() if k is not None}))
+        except csv.Error as exc:
+            raise ManifestError(f"manifest {path}: line {reader.line_num}: {exc}") from None
     else:
         raise ManifestError(f"manifest {path}: unsupported format {suffix!r} (use .csv or .jsonl)")
     return rows
@@ -101,22 +115,6 @@ def _check_image(path: Path) -> str | None:
         return f"image file not found: {path}"
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad files
         return f"unreadable image {path.name}: {type(exc).__name__}"
-    return None
-
-
-def _check_audio(path: Path) -> str | None:
-    if not path.exists():
-        return f"audio file not found: {path}"
-    if path.suffix.lower() != ".npy":
-        return f"audio {path.name}: expected a .npy array of MFCC frames (frames x coefficients)"
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001
-        return f"unreadable audio {path.name}: {type(exc).__name__}"
-    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
-        return f"audio {path.name}: shape {arr.shape} is not (frames, coefficients)"
-    if not np.isfinite(arr).all():
-        return f"audio {path.name}: contains NaN or infinity"
     return None
 
 
@@ -149,7 +147,7 @@ def _validate_row(
         if not file_path.is_absolute():
             file_path = base / file_path
         if check_files:
-            problem = _check_image(file_path) if key == "image" else _check_audio(file_path)
+            problem = _check_image(file_path) if key == "image" else check_audio_file(file_path)
             if problem:
                 problems.append(problem)
                 continue

@@ -1,23 +1,28 @@
-"""Prepared data sets: a folder holding ``dataset.json`` (:class:`DatasetInfo`) and one
-manifest per split: ``public.jsonl`` (shared by coordinator and sites), ``private.jsonl`` (the
-pool partitioned across sites in simulation), ``val.jsonl`` (hyper-parameter choice) and
-``test.jsonl`` (held-out evaluation).
+"""Prepared data sets: a folder holding ``dataset.json`` (:class:`DatasetInfo`, published as
+the JSON Schema ``mmfl/schemas/dataset.schema.json``) and one manifest per split:
+``public.jsonl`` (shared by coordinator and sites), ``private.jsonl`` (the pool partitioned
+across sites in simulation), ``val.jsonl`` (hyper-parameter choice) and ``test.jsonl``
+(held-out evaluation); ``mmfl data split`` may add ``sites/<id>.jsonl``, one manifest per site.
 
-:func:`read_dataset_info` is the one reader of ``dataset.json``.
+:func:`read_dataset_info` is the one reader of ``dataset.json``; :func:`write_prepared` the one
+writer of a whole folder.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mmfl.data.manifest import Manifest, load_manifest
+from mmfl.data.manifest import Manifest, load_manifest, write_manifest
+from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import MmflError
-from mmfl.files import atomic_write_text
+from mmfl.files import atomic_write_text, staged_folder
+from mmfl.modalities import Modality
 
 SPLITS = ("public", "private", "val", "test")
 INFO_FILE = "dataset.json"
@@ -28,17 +33,32 @@ class DatasetInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    description: str
-    modalities: list[str]
-    classes: list[str]
-    pairing: Literal["class", "instance"]
-    image_size: int
-    image_channels: int
-    splits: dict[str, int]
-    source: dict[str, str]
+    name: str = Field(min_length=1, description="the data set's name")
+    description: str = ""
+    modalities: list[Modality] = Field(min_length=1, description="modalities its manifests may hold")
+    classes: list[str] = Field(
+        default_factory=list,
+        description="label values in class-head order; empty for unlabeled data (no class heads)",
+    )
+    pairing: Literal["class", "instance"] = Field(
+        "instance",
+        description="instance: a row's items belong together (image-caption); class: items of "
+        "the same label match (needs labels)",
+    )
+    image_size: int = Field(64, ge=8, le=1024, description="images are fitted into this square")
+    image_channels: Literal[1, 3] = 3
+    splits: dict[str, int] = Field(default_factory=dict, description="rows per split (informative)")
+    source: dict[str, str] = Field(default_factory=dict, description="where each modality came from")
     notes: list[str] = []
-    format_version: int = 1
+    format_version: Literal[1] = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetInfo:
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("classes repeat a value")
+        if self.pairing == "class" and not self.classes:
+            raise ValueError("pairing 'class' needs a class list (and a label on every row)")
+        return self
 
 
 def has_dataset_info(folder: Path) -> bool:
@@ -84,10 +104,18 @@ class PreparedDataset:
 
     @cached_property
     def _manifests(self) -> dict[str, Manifest]:
-        return {
-            s: load_manifest(self.root / f"{s}.jsonl", self.info.modalities, require_label=True)
-            for s in SPLITS
-        }
+        out = {}
+        for split in SPLITS:
+            path = self.root / f"{split}.jsonl"
+            manifest = load_manifest(path, self.info.modalities, require_label=self.info.pairing == "class")
+            check_labels(manifest, self.info.classes)
+            out[split] = manifest
+        return out
+
+    def check(self) -> None:
+        """Validate every split's rows and labels now (they are otherwise read on first use)."""
+        for split in SPLITS:
+            self.manifest(split)
 
     def class_index(self, label: str | None) -> int:
         """Position of ``label`` in the class list (-1 for an unlabeled sample)."""
@@ -96,6 +124,63 @@ class PreparedDataset:
     @cached_property
     def _class_positions(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.info.classes)}
+
+
+def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
+    """Every label of ``manifest`` is one of ``classes``; labels without a class list are refused."""
+    known = set(classes)
+    for lineno, sample in enumerate(manifest.samples, start=1):
+        if sample.label is None or sample.label in known:
+            continue
+        if not classes:
+            raise MmflError(
+                f"manifest {manifest.path}: row {lineno} (id {sample.id}) has label {sample.label!r} "
+                "but dataset.json lists no classes (add them, or drop the label column)"
+            )
+        raise MmflError(
+            f"manifest {manifest.path}: row {lineno} (id {sample.id}) has label {sample.label!r}, "
+            f"not one of dataset.json's {len(classes)} classes"
+        )
+
+
+def write_prepared(
+    root: Path,
+    parts: Mapping[str, Sequence[Sample]],
+    info: DatasetInfo,
+    sites: Mapping[str, Sequence[Sample]] | None = None,
+    overwrite: bool = False,
+) -> PreparedDataset:
+    """Write a whole prepared folder (the four split manifests, ``sites/<id>.jsonl`` for each of
+    ``sites``, ``dataset.json``) into a staging folder and rename it into place: a failure
+    leaves nothing behind, and an existing folder is replaced only with ``overwrite``."""
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise MmflError(f"{root} already exists and is not empty; choose another --out or pass --force")
+    missing = [s for s in SPLITS if not parts.get(s)]
+    if missing:
+        raise MmflError(f"the {missing[0]} split would be empty; give it rows")
+    everything = [
+        *(x for rows in parts.values() for x in rows),
+        *(x for r in (sites or {}).values() for x in r),
+    ]
+    for sample in everything:
+        for modality, value in sample.values.items():
+            if modality in FILE_MODALITIES and Path(value).resolve().is_relative_to(root.resolve()):
+                raise MmflError(f"{root} holds {value}, a file the manifests name; choose a new --out folder")
+    with staged_folder(root) as staging:
+        for split in SPLITS:
+            write_manifest(staging / f"{split}.jsonl", parts[split])  # files keep absolute paths
+        for site_id, rows in (sites or {}).items():
+            write_manifest(staging / "sites" / f"{site_id}.jsonl", rows)
+        info = info.model_copy(update={"splits": {s: len(parts[s]) for s in SPLITS}})
+        write_info(staging, info)
+        PreparedDataset(staging).check()  # every row and label checked before it goes live
+    return PreparedDataset(root)
+
+
+def dataset_schema() -> dict[str, object]:
+    """The JSON Schema of ``dataset.json``."""
+    return DatasetInfo.model_json_schema()
 
 
 def info_summary(ds: PreparedDataset) -> dict[str, object]:

@@ -10,13 +10,12 @@ leaves nothing behind, and an existing export is replaced only with ``overwrite`
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from mmfl.errors import MmflError
+from mmfl.files import staged_folder
 from mmfl.inference.card import CARD_FILE, WEIGHTS_FILE
 from mmfl.inference.trained import TrainedModel, weights_blob
 
@@ -48,19 +47,11 @@ def export_model(model: TrainedModel, out: Path, overwrite: bool = False, progra
     out = Path(out)
     if out.exists() and not overwrite:
         raise MmflError(f"{out} already exists; choose another --out or pass --force")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as staging:
         blob = weights_blob(model.model.state_dict(), model.card.run_id)
         (staging / WEIGHTS_FILE).write_bytes(blob)
         card = model.card.model_copy(update={"weights_sha256": hashlib.sha256(blob).hexdigest()})
         (staging / CARD_FILE).write_text(card.model_dump_json(indent=2), encoding="utf-8")
         if programs:
             export_programs(model, staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out

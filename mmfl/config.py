@@ -73,6 +73,11 @@ class SiteSpec(StrictModel):
     modalities: list[Modality] = Field(min_length=1)
     architectures: dict[Modality, str]
     share: float = Field(1.0, gt=0, description="relative share of the private pool")
+    manifest: Path | None = Field(
+        None,
+        description="simulation: this site's own manifest (e.g. from `mmfl data split --sites`); "
+        "None = a share of the data set's private pool",
+    )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     train: TrainConfig | None = None
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)

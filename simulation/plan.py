@@ -12,9 +12,9 @@ import torch
 
 from mmfl.config import FederationSpec, RunPlan, SiteConfig, dump_toml
 from mmfl.data.builtin import open_dataset
-from mmfl.data.manifest import write_manifest
+from mmfl.data.manifest import load_manifest, write_manifest
 from mmfl.data.partition import drop_modalities, partition_dirichlet, partition_iid
-from mmfl.data.prepared import PreparedDataset
+from mmfl.data.prepared import PreparedDataset, check_labels
 from mmfl.data.sample import Sample
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
@@ -56,30 +56,46 @@ def public_copies(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample
 
 
 def partition_sites(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample]]:
-    """Each site's private samples, holding only the site's own modalities."""
-    pool = ds.manifest("private")
-    rng = np.random.default_rng([spec.seed, 101])
-    shares = [s.share for s in spec.sites]
-    p = spec.partition
-    if p.scheme == "iid":
-        parts = partition_iid(len(pool), shares, rng)
-    else:
-        parts = partition_dirichlet(pool.labels, shares, p.alpha, rng, p.min_samples)
-    out = []
-    for site, part in zip(spec.sites, parts, strict=True):
-        samples = [pool.samples[i] for i in part]
-        seen = drop_modalities(
-            [set(s.values) for s in samples], site.modalities, p.missing_modality_rate, rng
-        )
-        rows = [
-            Sample(s.id, {m: s.values[m] for m in sorted(mods)}, s.label, s.group)
-            for s, mods in zip(samples, seen, strict=True)
-            if mods
-        ]
-        if not rows:
+    """Each site's private samples, holding only the site's own modalities: a site with its own
+    ``manifest`` holds its rows; the others share the data set's private pool."""
+    pooled = [s for s in spec.sites if s.manifest is None]
+    parts: dict[str, list[Sample]] = {}
+    if pooled:
+        pool = ds.manifest("private")
+        rng = np.random.default_rng([spec.seed, 101])
+        shares = [s.share for s in pooled]
+        p = spec.partition
+        if p.scheme == "iid":
+            cuts = partition_iid(len(pool), shares, rng)
+        else:
+            if any(label is None for label in pool.labels):
+                raise MmflError(
+                    "partition.scheme = 'dirichlet' needs a label on every private row; use 'iid'"
+                )
+            cuts = partition_dirichlet(pool.labels, shares, p.alpha, rng, p.min_samples)
+        for site, cut in zip(pooled, cuts, strict=True):
+            samples = [pool.samples[i] for i in cut]
+            seen = drop_modalities(
+                [set(s.values) for s in samples], site.modalities, p.missing_modality_rate, rng
+            )
+            parts[site.id] = [
+                Sample(s.id, {m: s.values[m] for m in sorted(mods)}, s.label, s.group)
+                for s, mods in zip(samples, seen, strict=True)
+                if mods
+            ]
+    for site in spec.sites:
+        if site.manifest is not None:
+            own = load_manifest(site.manifest, ds.info.modalities)
+            check_labels(own, ds.info.classes)
+            parts[site.id] = [
+                Sample(s.id, {m: v for m, v in s.values.items() if m in site.modalities}, s.label, s.group)
+                for s in own.samples
+                if any(m in s.values for m in site.modalities)
+            ]
+    for site in spec.sites:
+        if not parts[site.id]:
             raise MmflError(f"site {site.id} received no samples holding {site.modalities}")
-        out.append(rows)
-    return out
+    return [parts[site.id] for site in spec.sites]
 
 
 def build_plan(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from mmfl.protocols.messages import RepresentInstruction, TrainSettings
@@ -61,3 +65,14 @@ def instruction(
         settings=SETTINGS.model_copy(update={"local_epochs": local_epochs}),
     )
     return message, arrays
+
+
+def mmfl_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run the ``mmfl`` command in a fresh interpreter (this environment, this MMFL_HOME)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mmfl.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=timeout,
+    )

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 import torch
 
 import mmfl
-from helpers import small_spec
+from helpers import mmfl_cli, small_spec
 from mmfl.data.manifest import load_manifest
 from mmfl.errors import MmflError
 from mmfl.inference.export import export_model
@@ -28,12 +26,6 @@ def trained_run(digits, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
     run = tmp_path_factory.mktemp("inference") / "run"
     summary = run_inprocess(build_plan(small_spec(), run))
     return run, summary
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mmfl.cli", *args], capture_output=True, text=True, timeout=300
-    )
 
 
 def test_a_loaded_run_reproduces_its_reported_test_metrics_exactly(trained_run, digits) -> None:
@@ -101,18 +93,18 @@ def test_a_damaged_export_or_unfinished_run_is_refused_in_one_line(trained_run, 
 def test_cli_evaluate_embed_and_export(trained_run, digits, tmp_path: Path) -> None:
     run, summary = trained_run
     test = str(digits.root / "test.jsonl")
-    done = _cli("evaluate", str(run), test, "--json")
+    done = mmfl_cli("evaluate", str(run), test, "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["retrieval"] == summary["final"]["retrieval"]
 
-    done = _cli("embed", str(run), test, "--out", str(tmp_path / "z.npz"))
+    done = mmfl_cli("embed", str(run), test, "--out", str(tmp_path / "z.npz"))
     assert done.returncode == 0, done.stderr
     z = np.load(tmp_path / "z.npz")
     rows = load_manifest(test, digits.info.modalities).samples
     assert list(z["image_ids"]) == [s.id for s in rows if s.has("image")]
     assert z["image"].shape == (len(z["image_ids"]), 256) and z["image"].dtype == np.float32
 
-    done = _cli("embed", str(run), test, "--out", str(tmp_path / "z.parquet"))
+    done = mmfl_cli("embed", str(run), test, "--out", str(tmp_path / "z.parquet"))
     assert done.returncode == 0, done.stderr
     table = pq.read_table(tmp_path / "z.parquet")
     images = [
@@ -122,12 +114,12 @@ def test_cli_evaluate_embed_and_export(trained_run, digits, tmp_path: Path) -> N
     ]
     assert np.allclose(np.asarray(images, dtype=np.float32), z["image"])
 
-    done = _cli("embed", str(run), test, "--out", str(tmp_path / "z.csv"))
+    done = mmfl_cli("embed", str(run), test, "--out", str(tmp_path / "z.csv"))
     assert done.returncode == 2 and done.stderr.strip().startswith("mmfl: error: --out")
     assert len(done.stderr.strip().splitlines()) == 1
 
-    done = _cli("export", str(run), "--out", str(tmp_path / "exp"))
+    done = mmfl_cli("export", str(run), "--out", str(tmp_path / "exp"))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "exp" / "model_card.json").exists()
-    done = _cli("export", str(run), "--out", str(tmp_path / "exp"))
+    done = mmfl_cli("export", str(run), "--out", str(tmp_path / "exp"))
     assert done.returncode == 2 and "already exists" in done.stderr

@@ -23,6 +23,9 @@ def files(tmp_path: Path) -> Path:
     np.save(tmp_path / "a.npy", np.ones((12, 13), np.float32))
     np.save(tmp_path / "nan.npy", np.full((5, 13), np.nan, np.float32))
     np.save(tmp_path / "flat.npy", np.ones(13, np.float32))
+    np.save(tmp_path / "mfcc20.npy", np.ones((12, 20), np.float32))
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot audio")
+    (tmp_path / "clip.m4a").write_bytes(b"\x00" * 64)
     return tmp_path
 
 
@@ -66,7 +69,10 @@ def test_good_csv_loads_every_row(files: Path) -> None:
         ({"label": "x"}, "no modality present"),
         ({"audio": "nan.npy"}, "contains NaN"),
         ({"audio": "flat.npy"}, "is not (frames, coefficients)"),
-        ({"audio": "a.png"}, "expected a .npy array"),
+        ({"audio": "a.png"}, "unsupported format .png (use .npy, .wav, .flac, .ogg, .mp3)"),
+        ({"audio": "clip.m4a"}, "unsupported format .m4a"),
+        ({"audio": "mfcc20.npy"}, "20 coefficients per frame; mmfl's audio encoders take 13"),
+        ({"audio": "broken.wav"}, "unreadable audio broken.wav"),
         ({"text": 5}, "text must be a string"),
     ],
 )
