@@ -10,6 +10,7 @@ manifest it appears in.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,12 +105,14 @@ def featurize(
                 if key in found:
                     out[i] = found[key]
             todo = np.array([i for i, k in zip(rows, keys, strict=True) if k not in found], dtype=int)
-        bar = tqdm(
-            total=len(todo),
-            desc=f"encoding {m} ({featurizer.key})",
-            disable=not progress or len(todo) < 256 or None,
-            leave=False,
+        desc = f"encoding {m} ({featurizer.key})"
+        bar = tqdm(total=len(todo), desc=desc, disable=not progress or len(todo) < 256 or None, leave=False)
+        # tqdm draws nothing without a terminal; a long step still says what it is doing.
+        plain = (
+            progress and featurizer.cached and bar.disable and len(todo) >= 256 and not sys.stderr.isatty()
         )
+        if plain:
+            print(f"{desc}: {len(todo)} items", file=sys.stderr, flush=True)
         for start in range(0, len(todo), featurizer.batch_size):
             batch = todo[start : start + featurizer.batch_size]
             values = featurizer.encode([samples[i].values[m] for i in batch])
@@ -120,6 +123,8 @@ def featurize(
                 )
             bar.update(len(batch))
         bar.close()
+        if plain:
+            print(f"{desc}: done", file=sys.stderr, flush=True)
     finally:
         if cache is not None:
             cache.close()

@@ -36,12 +36,14 @@ def _register() -> None:
     from mmfl.client.cli import app as client_app
     from mmfl.data.cli import app as data_app
     from mmfl.server.cli import app as server_app
+    from mmfl.server.runs_cli import app as runs_app
     from mmfl.simulation.cli import app as simulate_app
 
     app.add_typer(simulate_app, name="simulate")
     app.add_typer(server_app, name="server")
     app.add_typer(data_app, name="data")
     app.add_typer(client_app, name="client")
+    app.add_typer(runs_app, name="runs")
 
     from mmfl.adaptation.cli import adapt_cmd, train_unimodal_cmd
 

@@ -13,7 +13,14 @@ from rich.table import Table
 
 from mmfl.config import FederationSpec, dump_toml, load_config
 from mmfl.errors import MmflError
-from mmfl.simulation.report import comparison_table, validate_summary, write_comparison, write_report
+from mmfl.simulation.report import (
+    comparison_table,
+    pair_names,
+    pair_rsum,
+    validate_summary,
+    write_comparison,
+    write_report,
+)
 
 app = typer.Typer(help="Run a federation on one machine (researchers).", invoke_without_command=True)
 console = Console(stderr=True)
@@ -36,13 +43,23 @@ class RoundProgress:
         self.progress = progress
         self.label = label
         self.task = progress.add_task(label, total=None, status="starting")
+        # Without a terminal (a job scheduler, nohup, a pipe) rich draws nothing until the end:
+        # write one plain line per round instead.
+        self.plain = not progress.console.is_terminal
+        self.total: int | None = None
+
+    def _line(self, text: str) -> None:
+        if self.plain:
+            self.progress.console.print(f"{self.label}: {text}", highlight=False, soft_wrap=True)
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "start":
+            self.total = event["rounds"]
             self.progress.update(
                 self.task, total=event["rounds"], status=f"{len(event['sites'])} sites registered"
             )
+            self._line(f"started, {event['rounds']} rounds, {len(event['sites'])} sites registered")
         elif kind == "round-start":
             self.progress.update(self.task, status=f"round {event['round']}: server training")
         elif kind == "sites":
@@ -62,8 +79,11 @@ class RoundProgress:
                 parts.append(f"rsum {rsum:.1f}")
             parts.append(f"{mb:.1f} MB")
             self.progress.update(self.task, advance=1, status=", ".join(parts))
+            self._line(", ".join(parts) + f" ({event['round']}/{self.total})")
         elif kind in ("site-refused", "site-error", "round-failed"):
             self.progress.console.print(f"[yellow]{event['message']}[/yellow]")
+        elif kind == "finish":
+            self._line(f"finished in {event['wall_seconds']:.1f} s")
 
 
 def run_one(
@@ -95,8 +115,15 @@ def _progress() -> Progress:
 
 
 def print_summary(summary: dict[str, Any], out: Path) -> None:
+    pairs = pair_names(summary["final"].get("retrieval"))
+    extra = pairs[1:]  # beyond the headline pair (the rsum columns)
     table = Table(title=f"{summary['strategy']} on {summary['dataset']['name']} (seed {summary['seed']})")
-    for col in ("round", "status", "sites", "train loss", "val rsum", "test rsum", "MB down", "MB up", "s"):
+    headline = f" ({pairs[0]})" if extra else ""
+    for col in ("round", "status", "sites", "train loss", f"val rsum{headline}", f"test rsum{headline}"):
+        table.add_column(col, justify="right")
+    for pair in extra:
+        table.add_column(f"test {pair}", justify="right")
+    for col in ("MB down", "MB up", "s"):
         table.add_column(col, justify="right")
     for r in summary["rounds"]:
         sm = r["server_metrics"]
@@ -108,6 +135,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
             fmt(sm.get("train_loss"), 3),
             fmt((sm.get("val") or {}).get("rsum")),
             fmt((sm.get("test") or {}).get("rsum")),
+            *(fmt(pair_rsum(sm, pair)) for pair in extra),
             f"{r['bytes_down'] / 1e6:.2f}",
             f"{r['bytes_up'] / 1e6:.2f}",
             f"{r['wall_seconds']:.1f}",
@@ -116,9 +144,17 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     final = summary["final"]
     if final.get("retrieval"):
         ret = final["retrieval"]
-        Console().print(
-            "final test retrieval: " + ", ".join(f"{k} {v:.1f}" for k, v in ret.items() if "/" not in k)
-        )
+        for pair in pairs or [""]:
+            prefix = f"{pair}/" if pair else ""
+            shown = {
+                k.removeprefix(prefix): v
+                for k, v in ret.items()
+                if k.startswith(prefix) and "/" not in k.removeprefix(prefix)
+            }
+            Console().print(
+                f"final test retrieval{' ' + pair if pair else ''}: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in shown.items())
+            )
     for site, metrics in sorted((final.get("site_metrics") or {}).items()):
         shown = {k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "retrieval_rsum"}
         Console().print(
@@ -183,7 +219,15 @@ def control_strategies(strategy: str) -> list[str]:
 def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> None:
     """The federation next to the servers that use no site, on the same seed."""
     table = Table(title=f"what the sites added (seed {summary['seed']}; benchmarks/quality.py pairs 5 seeds)")
-    for col in ("server", "val rsum", "test rsum", "test mAP", "test rsum − site-free"):
+    extra = pair_names(summary["final"].get("retrieval"))[1:]
+    for col in (
+        "server",
+        "val rsum",
+        "test rsum",
+        *(f"test {p}" for p in extra),
+        "test mAP",
+        "test rsum − site-free",
+    ):
         table.add_column(col, justify="right")
     by_name = {s["strategy"]: s for s in [summary, *controls]}
     reference = (by_name.get("site-free", {}).get("final", {}).get("retrieval") or {}).get("rsum")
@@ -195,6 +239,7 @@ def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> N
             s["strategy"],
             f"{val.get('rsum', float('nan')):.1f}",
             f"{test.get('rsum', float('nan')):.1f}",
+            *(f"{test.get(f'{p}/rsum', float('nan')):.1f}" for p in extra),
             "—" if "map" not in test else f"{test['map']:.1f}",
             diff,
         )
@@ -225,15 +270,20 @@ def compare(
                 summaries.append(run_one(spec, engine, run_dir, store, force, progress)[0])
     write_comparison(summaries, out)
     table = Table(title="comparison (final test rsum, mean ± sample std over seeds)")
-    for col in ("strategy", "seeds", "test rsum", "val rsum"):
+    rows = comparison_table(summaries)
+    pairs = list(dict.fromkeys(p for r in rows for p in r["pairs"]))
+    extra = pairs[1:]
+    for col in ("strategy", "seeds", "test rsum", "val rsum", *(f"test {p}" for p in extra)):
         table.add_column(col)
-    for row in comparison_table(summaries):
+    for row in rows:
         fmt = lambda m, s: "—" if m is None else f"{m:.1f} ± {s:.1f}"  # noqa: E731
+        cells = [row["pairs"].get(p, {"test_rsum_mean": None, "test_rsum_std": None}) for p in extra]
         table.add_row(
             row["strategy"],
             str(len(row["seeds"])),
             fmt(row["test_rsum_mean"], row["test_rsum_std"]),
             fmt(row["val_rsum_mean"], row["val_rsum_std"]),
+            *(fmt(c["test_rsum_mean"], c["test_rsum_std"]) for c in cells),
         )
     Console().print(table)
     Console().print(f"written: {out / 'comparison.md'}")

@@ -33,6 +33,18 @@ def _rsum(metrics: dict[str, Any] | None, split: str = "test") -> float | None:
     return None if not block else block.get("rsum")
 
 
+def pair_names(metrics: dict[str, Any] | None) -> list[str]:
+    """The modality pairs a retrieval block measured (``image-text``, ``image-audio``, ...), in
+    its order; the first is the headline (its metrics also appear unprefixed)."""
+    return [k.removesuffix("/rsum") for k in (metrics or {}) if k.endswith("/rsum")]
+
+
+def pair_rsum(metrics: dict[str, Any] | None, pair: str, split: str = "test") -> float | None:
+    """A round's (or a final block's, with ``split=None``) rsum of one modality pair."""
+    block = metrics if split is None else (metrics or {}).get(split)
+    return None if not block else block.get(f"{pair}/rsum")
+
+
 def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -67,15 +79,24 @@ def plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: 
 def write_report(summary: dict[str, Any], out: Path) -> Path:
     """``report.md``, ``rsum.png`` and ``bytes.png`` in ``out``."""
     rounds = summary["rounds"]
+    pairs = pair_names(summary["final"].get("retrieval"))
+    curves = {
+        f"{summary['strategy']} test": [
+            (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"])) is not None
+        ],
+        f"{summary['strategy']} val": [
+            (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"], "val")) is not None
+        ],
+    }
+    if len(pairs) > 1:  # every modality pair, test split
+        curves = {
+            f"{pair} test": [
+                (r["round"], v) for r in rounds if (v := pair_rsum(r["server_metrics"], pair)) is not None
+            ]
+            for pair in pairs
+        } | {f"{pairs[0]} val": curves[f"{summary['strategy']} val"]}
     plot_rounds(
-        {
-            f"{summary['strategy']} test": [
-                (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"])) is not None
-            ],
-            f"{summary['strategy']} val": [
-                (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"], "val")) is not None
-            ],
-        },
+        curves,
         "rsum",
         f"server retrieval, {summary['dataset']['name']}",
         out / "rsum.png",
@@ -111,12 +132,16 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         lines.append(
             f"| {s['id']} | {', '.join(s['modalities'])} | {archs} | {samples} | {s['device']['name']} | {dp} |"
         )
+    extra = pairs[1:]  # the headline pair is the val/test rsum columns
     lines += [
         "",
         "## Rounds",
         "",
-        "| round | status | sites accepted | train loss | distill loss | val rsum | test rsum | MB down | MB up | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| round | status | sites accepted | train loss | distill loss | "
+        + (f"val {pairs[0]} rsum | test {pairs[0]} rsum | " if extra else "val rsum | test rsum | ")
+        + "".join(f"test {p} rsum | " for p in extra)
+        + "MB down | MB up | s |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|",
     ]
     for r in rounds:
         sm = r["server_metrics"]
@@ -124,7 +149,8 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         lines.append(
             f"| {r['round']} | {r['status']} | {accepted}/{len(r['sites'])} | {_fmt(sm.get('train_loss'), 3)} | "
             f"{_fmt(sm.get('distill_loss'), 4)} | {_fmt(_rsum(sm, 'val'))} | {_fmt(_rsum(sm))} | "
-            f"{r['bytes_down'] / 1e6:.2f} | {r['bytes_up'] / 1e6:.2f} | {r['wall_seconds']:.1f} |"
+            + "".join(f"{_fmt(pair_rsum(sm, p))} | " for p in extra)
+            + f"{r['bytes_down'] / 1e6:.2f} | {r['bytes_up'] / 1e6:.2f} | {r['wall_seconds']:.1f} |"
         )
     dropped = [
         (r["round"], s["site_id"], s["reason"]) for r in rounds for s in r["sites"] if not s["accepted"]
@@ -137,13 +163,17 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
     lines += ["", "## Final", ""]
     if final.get("retrieval"):
         ret = final["retrieval"]
-        keys = [k for k in ret if "/" not in k]
-        lines += [
-            "| " + " | ".join(keys) + " |",
-            "|" + "---|" * len(keys),
-            "| " + " | ".join(_fmt(ret[k]) for k in keys) + " |",
-            "",
-        ]
+        for pair in pairs or [None]:
+            prefix = "" if pair is None else f"{pair}/"
+            keys = [k for k in ret if k.startswith(prefix) and (pair is not None or "/" not in k)]
+            lines += [
+                f"Test retrieval, {pair or 'headline'}:",
+                "",
+                "| " + " | ".join(k.removeprefix(prefix) for k in keys) + " |",
+                "|" + "---|" * len(keys),
+                "| " + " | ".join(_fmt(ret[k]) for k in keys) + " |",
+                "",
+            ]
         lines.append(
             f"Validation rsum {_fmt(final['val_retrieval'].get('rsum'))}; test rsum {_fmt(ret.get('rsum'))}."
         )
@@ -216,6 +246,12 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]
                 for k, v in metrics.items():
                     if v is not None and (k.endswith("accuracy") or k == "retrieval_rsum"):
                         site_values[f"{site}/{k}"].append(v)
+        pair_tests = {
+            pair: _mean_std(
+                [t for r in runs if (t := pair_rsum(r["final"].get("retrieval"), pair, None)) is not None]
+            )
+            for pair in pair_names(runs[0]["final"].get("retrieval"))
+        }
         test_mean, test_std = _mean_std(test)
         val_mean, val_std = _mean_std(val)
         best_mean, best_std = _mean_std([t for _, t in best])
@@ -230,6 +266,7 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]
                 "best_val_test_rsum_mean": best_mean,
                 "best_val_test_rsum_std": best_std,
                 "best_val_rounds": [n for n, _ in best],
+                "pairs": {k: {"test_rsum_mean": m, "test_rsum_std": sd} for k, (m, sd) in pair_tests.items()},
                 "site_metrics": {
                     k: dict(zip(("mean", "std"), _mean_std(v), strict=True)) for k, v in site_values.items()
                 },
@@ -276,6 +313,19 @@ def write_comparison(summaries: Sequence[dict[str, Any]], out: Path) -> Path:
         lines.append(
             f"| {r['strategy']} | {len(r['seeds'])} | {test} | {best} | {val} | {r['bytes_per_round_mean'] / 1e6:.2f} | {r['wall_seconds_mean']:.0f} |"
         )
+    pairs = list(dict.fromkeys(p for r in rows for p in r["pairs"]))
+    if len(pairs) > 1:
+        lines += ["", "Test rsum of every modality pair, last round (mean ± sample std over seeds):", ""]
+        lines.append("| strategy | " + " | ".join(pairs) + " |")
+        lines.append("|---|" + "---|" * len(pairs))
+        for r in rows:
+            cells = [
+                "—"
+                if (c := r["pairs"].get(p)) is None or c["test_rsum_mean"] is None
+                else f"{c['test_rsum_mean']:.1f} ± {c['test_rsum_std']:.1f}"
+                for p in pairs
+            ]
+            lines.append(f"| {r['strategy']} | " + " | ".join(cells) + " |")
     site_keys = sorted({k for r in rows for k in r["site_metrics"]})
     if site_keys:
         lines += ["", "Per-site task metrics (mean ± sample std over seeds):", ""]

@@ -57,3 +57,14 @@ def test_prepare_openclipart_writes_manifest_of_real_files(openclipart_root: Pat
 def test_unknown_data_set_is_refused() -> None:
     out = mmfl("data", "prepare", "cifar")
     assert out.returncode == 2 and "unknown data set 'cifar'" in out.stderr
+
+
+def test_runs_on_a_damaged_store_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "runs.sqlite").write_text("not a database at all, just text " * 40)
+    out = mmfl("runs", "list", str(tmp_path))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"mmfl: error: cannot read run store sqlite:///{(tmp_path / 'runs.sqlite').resolve()}: file is not a database"
+    ]
+    out = mmfl("runs", "list", str(tmp_path / "nothing-here"))
+    assert out.returncode == 2 and "does not exist" in out.stderr

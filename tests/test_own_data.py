@@ -33,6 +33,11 @@ def _ok(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
+def _ok_err(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
 def make_files(folder: Path, n: int, audio: bool, seed: int = 0) -> list[dict[str, str]]:
     """``n`` items: a drawn shape (PNG or JPEG), a caption naming it, a recorded tone whose pitch
     follows the colour; the label is the colour. Every caption is distinct."""
@@ -145,18 +150,11 @@ def test_own_manifest_split_simulate_evaluate_embed_export(tmp_path: Path, mmfl_
     ]
     (tmp_path / "spec.toml").write_text(spec_text(prepared, mods, server, site_specs))
     run = tmp_path / "run"
-    out = _ok(
-        mmfl_cli(
-            "simulate",
-            "-c",
-            str(tmp_path / "spec.toml"),
-            "--engine",
-            "inprocess",
-            "--out",
-            str(run),
-            "--no-controls",
-        )
-    )
+    spec = str(tmp_path / "spec.toml")
+    done = mmfl_cli("simulate", "-c", spec, "--engine", "inprocess", "--out", str(run), "--no-controls")
+    out = _ok(done)
+    progress = _ok_err(done)  # no terminal: one plain line per round on stderr
+    assert "cream+ s0: round 1 completed" in progress and "cream+ s0: round 2 completed" in progress
     summary = json.loads((run / "summary.json").read_text())
     assert [s["id"] for s in summary["sites"]] == ["site-1", "site-2", "site-3"]
     held = {s["id"]: s["private_samples"] for s in summary["sites"]}
@@ -166,6 +164,19 @@ def test_own_manifest_split_simulate_evaluate_embed_export(tmp_path: Path, mmfl_
     for pair in pairs:
         assert f"{pair}/rsum" in final  # every modality pair is measured
     assert f"{final['rsum']:.1f}" in out  # the terminal shows the headline number
+    report = (run / "report.md").read_text()
+    for pair in pairs:  # ... and every pair, as does the report
+        assert f"final test retrieval {pair}: " in out and f"Test retrieval, {pair}:" in report
+        assert f"{final[f'{pair}/rsum']:.1f}" in report
+    if audio:
+        assert "| test image-audio rsum | test text-audio rsum |" in report
+
+    listed = json.loads(_ok(mmfl_cli("runs", "list", str(run), "--json")))
+    assert [r["run_id"] for r in listed] == [summary["run_id"]] and listed[0]["rounds"] == 2
+    shown = json.loads(_ok(mmfl_cli("runs", "show", summary["run_id"], str(tmp_path), "--json")))
+    assert [r["test"]["rsum"] for r in shown["rounds"]] == [
+        r["server_metrics"]["test"]["rsum"] for r in summary["rounds"]
+    ]
 
     evaluated = json.loads(_ok(mmfl_cli("evaluate", str(run), str(prepared / "test.jsonl"), "--json")))
     assert evaluated["retrieval"] == final
