@@ -79,7 +79,9 @@ class SiteSpec(StrictModel):
         "None = a share of the data set's private pool",
     )
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    train: TrainConfig | None = None
+    train: TrainConfig | None = Field(
+        None, description="this site's training settings; None = the spec's [train]"
+    )
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     @field_validator("modalities")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mmfl.config import FederationSpec, dump_toml, load_config
+from mmfl.config import FederationSpec, SiteSpec, dump_toml, load_config
 from mmfl.errors import MmflError
 from mmfl.simulation.report import (
     comparison_table,
@@ -291,5 +291,18 @@ def compare(
 
 @app.command("init")
 def init(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt) -> None:
-    """Print a complete federation spec (the defaults, or CONFIG with overrides) as TOML."""
-    print(dump_toml(_spec(config, set_)))
+    """Print a complete federation spec (the defaults, or CONFIG with overrides) as TOML; keys
+    that are unset (TOML has no null) are listed first as comments."""
+    spec = _spec(config, set_)
+    unset = [
+        f"# {name} = ...   unset: {field.description or 'no value'}"
+        for name, field in FederationSpec.model_fields.items()
+        if getattr(spec, name) is None
+    ]
+    site_fields = SiteSpec.model_fields
+    unset += [
+        f"# sites.*.{name} = ...   unset where not given: {field.description or 'no value'}"
+        for name, field in site_fields.items()
+        if any(getattr(site, name) is None for site in spec.sites)
+    ]
+    print("\n".join(unset) + ("\n" if unset else "") + dump_toml(spec))

@@ -200,6 +200,7 @@ def test_cli_simulate_and_init(digits, tmp_path: Path) -> None:
     )
     spec_path.write_text(init.stdout)
     assert load_config(FederationSpec, spec_path) == small_spec()
+    assert "# data_dir = ...   unset: prepared data" in init.stdout  # unset keys are listed too
     out = subprocess.run(
         [
             sys.executable,
