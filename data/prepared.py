@@ -80,7 +80,8 @@ def read_dataset_info(folder: Path) -> DatasetInfo:
         return DatasetInfo.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
         )
         raise MmflError(f"invalid {path}: {problems}") from None
 

@@ -174,3 +174,15 @@ def test_data_split_writes_a_whole_folder_or_nothing(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert read_dataset_info(tmp_path / "again").splits == info.splits
+
+
+def test_a_manifest_or_bare_folder_given_as_data_set_says_how_to_prepare_it(tmp_path: Path) -> None:
+    from mmfl.data.builtin import open_dataset
+
+    (tmp_path / "m.csv").write_text("id,text\n1,hello\n")
+    with pytest.raises(
+        MmflError, match=r"is a manifest, not a prepared data set: split it with `mmfl data split"
+    ):
+        open_dataset(tmp_path / "m.csv")
+    with pytest.raises(MmflError, match="has no dataset.json: make a prepared folder"):
+        open_dataset(tmp_path)

@@ -47,4 +47,16 @@ def open_dataset(name_or_path: str | Path, auto_prepare: bool = True) -> Prepare
         if auto_prepare:
             return prepare(name)
         raise DataSetMissing(f"data set {name!r} is not prepared: run `mmfl data prepare {name}`")
-    raise MmflError(f"{name_or_path!s} is neither a built-in data set nor a prepared folder")
+    if path.is_file() and path.suffix.lower() in (".csv", ".jsonl"):
+        raise MmflError(
+            f"{path} is a manifest, not a prepared data set: split it with "
+            f"`mmfl data split {path} --out FOLDER` and give dataset = FOLDER"
+        )
+    if path.is_dir():
+        raise MmflError(
+            f"{path} has no dataset.json: make a prepared folder with `mmfl data split MANIFEST --out "
+            "FOLDER` or `mmfl data init FOLDER --public P --private Q --val V --test T`"
+        )
+    raise MmflError(
+        f"{name_or_path!s} is neither a built-in data set ({', '.join(BUILTIN)}) nor a prepared folder"
+    )
