@@ -268,6 +268,10 @@ class Site:
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         model.to(self.device)
         settings = instruction.settings.model_copy(update={"regularisers": False})
+        if self.private and settings.proximal_mu > 0:
+            raise ProtocolError(
+                "FedProx's proximal term is not available with DP-SGD; use fedavg-public or fedavgm"
+            )
         if self.private:
             negatives, labels = public_negatives(model, self.data)
             metrics, plan = train_private(
@@ -295,6 +299,7 @@ class Site:
                 self.config.train.task_temperature,
                 rng,
                 self.device,
+                anchor={n: p.detach().clone() for n, p in model.named_parameters()},
             )
             examples = len(self.data.train)
         self._save(model, instruction.run_id, instruction.round)

@@ -95,6 +95,11 @@ def _steps(loss: torch.Tensor | None, optimizer: torch.optim.Optimizer) -> float
     return float(loss.detach())
 
 
+def proximal_term(model: MultiEncoder, anchor: Mapping[str, torch.Tensor], mu: float) -> torch.Tensor:
+    r"""FedProx: :math:`\tfrac{\mu}{2} \sum_p \lVert p - p_{global} \rVert^2` over the trainable parameters."""
+    return 0.5 * mu * torch.stack([((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters()]).sum()
+
+
 def train_round(
     model: MultiEncoder,
     old: MultiEncoder | None,
@@ -105,8 +110,12 @@ def train_round(
     task_temperature: float,
     rng: np.random.Generator,
     device: torch.device,
+    anchor: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place for ``settings.local_epochs``; returns mean losses."""
+    """Train ``model`` in place for ``settings.local_epochs``; returns mean losses. With
+    ``anchor`` (the global weights) and ``settings.proximal_mu > 0`` every private step adds
+    FedProx's proximal term."""
+    prox = anchor is not None and settings.proximal_mu > 0
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     model.train()
     task_losses: list[float] = []
@@ -129,9 +138,11 @@ def train_round(
                     pub_losses += [float(p.detach())] if p is not None else []
             continue
         for b in private_batches:
-            value = _steps(
-                multimodal_task_loss(model, private.subset(b), by_class, task_temperature, device), optimizer
-            )
+            loss = multimodal_task_loss(model, private.subset(b), by_class, task_temperature, device)
+            if prox and loss is not None:
+                assert anchor is not None
+                loss = loss + proximal_term(model, anchor, settings.proximal_mu)
+            value = _steps(loss, optimizer)
             if value is not None:
                 task_losses.append(value)
         if use_public:

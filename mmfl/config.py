@@ -19,7 +19,18 @@ from mmfl.modalities import Modality
 
 SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
 StrategyName = Literal[
-    "cream", "cream+", "mean", "fedavg", "server-only", "local", "centralized", "site-free", "public-teachers"
+    "cream",
+    "cream+",
+    "mean",
+    "fedavg",
+    "fedavg-public",
+    "fedprox",
+    "fedavgm",
+    "server-only",
+    "local",
+    "centralized",
+    "site-free",
+    "public-teachers",
 ]
 
 
@@ -166,6 +177,22 @@ class CreamConfig(StrictModel):
     payload_dtype: Literal["float32", "float16"] = "float32"
 
 
+class FedAvgConfig(StrictModel):
+    """Weight averaging (the ``fedavg`` family). Per round, from the global weights :math:`w`:
+    sites (and, with ``public_participant``, the coordinator on the public set) train local
+    copies :math:`w_k` on :math:`n_k` rows; :math:`\\bar w = \\sum_k n_k w_k / \\sum_k n_k`;
+    :math:`v \\leftarrow \\beta v + (\\bar w - w)`; :math:`w \\leftarrow w + \\eta v` (FedAvgM, as
+    Flower's ``FedAvgM``; :math:`\\beta = 0`, :math:`\\eta = 1` is FedAvg). FedProx adds
+    :math:`\\tfrac{\\mu}{2}\\lVert w_k - w\\rVert^2` to every local step's loss."""
+
+    public_participant: bool = Field(
+        False, description="the coordinator trains on the public set as one more participant"
+    )
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="FedAvgM's beta")
+    server_lr: float = Field(1.0, gt=0, description="FedAvgM's server learning rate eta")
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx's mu (sites without DP only)")
+
+
 class FederationSpec(StrictModel):
     """A whole federation for ``mmfl simulate``: data set, sites, partition, server, strategy."""
 
@@ -182,6 +209,7 @@ class FederationSpec(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     cream: CreamConfig = Field(default_factory=CreamConfig)
+    fedavg: FedAvgConfig = Field(default_factory=FedAvgConfig)
 
     @model_validator(mode="after")
     def _sites_fit_federation(self) -> FederationSpec:

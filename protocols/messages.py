@@ -100,6 +100,7 @@ class TrainSettings(BaseModel):
     regularisers: bool = True
     regulariser_mode: Literal["sequential", "additive"] = "sequential"
     payload_dtype: Literal["float32", "float16"] = "float32"
+    proximal_mu: float = Field(0.0, ge=0, description="FedProx: weight of 0.5 * ||w - w_global||^2")
 
 
 class RepresentInstruction(Message):

@@ -42,6 +42,7 @@ class ServerTrainer:
         self.by_class = by_class
         self.device = device
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.velocity: dict[str, np.ndarray] | None = None  # FedAvgM's server momentum
 
     def train_epoch(self, data: Tensors, rng: np.random.Generator) -> float:
         """One epoch of the task loss over ``data``; returns the mean batch loss."""
@@ -134,8 +135,16 @@ class ServerTrainer:
         return out
 
     def state_dict(self) -> dict[str, object]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state: dict[str, object] = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        if self.velocity is not None:
+            state["velocity"] = {k: torch.from_numpy(v) for k, v in self.velocity.items()}
+        return state
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
         self.model.load_state_dict(state["model"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        velocity = state.get("velocity")
+        self.velocity = None if velocity is None else {k: v.numpy() for k, v in velocity.items()}  # type: ignore[union-attr]

@@ -33,7 +33,7 @@ from mmfl.server.exchange import SiteExchange
 from mmfl.server.model import ServerTrainer
 from mmfl.server.records import RoundRecord
 from mmfl.server.sites import SiteSampler
-from mmfl.strategies.fedavg import weighted_average
+from mmfl.strategies.fedavg import momentum_step, weighted_average
 from mmfl.strategies.methods import Method
 
 Event = Callable[[str, str], None]
@@ -61,6 +61,7 @@ class RoundPipeline:
         self.spec = spec
         self.method = method
         self.cream = cream
+        self.fedavg = method.fedavg(spec.fedavg)
         self.rule = method.rule(cream)
         self.trainer = trainer
         self.data = data
@@ -117,6 +118,7 @@ class RoundPipeline:
             regularisers=self.method.site_work == "represent",
             regulariser_mode=self.cream.regulariser_mode,
             payload_dtype=self.cream.payload_dtype,
+            proximal_mu=self.fedavg.proximal_mu if self.method.site_work == "weights" else 0.0,
         )
 
     def _round_rows(self) -> tuple[list[int], dict[str, list[int]]]:
@@ -200,16 +202,33 @@ class RoundPipeline:
             )
 
     def _weights(self, record: RoundRecord) -> None:
-        """FedAvg: the global weights out, the paired sites' weighted average back in."""
+        """The FedAvg family: the global weights out, the sites' trained copies back; with
+        ``public_participant`` the coordinator trains one more copy on the public set; the
+        weighted average (then FedAvgM's momentum step) becomes the global model."""
         assert self.exchange is not None
-        state = {k: v.detach().cpu().numpy() for k, v in self.trainer.model.state_dict().items()}
+        state = {k: v.detach().cpu().numpy().copy() for k, v in self.trainer.model.state_dict().items()}
         instruction = WeightsInstruction(run_id=self.run_id, round=record.round, settings=self.settings())
         nodes = self.exchange.registry.online(self.exchange.grid)
         record.sites, accepted = self.exchange.weights(nodes, instruction, state)
         if not self._enough(record, max(1, self.spec.server.min_sites)):
             return
         got = [accepted[n] for n in sorted(accepted)]
-        averaged = weighted_average([g.weights for g in got], [g.examples for g in got])
+        weights, examples = [g.weights for g in got], [g.examples for g in got]
+        if self.fedavg.public_participant:
+            losses = [
+                self.trainer.train_epoch(self.data.public, self.rng)
+                for _ in range(self.spec.server.epochs_per_round)
+            ]
+            record.server.train_loss = losses[-1]
+            weights.insert(
+                0, {k: v.detach().cpu().numpy() for k, v in self.trainer.model.state_dict().items()}
+            )
+            examples.insert(0, len(self.data.public))
+        averaged = weighted_average(weights, examples)
+        if self.fedavg.server_momentum > 0 or self.fedavg.server_lr != 1.0:
+            averaged, self.trainer.velocity = momentum_step(
+                state, averaged, self.trainer.velocity, self.fedavg.server_momentum, self.fedavg.server_lr
+            )
         device = self.trainer.device
         self.trainer.model.load_state_dict(
             {k: torch.from_numpy(np.asarray(v)).to(device) for k, v in averaged.items()}

@@ -171,7 +171,7 @@ def simulate(
     strategy: str | None = typer.Option(
         None,
         "--strategy",
-        help="cream | cream+ | mean | fedavg | server-only | local | centralized | site-free | public-teachers",
+        help="cream | cream+ | mean | fedavg | fedavg-public | fedprox | fedavgm | server-only | local | centralized | site-free | public-teachers",
     ),
     engine: str = EngineOpt,
     seed: int | None = typer.Option(None, "--seed"),

@@ -10,6 +10,9 @@ cream            represent        CreamFL ensemble public                  aggre
 cream+           represent        selective ens.   public                  aggregate
 mean             represent        uniform mean     public                  aggregate
 fedavg           weights          weighted average (the average itself)    -
+fedavg-public    weights          weighted average + the public set as a participant  -
+fedprox          weights + prox.  weighted average + the public set as a participant  -
+fedavgm          weights          average + server momentum, public participant       -
 local            train alone      -                -                       -
 server-only      -                -                public                  -
 centralized      -                -                public + sites' rows    -
@@ -31,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from mmfl.config import CreamConfig, FederationSpec, StrategyName
+from mmfl.config import CreamConfig, FedAvgConfig, FederationSpec, StrategyName
 from mmfl.strategies.cream import CreamEnsemble
 from mmfl.strategies.mean import MeanEnsemble
 from mmfl.strategies.rule import EnsembleRule
@@ -60,6 +63,8 @@ class Method:
     """The server's own representations of the round's public rows stand in for the sites'."""
     control_of: str | None = None
     """The federated method this site-free control reproduces without any site's data."""
+    fedavg_defaults: dict[str, Any] = field(default_factory=dict)
+    """Weight-averaging settings this method changes where the spec leaves them at their defaults."""
 
     @property
     def uses_sites(self) -> bool:
@@ -78,6 +83,11 @@ class Method:
     def cream(self, configured: CreamConfig) -> CreamConfig:
         """The CreamFL settings a run uses: this method's defaults fill fields left unset."""
         unset = {k: v for k, v in self.cream_defaults.items() if k not in configured.model_fields_set}
+        return configured.model_copy(update=unset) if unset else configured
+
+    def fedavg(self, configured: FedAvgConfig) -> FedAvgConfig:
+        """The weight-averaging settings a run uses: this method's defaults fill unset fields."""
+        unset = {k: v for k, v in self.fedavg_defaults.items() if k not in configured.model_fields_set}
         return configured.model_copy(update=unset) if unset else configured
 
     def rule(self, cream: CreamConfig) -> EnsembleRule | None:
@@ -125,6 +135,14 @@ METHODS: dict[str, Method] = {
                site_work="represent", ensemble="mean"),
         Method("fedavg", "FedAvg of the paired sites' weights (one shared architecture)",
                site_work="weights", server_data=None),
+        Method("fedavg-public", "FedAvg with the coordinator's public set as one more participant",
+               site_work="weights", server_data=None, fedavg_defaults={"public_participant": True}),
+        Method("fedprox", "FedProx (mu = 0.01) with the public set as one more participant",
+               site_work="weights", server_data=None,
+               fedavg_defaults={"public_participant": True, "proximal_mu": 0.01}),
+        Method("fedavgm", "FedAvgM (server momentum 0.9) with the public set as one more participant",
+               site_work="weights", server_data=None,
+               fedavg_defaults={"public_participant": True, "server_momentum": 0.9}),
         Method("local", "each site trains alone; nothing is exchanged",
                site_work="local", server_data=None),
         Method("server-only", "the server trains on the public set alone; no site"),
