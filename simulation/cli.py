@@ -156,7 +156,13 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                 + ", ".join(f"{k} {v:.1f}" for k, v in shown.items())
             )
     for site, metrics in sorted((final.get("site_metrics") or {}).items()):
-        shown = {k: v for k, v in metrics.items() if k.endswith("accuracy") or k == "retrieval_rsum"}
+        shown = {
+            k: v
+            for k, v in metrics.items()
+            if (k.endswith("accuracy") or k == "retrieval_rsum") and v is not None
+        }
+        if not shown:
+            continue
         Console().print(
             f"site {site}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items() if v is not None)
         )
