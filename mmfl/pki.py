@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -139,7 +140,7 @@ def load_site_public_key(path: Path) -> bytes:
     try:
         data = Path(path).read_bytes().strip()
         key = serialization.load_ssh_public_key(data)
-    except (OSError, ValueError, serialization.UnsupportedAlgorithm) as exc:
+    except (OSError, ValueError, UnsupportedAlgorithm) as exc:
         raise MmflError(f"{path} is not an OpenSSH public key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise MmflError(f"{path}: SuperNode keys must be ECDSA (mmfl client keygen makes them)")

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from mmfl.config import DaemonConfig, FederationSpec, RunPlan, load_config
 from mmfl.data.builtin import open_dataset
@@ -175,7 +176,11 @@ def status_cmd(dir_: Path = DirOpt, as_json: bool = typer.Option(False, "--json"
         }
         for name, s in registered_sites(layout).items()
     ]
-    runs = RunStore.recent(open_store(layout.store()), limit=10)
+    try:
+        runs = RunStore.recent(open_store(layout.store()), limit=10)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise MmflError(f"cannot read the run store {layout.store()}: {reason}") from None
     report["runs"] = [asdict(r) for r in runs]
     if as_json:
         print(json.dumps(report, indent=2, default=str))
