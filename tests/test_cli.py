@@ -68,3 +68,14 @@ def test_runs_on_a_damaged_store_is_one_line(tmp_path: Path) -> None:
     ]
     out = mmfl("runs", "list", str(tmp_path / "nothing-here"))
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_server_status_on_a_damaged_run_store_is_one_line(tmp_path: Path) -> None:
+    folder = tmp_path / "srv"
+    done = mmfl("server", "init", "--dir", str(folder), "--name", "localhost", "--ip", "127.0.0.1")
+    assert done.returncode == 0, done.stderr
+    (folder / "runs.sqlite").write_text("not a database " * 50)
+    out = mmfl("server", "status", "--dir", str(folder))
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("mmfl: error: cannot read the run store") and line.endswith("file is not a database")
