@@ -110,9 +110,17 @@ def register_site(name: str, pubkey: Path, dir_: Path = DirOpt) -> None:
     if name in sites and not sites[name].get("revoked"):
         raise MmflError(f"site {name} is already registered")
     out = flwr(layout, "supernode", "register", str(pubkey), CONNECTION, "--name", name, "--format", "json")
-    if out.returncode != 0:
-        raise MmflError(f"the SuperLink refused the key: {_flwr_error(out)}")
-    node_id = json.loads(out.stdout).get("node-id")
+    verdict = flwr_verdict(out)
+    node_id = verdict.get("node-id")
+    if not verdict.get("success") or node_id is None:
+        reason = verdict.get("error-message") or _flwr_error(out)
+        hint = (
+            " (a key that was registered before, even if revoked, cannot be registered again: "
+            "make a new one with `mmfl client keygen`)"
+            if "already" in reason.lower() or "exist" in reason.lower()
+            else ""
+        )
+        raise MmflError(f"the SuperLink refused the key of {name}: {' '.join(reason.split())}{hint}")
     sites[name] = {
         "public_key": key.decode(),
         "fingerprint": key_fingerprint(key),
@@ -132,12 +140,28 @@ def revoke_site(name: str, dir_: Path = DirOpt) -> None:
     if name not in sites or sites[name].get("revoked"):
         raise MmflError(f"no registered site {name}")
     out = flwr(layout, "supernode", "unregister", str(sites[name]["node_id"]), CONNECTION, "--format", "json")
-    if out.returncode != 0:
-        raise MmflError(f"the SuperLink refused: {_flwr_error(out)}")
+    verdict = flwr_verdict(out)
+    if not verdict.get("success"):
+        reason = verdict.get("error-message") or _flwr_error(out)
+        raise MmflError(f"the SuperLink refused to revoke {name}: {' '.join(reason.split())}")
     sites[name]["revoked"] = True
     sites[name]["revoked_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     atomic_write_text(layout.sites_file, json.dumps(sites, indent=2))
     console.print(f"revoked {name}")
+
+
+def flwr_verdict(out) -> dict:  # noqa: ANN001 - a CompletedProcess of `flwr ... --format json`
+    """What a ``flwr ... --format json`` command said: its JSON object (``success``,
+    ``error-message``, ...). flwr exits 0 with ``"success": false`` when the SuperLink refuses,
+    so the exit code alone is not the answer."""
+    for text in (out.stdout, out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(data, dict):
+            return data if out.returncode == 0 else {**data, "success": False}
+    return {"success": False, "error-message": _flwr_error(out)}
 
 
 def _flwr_error(out) -> str:  # noqa: ANN001

@@ -78,4 +78,6 @@ def test_server_status_on_a_damaged_run_store_is_one_line(tmp_path: Path) -> Non
     out = mmfl("server", "status", "--dir", str(folder))
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("mmfl: error: cannot read the run store") and line.endswith("file is not a database")
+    assert line.startswith("mmfl: error: cannot read the run store") and line.endswith(
+        "file is not a database"
+    )

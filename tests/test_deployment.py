@@ -121,6 +121,25 @@ def test_an_unregistered_key_is_refused(federation: Federation) -> None:
     assert "Failed to activate SuperNode" in log.read_text()
 
 
+def test_register_site_reports_the_superlinks_refusal(federation: Federation) -> None:
+    """F1: flwr exits 0 with "success": false when the SuperLink refuses a key; mmfl must say
+    so, record nothing, and explain that a revoked key cannot come back."""
+    keys, server = federation.root / "keys", str(federation.server)
+    mmfl("client", "keygen", "--out", str(keys), "--name", "spare")
+    mmfl("server", "register-site", "spare", str(keys / "spare.pub"), "--dir", server)
+    sites_file = federation.server / "sites.json"
+    before = json.loads(sites_file.read_text())
+    again = mmfl("server", "register-site", "spare-2", str(keys / "spare.pub"), "--dir", server, check=False)
+    assert again.returncode == 2
+    (line,) = again.stderr.strip().splitlines()
+    assert line.startswith("mmfl: error: the SuperLink refused the key of spare-2:")
+    assert json.loads(sites_file.read_text()) == before  # no phantom site recorded
+    mmfl("server", "revoke-site", "spare", "--dir", server)
+    back = mmfl("server", "register-site", "spare", str(keys / "spare.pub"), "--dir", server, check=False)
+    assert back.returncode == 2 and "mmfl client keygen" in back.stderr
+    assert json.loads(sites_file.read_text())["spare"]["revoked"] is True
+
+
 def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> None:
     run_id = federation.submit(4)
     federation.runs["reference"] = run_id
