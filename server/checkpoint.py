@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from mmfl.errors import MmflError
 from mmfl.files import atomic_write_bytes
 
 
@@ -24,5 +25,14 @@ def save_checkpoint(directory: Path, round_: int, state: dict[str, Any], keep: i
     return path, hashlib.sha256(data).hexdigest()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """A checkpoint's state, loaded with ``weights_only=True`` (tensors and plain containers,
+    never arbitrary objects). With ``expected_sha256`` (the run store's record) a file whose
+    hash differs is refused: it was altered or truncated after it was written."""
+    data = Path(path).read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise MmflError(f"checkpoint {path} does not match the SHA-256 the run store recorded for it")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise MmflError(f"checkpoint {path} cannot be read: {str(exc).splitlines()[0][:200]}") from None

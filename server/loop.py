@@ -241,7 +241,8 @@ class FederatedRun:
         if not checkpoints:
             self._event("resume", "no checkpoint to resume from; starting at round 1")
             return 0
-        state = load_checkpoint(checkpoints[-1])
+        newest = checkpoints[-1]
+        state = load_checkpoint(newest, self.store.checkpoint_digest(int(newest.stem.split("-")[1])))
         pipeline.trainer.load_state_dict(state["trainer"])
         self.rng.bit_generator.state = state["rng"]
         torch.random.set_rng_state(state["torch_rng"])

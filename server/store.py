@@ -260,6 +260,16 @@ class RunStore:
         with Session(self.engine) as s, s.begin():
             s.add(CheckpointRow(run_id=self.run_id, round=round_, path=path, sha256=sha256))
 
+    def checkpoint_digest(self, round_: int) -> str | None:
+        """The SHA-256 recorded for this run's checkpoint of ``round_`` (the newest record)."""
+        with Session(self.engine) as s:
+            row = s.scalars(
+                select(CheckpointRow)
+                .where(CheckpointRow.run_id == self.run_id, CheckpointRow.round == round_)
+                .order_by(CheckpointRow.id.desc())
+            ).first()
+            return None if row is None else row.sha256
+
     def event(self, kind: str, message: str) -> None:
         with Session(self.engine) as s, s.begin():
             s.add(EventRow(run_id=self.run_id, kind=kind, message=message))
