@@ -46,7 +46,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from teachers import teacher_retrieval  # noqa: E402
 
-SPECS = {name: HERE / "specs" / f"{name}.toml" for name in ("digits", "openclipart", "openclipart-paired")}
+SPECS = {
+    name: HERE / "specs" / f"{name}.toml"
+    for name in ("digits", "openclipart", "openclipart-paired", "openclipart-paired-same")
+}
 STRATEGIES = [
     "server-only",
     "site-free",
@@ -54,6 +57,9 @@ STRATEGIES = [
     "local",
     "mean",
     "fedavg",
+    "fedavg-public",
+    "fedprox",
+    "fedavgm",
     "cream",
     "cream+",
     "centralized",
