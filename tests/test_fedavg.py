@@ -103,13 +103,15 @@ def test_fedavg_family_runs_and_fedavgm_checkpoints_its_velocity(digits, tmp_pat
     from mmfl.simulation.engines import run_inprocess
     from mmfl.simulation.plan import build_plan
 
-    plain = run_inprocess(build_plan(small_spec('strategy="fedavg"'), tmp_path / "plain"))
-    public = run_inprocess(build_plan(small_spec('strategy="fedavg-public"'), tmp_path / "public"))
+    plain = run_inprocess(build_plan(small_spec('strategy="fedavg"', "rounds=1"), tmp_path / "plain"))
+    public = run_inprocess(
+        build_plan(small_spec('strategy="fedavg-public"', "rounds=1"), tmp_path / "public")
+    )
     for r in public["rounds"]:  # the coordinator took part: it trained on the public set
         assert r["status"] == "completed" and r["server_metrics"]["train_loss"] is not None
     assert all(r["server_metrics"].get("train_loss") is None for r in plain["rounds"])
     assert public["final"]["retrieval"]["rsum"] != plain["final"]["retrieval"]["rsum"]
-    run_inprocess(build_plan(small_spec('strategy="fedavgm"'), tmp_path / "m"))
+    run_inprocess(build_plan(small_spec('strategy="fedavgm"', "rounds=1"), tmp_path / "m"))
     state = torch.load(sorted((tmp_path / "m" / "checkpoints").glob("round-*.pt"))[-1], weights_only=False)
     velocity = state["trainer"]["velocity"]
     assert set(velocity) == {k for k, v in state["trainer"]["model"].items() if v.is_floating_point()}
