@@ -35,7 +35,7 @@ from mmfl.inference.card import (
     SitePrivacyCard,
 )
 from mmfl.models.encoders import architecture, featurizers_for
-from mmfl.models.metrics import accuracy, retrieval_metrics
+from mmfl.models.metrics import accuracy, pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.paths import feature_cache_root
 
@@ -110,17 +110,9 @@ class TrainedModel:
         first pair also unprefixed), and each class head's accuracy over labeled rows."""
         data = self.tensors(manifest.samples, progress=True)
         by_class = self.card.pairing == "class"
-        retrieval: dict[str, float] = {}
-        for i, (a, b) in enumerate(self.pairs):
-            rows = data.complete_rows([a, b])
-            if len(rows) < 2:
-                continue
-            za = self.encode(a, data.inputs[a][rows])
-            zb = self.encode(b, data.inputs[b][rows])
-            metrics = retrieval_metrics(za, zb, data.labels[rows], by_class, (a, b))
-            if i == 0:
-                retrieval.update(metrics)
-            retrieval.update({f"{a}-{b}/{k}": v for k, v in metrics.items()})
+        retrieval = pairwise_retrieval(
+            self.encode, data.inputs, data.present, data.labels, self.pairs, by_class
+        )
         result: dict[str, Any] = {"rows": len(manifest), "retrieval": retrieval, "accuracy": {}}
         labeled = [s.label for s in manifest.samples if s.label is not None]
         unknown = sorted({lab for lab in labeled if lab not in set(self.card.classes)})
@@ -154,7 +146,7 @@ def load(path: str | Path) -> TrainedModel:
 
 def _load_export(folder: Path) -> TrainedModel:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     try:
         card = ModelCard.model_validate_json((folder / CARD_FILE).read_text(encoding="utf-8"))
@@ -168,11 +160,11 @@ def _load_export(folder: Path) -> TrainedModel:
     weights = folder / WEIGHTS_FILE
     if not weights.exists():
         raise MmflError(f"export {folder} has no {WEIGHTS_FILE}")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if digest != card.weights_sha256:
+    blob = weights.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != card.weights_sha256:
         raise MmflError(f"{weights} does not match the card's weights_sha256 (altered or truncated)")
     try:
-        state = load_file(weights)
+        state = load(blob)
     except SafetensorError as exc:
         raise MmflError(f"unreadable {weights}: {exc}") from None
     return TrainedModel(card, state)

@@ -12,6 +12,8 @@ items, ``map`` (the mean of both directions, in percent), which keeps separating
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+
 import torch
 
 KS = (1, 5, 10)
@@ -96,3 +98,27 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if not mask.any():
         return float("nan")
     return 100.0 * float((logits[mask].argmax(1) == labels[mask]).float().mean())
+
+
+def pairwise_retrieval(
+    encode: Callable[[str, torch.Tensor], torch.Tensor],
+    inputs: Mapping[str, torch.Tensor],
+    present: Mapping[str, torch.Tensor],
+    labels: torch.Tensor,
+    pairs: Sequence[tuple[str, str]],
+    by_class: bool,
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` for each modality pair over the rows holding both, keyed
+    ``a-b/<metric>``; the first pair's also appear unprefixed (``rsum``, ...)."""
+    out: dict[str, float] = {}
+    for i, (a, b) in enumerate(pairs):
+        rows = torch.nonzero(present[a] & present[b]).flatten()
+        if len(rows) < 2:
+            continue
+        metrics = retrieval_metrics(
+            encode(a, inputs[a][rows]), encode(b, inputs[b][rows]), labels[rows], by_class, (a, b)
+        )
+        if i == 0:
+            out.update(metrics)
+        out.update({f"{a}-{b}/{k}": v for k, v in metrics.items()})
+    return out

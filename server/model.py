@@ -21,7 +21,7 @@ import torch
 from mmfl.config import CreamConfig, ServerConfig
 from mmfl.data.tensors import Tensors
 from mmfl.models.losses import distill_contrastive, distill_mse, multimodal_task_loss
-from mmfl.models.metrics import retrieval_metrics
+from mmfl.models.metrics import pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder, batches
 
 
@@ -119,20 +119,9 @@ class ServerTrainer:
 
     @torch.no_grad()
     def retrieval(self, data: Tensors, pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
-        """Retrieval metrics for each modality pair over rows holding both; the first pair's
-        also appear unprefixed (``rsum``, ``image2text_r1``, ...)."""
-        out: dict[str, float] = {}
-        for i, (a, b) in enumerate(pairs):
-            rows = data.complete_rows([a, b])
-            if len(rows) < 2:
-                continue
-            za = self.model.encode(a, data.inputs[a][rows], self.config.eval_batch_size)
-            zb = self.model.encode(b, data.inputs[b][rows], self.config.eval_batch_size)
-            metrics = retrieval_metrics(za, zb, data.labels[rows], self.by_class, (a, b))
-            if i == 0:
-                out.update(metrics)
-            out.update({f"{a}-{b}/{k}": v for k, v in metrics.items()})
-        return out
+        """Retrieval metrics for each modality pair (:func:`~mmfl.models.metrics.pairwise_retrieval`)."""
+        encode = lambda m, x: self.model.encode(m, x, self.config.eval_batch_size)  # noqa: E731
+        return pairwise_retrieval(encode, data.inputs, data.present, data.labels, pairs, self.by_class)
 
     def state_dict(self) -> dict[str, object]:
         state: dict[str, object] = {
