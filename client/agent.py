@@ -2,12 +2,17 @@
 ``flower-supernode`` and reconnects with back-off when the coordinator is away.
 
 The state folder holds ``site.toml`` (the site's configuration, which the ClientApp reads via
-the SuperNode's node config), the models, the privacy ledger, the audit log, ``agent.log`` and
-``agent.pid``.
+the SuperNode's node config), the models, the privacy ledger, the audit log, ``agent.log``,
+``agent.pid`` and ``supernode.pid``.
+
+A SuperNode never outlives its agent: the kernel sends it SIGTERM when the agent dies, even by
+SIGKILL (``PR_SET_PDEATHSIG``), and a new agent or ``mmfl client stop`` ends one that a crash
+left behind anyway (found by ``supernode.pid`` and its command line naming this site).
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -38,8 +43,8 @@ def validate_inputs(config: SiteConfig) -> str:
     """Load both manifests (every row checked) and the public set's description; returns a
     one-line account. Raises MmflError naming what is wrong."""
     info = read_dataset_info(config.public_manifest.parent)
-    public = load_manifest(config.public_manifest, info.modalities)
-    private = load_manifest(config.manifest, info.modalities)
+    public = load_manifest(config.public_manifest, info.modalities, root=config.public_folder)
+    private = load_manifest(config.manifest, info.modalities, root=config.data_folder)
     missing = [m for m in config.site.modalities if private.count(m) == 0]
     if missing:
         raise MmflError(f"the site declares modality {missing[0]!r} but {config.manifest} holds none")
@@ -53,6 +58,46 @@ def validate_inputs(config: SiteConfig) -> str:
         f"{len(private)} private samples ({', '.join(f'{m} {private.count(m)}' for m in config.site.modalities)}), "
         f"public set {public.fingerprint()[:16]} ({len(public)} rows)"
     )
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent (the agent) dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def supernode_of(state: Path) -> int | None:
+    """The pid of a live SuperNode started for ``state`` (its process group), or None."""
+    try:
+        pid = int((state / "supernode.pid").read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    mine = any(b"flower-supernode" in part for part in cmdline) and any(
+        str(state / "site.toml").encode() in part for part in cmdline
+    )
+    return pid if mine else None
+
+
+def stop_process_group(pid: int, timeout: float = 15) -> None:
+    """SIGTERM the group led by ``pid``, then SIGKILL what is left after ``timeout`` seconds."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def free_port() -> int:
@@ -96,6 +141,11 @@ class Agent:
 
     def run(self) -> None:
         atomic_write_text(self.state / "agent.pid", f"{os.getpid()}\n")
+        orphan = supernode_of(self.state)
+        if orphan is not None:
+            # Its key would hold the node: the new SuperNode could never activate.
+            self.log.warning("stopping SuperNode pid %d left running by an earlier agent", orphan)
+            stop_process_group(orphan)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         backoff = 1.0
@@ -126,7 +176,9 @@ class Agent:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
+        atomic_write_text(self.state / "supernode.pid", f"{self.proc.pid}\n")
         self.log.info("flower-supernode pid %d connecting to %s", self.proc.pid, self.server)
         while not self._stopping:
             code = self.proc.poll()
@@ -158,6 +210,7 @@ class Agent:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        (self.state / "supernode.pid").unlink(missing_ok=True)
 
 
 def write_site_config(config: SiteConfig) -> Path:

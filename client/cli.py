@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmfl.client import audit
-from mmfl.client.agent import Agent, validate_inputs, write_site_config
+from mmfl.client.agent import Agent, stop_process_group, supernode_of, validate_inputs, write_site_config
 from mmfl.client.budget import PrivacyBudget
 from mmfl.client.ledger import LedgerError, PrivacyLedger
 from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
@@ -122,6 +122,12 @@ def start_cmd(
     data: Path = typer.Option(..., "--data", help="this site's manifest (CSV or JSONL)"),
     public: Path = typer.Option(..., "--public", help="the public set's manifest (dataset.json beside it)"),
     state: Path = typer.Option(..., "--state", help="the site's state folder (models, ledger, audit log)"),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="this site's files must lie below it (default: the manifest's folder)"
+    ),
+    public_root: Path | None = typer.Option(
+        None, "--public-root", help="public-set files must lie below it (default: its manifest's folder)"
+    ),
     ca: Path = typer.Option(..., "--ca", help="the federation CA certificate"),
     key: Path = typer.Option(..., "--key", help="this site's private key (mmfl client keygen)"),
     config: Path | None = typer.Option(None, "--config", help="site settings (TOML: site, train, ...)"),
@@ -143,6 +149,9 @@ def start_cmd(
         "public_manifest": str(public.resolve()),
         "state_dir": str(state.resolve()),
     }
+    for key_name, root in (("data_root", data_root), ("public_root", public_root)):
+        if root is not None:
+            base[key_name] = str(root.resolve())
     overrides: list[str] = []
     if config is None:
         from mmfl.data.manifest import load_manifest
@@ -223,7 +232,12 @@ def stop_cmd(state: Path = typer.Option(..., "--state")) -> None:
     """Stop the site agent (and its SuperNode)."""
     pid = _agent_pid(state)
     if pid is None:
-        raise MmflError(f"no agent runs for {state}")
+        orphan = supernode_of(state)
+        if orphan is None:
+            raise MmflError(f"no agent runs for {state}")
+        stop_process_group(orphan)
+        console.print(f"no agent ran; stopped the SuperNode (pid {orphan}) it left behind")
+        return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
     while _agent_pid(state) == pid and time.monotonic() < deadline:

@@ -39,11 +39,18 @@ class SiteData:
     # file still stops the site. Skipping the image decode keeps each ClientApp process fast.
     @cached_property
     def public_manifest(self) -> Manifest:
-        return load_manifest(self.config.public_manifest, self.info.modalities, check_files=False)
+        return load_manifest(
+            self.config.public_manifest,
+            self.info.modalities,
+            check_files=False,
+            root=self.config.public_folder,
+        )
 
     @cached_property
     def private_manifest(self) -> Manifest:
-        return load_manifest(self.config.manifest, self.info.modalities, check_files=False)
+        return load_manifest(
+            self.config.manifest, self.info.modalities, check_files=False, root=self.config.data_folder
+        )
 
     @cached_property
     def featurizers(self):  # noqa: ANN201

@@ -119,7 +119,12 @@ def _check_image(path: Path) -> str | None:
 
 
 def _validate_row(
-    lineno: int, raw: dict[str, object], base: Path, allowed: Sequence[str], check_files: bool
+    lineno: int,
+    raw: dict[str, object],
+    base: Path,
+    allowed: Sequence[str],
+    check_files: bool,
+    root: Path | None = None,
 ) -> tuple[Sample | None, list[str]]:
     problems: list[str] = []
     values: dict[str, str] = {}
@@ -146,6 +151,9 @@ def _validate_row(
         file_path = Path(cell)
         if not file_path.is_absolute():
             file_path = base / file_path
+        if root is not None and not file_path.resolve().is_relative_to(root):
+            problems.append(f"{key} file {cell} lies outside {root} (symlinks followed)")
+            continue
         if check_files:
             problem = _check_image(file_path) if key == "image" else check_audio_file(file_path)
             if problem:
@@ -171,17 +179,21 @@ def load_manifest(
     modalities: Sequence[str] | None = None,
     require_label: bool = False,
     check_files: bool = True,
+    root: Path | None = None,
 ) -> Manifest:
     """Validate every row of ``path`` and return the manifest, or raise naming the bad rows.
 
     ``modalities`` restricts the allowed modality columns (default: all known modalities).
-    ``require_label`` refuses rows without a label.
+    ``require_label`` refuses rows without a label. With ``root``, a file that resolves
+    (``..`` and symlinks followed) outside that folder is a bad row: a site confines the public
+    set, which a coordinator chose, to its folder, so that it never encodes a private file.
     """
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"manifest {path} does not exist")
     allowed = tuple(modalities) if modalities else MODALITIES
     base = path.resolve().parent
+    root = root.resolve() if root is not None else None
     raw_rows = _read_rows(path)
     if not raw_rows:
         raise ManifestError(f"manifest {path} has no rows")
@@ -189,7 +201,7 @@ def load_manifest(
     errors: list[str] = []
     seen: dict[str, int] = {}
     for lineno, raw in raw_rows:
-        sample, problems = _validate_row(lineno, raw, base, allowed, check_files)
+        sample, problems = _validate_row(lineno, raw, base, allowed, check_files, root)
         if sample is not None:
             if require_label and sample.label is None:
                 problems = [f"line {lineno} (id {sample.id}): missing label"]

@@ -67,6 +67,12 @@ def main() -> None:
     except MmflError as err:
         print(f"mmfl: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:
+        if err.filename is None:
+            raise
+        # A file mmfl may not read or write (a read-only ledger, a full disk): name it, no trace.
+        print(f"mmfl: error: {err.strerror or type(err).__name__}: {err.filename}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
         print("mmfl: interrupted", file=sys.stderr)
         sys.exit(130)

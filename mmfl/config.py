@@ -8,6 +8,7 @@ problem becomes a one-line :class:`~mmfl.errors.ConfigError` that names the key.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -277,8 +278,25 @@ class DaemonConfig(StrictModel):
     max_body_size: str = Field(
         "64m", pattern=r"^\d+[kKmM]?$", description="nginx client_max_body_size for uploads"
     )
-    nginx_extra: str = Field("", description="directives added to nginx's public server block")
+    nginx_extra: str = Field(
+        "",
+        description="directives added to nginx's public server block (no location, proxy_pass, "
+        "include or Control/Runtime path: those could expose more than the Fleet API)",
+    )
     restart_delay: float = Field(2.0, gt=0, description="seconds before restarting a dead SuperLink")
+
+    @field_validator("nginx_extra")
+    @classmethod
+    def _fleet_only(cls, value: str) -> str:
+        # Plain tokens, comments dropped: a location, proxy or include pasted here would route
+        # more of the SuperLink than the Fleet API to the public address.
+        code = re.sub(r"#[^\n]*", "", value)
+        for word in ("location", "proxy_pass", "grpc_pass", "include", "rewrite"):
+            if re.search(rf"(^|[\s;{{}}]){word}\b", code):
+                raise ValueError(f"nginx_extra may not use {word!r}: only the Fleet API is public")
+        if re.search(r"/v1/(control|runtime)|/flwr\.proto\.(Control|Runtime|ServerAppIo)", code):
+            raise ValueError("nginx_extra may not name the Control or Runtime API")
+        return value
 
 
 class AdaptConfig(StrictModel):
@@ -308,11 +326,27 @@ class SiteConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     manifest: Path
     public_manifest: Path = Field(description="the public set; its folder holds dataset.json")
+    public_root: Path | None = Field(
+        None, description="public-set files must lie below it; default: the public manifest's folder"
+    )
+    data_root: Path | None = Field(
+        None, description="the site's own files must lie below it; default: the manifest's folder"
+    )
     state_dir: Path
     embed_dim: int = Field(256, ge=2)
     seed: int = 0
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="private rows kept for evaluation")
     threads: int | None = Field(None, ge=1, description="torch threads while training")
+
+    @property
+    def public_folder(self) -> Path:
+        """The one folder the public set may read from (the coordinator chose its manifest)."""
+        return (self.public_root or self.public_manifest.parent).resolve()
+
+    @property
+    def data_folder(self) -> Path:
+        """The one folder the site's own manifest may read from."""
+        return (self.data_root or self.manifest.parent).resolve()
 
 
 def default_digits_sites() -> list[SiteSpec]:

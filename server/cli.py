@@ -12,7 +12,6 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.exc import SQLAlchemyError
 
 from mmfl.config import DaemonConfig, FederationSpec, RunPlan, load_config
 from mmfl.data.builtin import open_dataset
@@ -31,7 +30,8 @@ from mmfl.server.daemon import (
     start_detached,
     stop_daemon,
 )
-from mmfl.server.store import RunStore, open_store
+from mmfl.server.runs_cli import read_store
+from mmfl.server.store import RunStore
 from mmfl.strategies.methods import method_of
 
 app = typer.Typer(help="The coordinator daemon and its runs (operators).", no_args_is_help=True)
@@ -200,11 +200,7 @@ def status_cmd(dir_: Path = DirOpt, as_json: bool = typer.Option(False, "--json"
         }
         for name, s in registered_sites(layout).items()
     ]
-    try:
-        runs = RunStore.recent(open_store(layout.store()), limit=10)
-    except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        raise MmflError(f"cannot read the run store {layout.store()}: {reason}") from None
+    runs = read_store(layout.store(), lambda engine: RunStore.recent(engine, limit=10))
     report["runs"] = [asdict(r) for r in runs]
     if as_json:
         print(json.dumps(report, indent=2, default=str))
@@ -268,6 +264,8 @@ def run_submit(
 ) -> None:
     """Start a run on the connected sites; prints the run id."""
     layout = ServerLayout(dir_.resolve())
+    # The run writes to the store from its first round: a damaged one fails here, not in the run.
+    read_store(layout.store(), lambda engine: RunStore.recent(engine, limit=1))
     if daemon_pid(layout) is None:
         raise MmflError("the daemon is not running (mmfl server start)")
     spec = load_config(FederationSpec, config, set_)

@@ -133,6 +133,31 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def check_port_free(port: int, host: str, setting: str) -> None:
+    """Raise unless ``host:port`` can be bound: a readiness probe alone would be answered by
+    whatever else listens there (another federation's SuperLink or nginx)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT, not listeners
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise MmflError(
+                f"{setting} {host}:{port} is already in use by another process ({exc.strerror}); "
+                f"stop it or choose another {setting} in server.toml"
+            ) from None
+
+
+def last_line(path: Path, marker: str = "") -> str:
+    """The last line of a log holding ``marker`` (or the last line), for one-line errors."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no output)"
+    chosen = [ln for ln in lines if marker in ln] if marker else lines
+    return (chosen or lines or ["(no output)"])[-1].strip()
+
+
 def daemon_pid(layout: ServerLayout) -> int | None:
     """The running daemon's pid, or None (a stale pid file is ignored)."""
     try:
@@ -213,14 +238,19 @@ class Supervisor:
         return conf
 
     def _start_superlink(self) -> None:
-        out = (self.layout.logs / "superlink.stdout").open("ab")
+        check_port_free(self.config.superlink_port, "127.0.0.1", "superlink_port")
+        stdout = self.layout.logs / "superlink.stdout"
         self.superlink = subprocess.Popen(
-            self._superlink_cmd(), env=flower_env(self.layout.flwr_home), stdout=out, stderr=subprocess.STDOUT
+            self._superlink_cmd(),
+            env=flower_env(self.layout.flwr_home),
+            stdout=stdout.open("ab"),
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while not port_open(self.config.superlink_port):
             if self.superlink.poll() is not None or time.monotonic() > deadline:
-                raise MmflError(f"flower-superlink did not start; see {self.layout.logs / 'superlink.log'}")
+                # Start-up errors go to stdout, not to the --log-file.
+                raise MmflError(f"flower-superlink did not start: {last_line(stdout)} (see {stdout})")
             time.sleep(0.2)
         self.log.info("SuperLink pid %d on 127.0.0.1:%d", self.superlink.pid, self.config.superlink_port)
 
@@ -238,12 +268,15 @@ class Supervisor:
     def _check_proxy_conf(self, conf: Path) -> None:
         check = subprocess.run([*self._proxy_cmd(conf), "-t"], capture_output=True, text=True)
         if check.returncode != 0:
-            raise MmflError(f"nginx refused its configuration: {check.stderr.strip().splitlines()[-1:]}")
+            lines = check.stderr.strip().splitlines() or ["(no output)"]
+            failing = [ln for ln in lines if "[emerg]" in ln] or lines
+            raise MmflError(f"nginx refused its configuration: {failing[0]}")
 
     def _start_proxy(self) -> None:
         conf = self._nginx_conf()
         cmd = [*self._proxy_cmd(conf), "-g", "daemon off;"]
         self._check_proxy_conf(conf)
+        check_port_free(self.config.public_port, self.config.public_host, "public_port")
         self.proxy = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=(self.layout.logs / "nginx-error.log").open("ab")
         )
@@ -251,7 +284,8 @@ class Supervisor:
         host = "127.0.0.1" if self.config.public_host in ("0.0.0.0", "::") else self.config.public_host
         while not port_open(self.config.public_port, host):
             if self.proxy.poll() is not None or time.monotonic() > deadline:
-                raise MmflError(f"nginx did not start; see {self.layout.logs / 'nginx-error.log'}")
+                log = self.layout.logs / "nginx-error.log"
+                raise MmflError(f"nginx did not start: {last_line(log, '[emerg]')} (see {log})")
             time.sleep(0.1)
         self.log.info(
             "nginx pid %d on %s:%d (Fleet API only)",
@@ -340,6 +374,9 @@ def start_detached(layout: ServerLayout, timeout: float = 90) -> int:
     if daemon_pid(layout):
         raise MmflError(f"a daemon already runs for {layout.root} (pid {daemon_pid(layout)})")
     layout.logs.mkdir(parents=True, exist_ok=True)
+    check_port_free(config.superlink_port, "127.0.0.1", "superlink_port")
+    if config.manage_proxy:
+        check_port_free(config.public_port, config.public_host, "public_port")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mmfl.cli", "server", "start", "--dir", str(layout.root), "--foreground"],
         stdout=(layout.logs / "daemon.log").open("ab"),
@@ -352,7 +389,7 @@ def start_detached(layout: ServerLayout, timeout: float = 90) -> int:
     host = "127.0.0.1" if config.public_host in ("0.0.0.0", "::") else config.public_host
     while not (port_open(config.public_port, host) and port_open(config.superlink_port)):
         if proc.poll() is not None:
-            tail = (layout.logs / "daemon.log").read_text(errors="replace").strip().splitlines()[-1:]
+            tail = last_line(layout.logs / "daemon.log").removeprefix("mmfl: error: ")
             raise MmflError(f"the daemon exited during start-up: {tail}")
         if time.monotonic() > deadline:
             raise MmflError(f"the daemon did not come up within {timeout:.0f} s; see {layout.logs}")

@@ -50,7 +50,7 @@ def stores_of(source: str | None) -> list[str]:
     return [f"sqlite:///{p}" for p in found]
 
 
-def _read(url: str, fn):  # noqa: ANN001, ANN202
+def read_store(url: str, fn):  # noqa: ANN001, ANN202
     """``fn(engine)`` on the store at ``url``; a damaged or unreachable store is one line."""
     try:
         return fn(open_store(url))
@@ -69,7 +69,7 @@ def list_cmd(
     """Every run of the store(s): status, rounds, last round's test rsum, ε per site."""
     rows: list[dict[str, Any]] = []
     for url in stores_of(source):
-        for r in _read(url, lambda engine: RunStore.recent(engine, limit)):
+        for r in read_store(url, lambda engine: RunStore.recent(engine, limit)):
             last = r.last_round
             rows.append(
                 {
@@ -150,7 +150,7 @@ def show_cmd(
 ) -> None:
     """One run round by round: status, test rsum of every modality pair, bytes, sites, events."""
     for url in stores_of(source):
-        details = _read(url, lambda engine: _details(engine, run_id))
+        details = read_store(url, lambda engine: _details(engine, run_id))
         if details is not None:
             break
     else:

@@ -4,6 +4,7 @@ manifest and configuration, and the plan the ServerApp reads."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from mmfl.data.builtin import open_dataset
 from mmfl.data.manifest import load_manifest, write_manifest
 from mmfl.data.partition import drop_modalities, partition_dirichlet, partition_iid
 from mmfl.data.prepared import PreparedDataset, check_labels
-from mmfl.data.sample import Sample
+from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.server.store import store_url
@@ -53,6 +54,15 @@ def public_copies(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample
         ]
         out.append(rows)
     return out
+
+
+def folder_holding(samples: list[Sample], fallback: Path) -> Path:
+    """The deepest folder holding every file the samples name (symlinks resolved): a simulated
+    site's explicit data root, since here one researcher is coordinator and site alike."""
+    folders = {
+        str(Path(v).resolve().parent) for s in samples for m, v in s.values.items() if m in FILE_MODALITIES
+    }
+    return Path(os.path.commonpath(sorted(folders))) if folders else fallback
 
 
 def partition_sites(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample]]:
@@ -114,6 +124,7 @@ def build_plan(
     method = method_of(spec.strategy)
     site_configs: list[SiteConfig] = []
     if method.needs_site_data and spec.sites:
+        public_root = folder_holding(ds.manifest("public").samples, ds.root)
         taking_part = method.site_architectures(spec)
         held = public_copies(spec, ds) if method.site_data == "public" else partition_sites(spec, ds)
         for site, rows in zip(spec.sites, held, strict=True):
@@ -128,6 +139,8 @@ def build_plan(
                     train=spec.train_for(site),
                     manifest=manifest,
                     public_manifest=ds.root / "public.jsonl",
+                    public_root=public_root,
+                    data_root=folder_holding(rows, folder),
                     state_dir=folder / "state",
                     embed_dim=spec.embed_dim,
                     seed=spec.seed,

@@ -129,6 +129,8 @@ def start_federation(root: Path, sites: dict[str, list[str]]) -> Iterator[Federa
             str(root / "partition" / "sites" / site / "data.jsonl"),
             "--public",
             str(public),
+            "--data-root",
+            str(public.parent),
             "--state",
             str(root / f"state-{site}"),
             "--ca",

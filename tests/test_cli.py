@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,105 @@ def test_server_status_on_a_damaged_run_store_is_one_line(tmp_path: Path) -> Non
     out = mmfl("server", "status", "--dir", str(folder))
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("mmfl: error: cannot read the run store") and line.endswith(
-        "file is not a database"
+    assert line.startswith("mmfl: error: cannot read run store") and line.endswith("file is not a database")
+    # F7: a run submitted onto it is refused up front (it used to print a run id and die later).
+    spec = tmp_path / "run.toml"
+    spec.write_text('name = "x"\nrounds = 1\n')
+    out = mmfl("server", "run", "submit", str(spec), "--dir", str(folder))
+    assert out.returncode == 2 and out.stdout == ""
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith("mmfl: error: cannot read run store") and not any((folder / "runs").iterdir())
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+def test_a_read_only_ledger_is_one_line_and_unchanged(tmp_path: Path) -> None:
+    """F7: an operator action on a ledger mmfl may not write names the file (was a Python repr)."""
+    from mmfl.client.budget import PrivacyBudget
+    from mmfl.config import PrivacyConfig
+
+    budget = PrivacyBudget(tmp_path, "site-a", PrivacyConfig(enabled=True, target_epsilon=8.0))
+    budget.open("d" * 64, 600)
+    (tmp_path / "site.toml").write_text(
+        'manifest = "m.jsonl"\npublic_manifest = "p.jsonl"\n'
+        f'state_dir = "{tmp_path}"\n'
+        '[site]\nid = "site-a"\nmodalities = ["image"]\narchitectures = { image = "mlp" }\n'
+        "privacy = { enabled = true, target_epsilon = 8.0 }\n"
     )
+    folder = tmp_path / "privacy"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for p in [*folder.iterdir(), folder]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        # Without CAP_DAC_OVERRIDE even root meets the file modes.
+        done = subprocess.run(
+            ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable, "-m", "mmfl.cli",
+             "client", "ledger-raise", "--config", str(tmp_path / "site.toml"), "--to", "9", "--reason", "x"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"mmfl: error: Permission denied: {folder / 'ledger.lock'}"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_server_start_refuses_ports_another_process_holds(tmp_path: Path) -> None:
+    """F4: the readiness probe used to be answered by the other listener, and start said ok."""
+    import socket
+
+    folder = tmp_path / "srv"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        for flag in ("--public-port", "--superlink-port"):
+            done = mmfl(
+                "server",
+                "init",
+                "--dir",
+                str(folder),
+                "--public-host",
+                "127.0.0.1",
+                flag,
+                str(port),
+                "--force",
+            )
+            assert done.returncode == 0, done.stderr
+            out = mmfl("server", "start", "--dir", str(folder))
+            setting = flag.removeprefix("--").replace("-", "_")
+            assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+                f"mmfl: error: {setting} 127.0.0.1:{port} is already in use by another process "
+                f"(Address already in use); stop it or choose another {setting} in server.toml"
+            ]
+            assert not (folder / "daemon.pid").exists()
+
+
+def test_nginx_settings_that_could_expose_more_than_the_fleet_api_are_refused(tmp_path: Path) -> None:
+    from mmfl.config import DaemonConfig, load_config
+    from mmfl.errors import ConfigError, MmflError
+    from mmfl.server.daemon import ServerLayout, Supervisor
+
+    folder = tmp_path / "srv"
+    assert mmfl("server", "init", "--dir", str(folder)).returncode == 0
+    config = folder / "server.toml"
+    original = config.read_text()
+    for extra, word in (
+        ("location /v1/control { proxy_pass https://127.0.0.1:9092; }", "location"),
+        ("include /etc/nginx/snippets/*.conf;", "include"),
+        ("add_header X-Debug /v1/runtime;", "Control or Runtime API"),
+    ):
+        config.write_text(re.sub(r"(?m)^nginx_extra = .*$", f"nginx_extra = '{extra}'", original))
+        with pytest.raises(ConfigError, match=word):
+            load_config(DaemonConfig, config)
+        out = mmfl("server", "start", "--dir", str(folder))
+        assert (
+            out.returncode == 2 and "nginx_extra" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+        )
+    # A directive nginx itself refuses is named with its line (it used to show only "test failed").
+    config.write_text(re.sub(r"(?m)^nginx_extra = .*$", "nginx_extra = 'frobnicate on;'", original))
+    with pytest.raises(
+        MmflError,
+        match=r'nginx refused its configuration: .*unknown directive "frobnicate" in .*nginx.conf:\d+',
+    ):
+        supervisor = Supervisor(ServerLayout(folder))
+        supervisor._check_proxy_conf(supervisor._nginx_conf())

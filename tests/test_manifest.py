@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,63 @@ def test_write_then_load_round_trips_with_relative_paths(files: Path) -> None:
     assert [s.values for s in loaded.samples] == [s.values for s in samples]
     assert [s.label for s in loaded.samples] == ["lab", None]
     assert not list(files.glob("*.tmp"))
+
+
+def test_a_confined_manifest_refuses_files_outside_its_root(files: Path, tmp_path_factory) -> None:
+    """F6: a public set chosen by the coordinator may not point a site at its private files."""
+    public = files / "public"
+    public.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(public / "ok.png")
+    (public / "inside.png").symlink_to(public / "ok.png")
+    (public / "escape.png").symlink_to(files / "a.png")  # a link out of the folder
+    elsewhere = tmp_path_factory.mktemp("private") / "secret.png"
+    Image.fromarray(np.ones((8, 8), np.uint8)).save(elsewhere)
+    good = write_jsonl(
+        public / "good.jsonl", [{"id": "a", "image": "ok.png"}, {"id": "b", "image": "inside.png"}]
+    )
+    assert len(load_manifest(good, root=public)) == 2
+    for cell in ("../a.png", str(elsewhere), "escape.png", "sub/../../b.png"):
+        bad = write_jsonl(public / "bad.jsonl", [{"id": "a", "image": "ok.png"}, {"id": "x", "image": cell}])
+        with pytest.raises(ManifestError, match=rf"line 2 \(id x\): image file .* lies outside {public}"):
+            load_manifest(bad, root=public)
+        assert len(load_manifest(bad, check_files=False)) == 2  # unconfined, as before
+
+
+def test_a_site_refuses_a_public_set_reaching_outside_its_folder(digits, tmp_path: Path) -> None:
+    root = digits.root
+    from mmfl.client.agent import validate_inputs
+    from mmfl.config import SiteConfig
+
+    public_dir = tmp_path / "public"
+    public_dir.mkdir()
+    (public_dir / "dataset.json").write_text((root / "dataset.json").read_text())
+    private = tmp_path / "site" / "data.jsonl"
+    private.parent.mkdir()
+    rows = [json.loads(line) for line in (root / "private.jsonl").read_text().splitlines()[:20]]
+    for r in rows:
+        r["image"] = str(root / r["image"]) if "image" in r else None
+    write_jsonl(private, [{k: v for k, v in r.items() if v is not None and k != "audio"} for r in rows])
+    # A hostile public manifest names the site's own private image by a relative path.
+    write_jsonl(
+        public_dir / "public.jsonl",
+        [{"id": "p", "image": os.path.relpath(rows[0]["image"], public_dir), "text": "zero", "label": "0"}],
+    )
+    config = SiteConfig.model_validate(
+        {
+            "site": {"id": "s", "modalities": ["image"], "architectures": {"image": "mlp"}},
+            "manifest": str(private),
+            "public_manifest": str(public_dir / "public.jsonl"),
+            "data_root": str(root),
+            "state_dir": str(tmp_path / "state"),
+        }
+    )
+    with pytest.raises(ManifestError, match="lies outside"):
+        validate_inputs(config)
+    # The site's own manifest is confined to its data root, by default its own folder.
+    with pytest.raises(ManifestError, match=rf"lies outside {private.parent}"):
+        validate_inputs(
+            config.model_copy(update={"data_root": None, "public_manifest": root / "public.jsonl"})
+        )
+    assert "20 private samples" in validate_inputs(
+        config.model_copy(update={"public_manifest": root / "public.jsonl"})
+    )

@@ -1,0 +1,77 @@
+"""F5: a SuperNode never outlives its site agent (real agent, real flower-supernode)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from helpers import mmfl_cli
+from mmfl.client.agent import Agent, free_port, supernode_of
+from mmfl.flower_runtime import flower_env
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_for(what: str, check, seconds: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_killed_agent_takes_its_supernode_and_stop_ends_an_orphan(digits, tmp_path: Path) -> None:
+    root = digits.root
+    assert mmfl_cli("server", "init", "--dir", str(tmp_path / "srv")).returncode == 0
+    assert mmfl_cli("client", "keygen", "--out", str(tmp_path / "keys"), "--name", "s1").returncode == 0
+    state = tmp_path / "state"
+    args = [
+        "--server",
+        "127.0.0.1:9",
+        "--ca",
+        str(tmp_path / "srv" / "tls" / "ca.crt"),
+        "--key",
+        str(tmp_path / "keys" / "s1"),
+    ]
+    done = mmfl_cli(
+        "client", "start", *args, "--data", str(root / "private.jsonl"), "--public", str(root / "public.jsonl"),
+        "--state", str(state),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    wait_for("the agent", lambda: (state / "agent.pid").exists())
+    agent = int((state / "agent.pid").read_text())
+    wait_for("the SuperNode", lambda: supernode_of(state) is not None)
+    node = supernode_of(state)
+    assert node is not None and alive(node)
+    os.kill(agent, signal.SIGKILL)  # no clean-up code runs
+    wait_for("the SuperNode to follow its agent", lambda: not alive(node), 30)
+
+    # A SuperNode left behind some other way (started here by hand, as a crashed agent would
+    # have left it) is found by `client stop` and ended.
+    command = Agent(
+        state / "site.toml", "127.0.0.1:9", tmp_path / "srv" / "tls" / "ca.crt", tmp_path / "keys" / "s1"
+    ).command(free_port())
+    orphan = subprocess.Popen(
+        command, env=flower_env(state / "flwr-home"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        (state / "supernode.pid").write_text(f"{orphan.pid}\n")
+        assert supernode_of(state) == orphan.pid
+        out = mmfl_cli("client", "stop", "--state", str(state))
+        assert out.returncode == 0 and f"stopped the SuperNode (pid {orphan.pid})" in out.stdout
+        assert orphan.wait(timeout=30) is not None
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+    out = mmfl_cli("client", "stop", "--state", str(state))
+    assert out.returncode == 2 and "no agent runs" in out.stderr
