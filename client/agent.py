@@ -30,6 +30,7 @@ from mmfl.flower_runtime import flower_bin, flower_env
 
 MAX_BACKOFF = 60.0
 TERMINATED = b"SuperNode terminated"
+UNREGISTERED = b"403 Forbidden' for url 'https://"
 # Opacus' per-sample buffers churn glibc's mmap/munmap on CPU; these keep freed memory mapped
 # (measured in shared/notes/differential-privacy.md: hooks 184 -> 41 ms per step).
 MALLOC_TUNING = {
@@ -140,6 +141,7 @@ class Agent:
         self._stopping = True
 
     def run(self) -> None:
+        os.umask(0o077)  # what the SuperNode and its ClientApps write is owner-only
         atomic_write_text(self.state / "agent.pid", f"{os.getpid()}\n")
         orphan = supernode_of(self.state)
         if orphan is not None:
@@ -180,6 +182,7 @@ class Agent:
             )
         atomic_write_text(self.state / "supernode.pid", f"{self.proc.pid}\n")
         self.log.info("flower-supernode pid %d connecting to %s", self.proc.pid, self.server)
+        warned = False
         while not self._stopping:
             code = self.proc.poll()
             if code is not None:
@@ -187,6 +190,13 @@ class Agent:
             with log_path.open("rb") as fh:
                 fh.seek(offset)
                 fresh = fh.read()
+            if UNREGISTERED in fresh and not warned:
+                warned = True  # Flower keeps retrying; say once what is wrong
+                self.log.error(
+                    "the coordinator refuses this site's key (403 at activate-node): it is not "
+                    "registered there, or was revoked; the operator runs `mmfl server register-site "
+                    "NAME KEY.pub` (a revoked key needs a new one: mmfl client keygen)"
+                )
             if TERMINATED in fresh:
                 time.sleep(2.0)  # let it exit on its own first
                 self._kill()
@@ -215,6 +225,7 @@ class Agent:
 
 def write_site_config(config: SiteConfig) -> Path:
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    config.state_dir.chmod(0o700)  # the ledger, the audit log, the models: the site's IT only
     path = config.state_dir / "site.toml"
     atomic_write_text(path, dump_toml(config))
     return path

@@ -84,22 +84,35 @@ def append(
     )
     path = Path(state_dir) / "audit.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(entry.model_dump_json() + "\n")
+    with path.open("ab+") as fh:
+        fh.seek(0, os.SEEK_END)
+        torn = False
+        if fh.tell():
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"  # an append cut by a crash: end that line first
+        fh.write((b"\n" if torn else b"") + entry.model_dump_json().encode() + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
     return entry
 
 
 def read(state_dir: Path) -> list[AuditEntry]:
+    """Every entry; a line cut by a crash mid-append (not JSON) is skipped: its message was
+    never sent, since the entry is written before the reply leaves. A line that is JSON but not
+    an entry raises (that is damage, not a crash)."""
     path = Path(state_dir) / "audit.jsonl"
     if not path.exists():
         return []
-    return [
-        AuditEntry.model_validate_json(line)
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
-    ]
+    entries = []
+    for line in path.read_bytes().splitlines():
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            continue  # torn
+        entries.append(AuditEntry.model_validate_json(line))
+    return entries
 
 
 def summary(entries: list[AuditEntry]) -> dict[str, Any]:

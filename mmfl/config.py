@@ -176,6 +176,11 @@ class CreamConfig(StrictModel):
     sites_per_round: int | None = Field(None, ge=1, description="sampled sites per round; None = all")
     aggregation_chunk: int = Field(1024, ge=1)
     payload_dtype: Literal["float32", "float16"] = "float32"
+    unit_norm_tolerance: float | None = Field(
+        0.05, gt=0, description="refuse a reply whose rows are not unit vectors within this (None: off)"
+    )
+    trim: int = Field(0, ge=0, description="per row, drop the contributors farthest from the median")
+    max_site_weight: float = Field(1.0, gt=0, le=1, description="cap on one site's weight per row")
 
 
 class FedAvgConfig(StrictModel):
@@ -284,6 +289,10 @@ class DaemonConfig(StrictModel):
         "include or Control/Runtime path: those could expose more than the Fleet API)",
     )
     restart_delay: float = Field(2.0, gt=0, description="seconds before restarting a dead SuperLink")
+    requests_per_second: int = Field(
+        50, ge=1, description="Fleet requests per second per client address at nginx (bursts 4x)"
+    )
+    connections_per_client: int = Field(64, ge=1, description="open connections per client address at nginx")
 
     @field_validator("nginx_extra")
     @classmethod

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import ipaddress
@@ -145,6 +146,14 @@ def load_site_public_key(path: Path) -> bytes:
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise MmflError(f"{path}: SuperNode keys must be ECDSA (mmfl client keygen makes them)")
     return data
+
+
+def flower_key_header(openssh_key: bytes) -> str:
+    """The ``flwr-public-key`` header a SuperNode with this key sends (Flower 1.42: base64 of
+    the PEM SubjectPublicKeyInfo), so the proxy can refuse unregistered keys by header."""
+    key = serialization.load_ssh_public_key(openssh_key.strip())
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(pem).decode("ascii")
 
 
 def key_fingerprint(public_key: bytes) -> str:

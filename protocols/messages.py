@@ -15,11 +15,14 @@ message type                instruction (coordinator -> site)           reply (s
 
 Representations travel as arrays whose rows are the public samples of this round's subset that
 hold the modality, in the order of ``RepresentInstruction.rows[modality]``.
+
+Every number that crosses is finite and bounded: a peer cannot ask for a billion local epochs,
+a gigantic embedding or a negative spend (``tests/test_fuzz.py``).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,11 +35,17 @@ MSG_REPRESENT = "train.represent"
 MSG_WEIGHTS = "train.weights"
 MSG_EVALUATE = "evaluate.task"
 
+MAX_EMBED_DIM = 1 << 16
+MAX_PUBLIC_ROWS = 1_000_000
+MAX_LOCAL_EPOCHS = 1000
+MAX_BATCH = 1 << 16
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 class Message(BaseModel):
-    """Base: versioned, unknown fields refused."""
+    """Base: versioned, unknown fields and non-finite numbers refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     protocol: int = PROTOCOL_VERSION
 
 
@@ -46,11 +55,11 @@ class CapabilitiesQuery(Message):
 
 
 class DeviceInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     kind: Literal["cpu", "cuda"]
     name: str
-    index: int | None = None
-    memory_gb: float | None = None
+    index: int | None = Field(None, ge=0)
+    memory_gb: float | None = Field(None, ge=0)
 
 
 class PrivacyStatus(BaseModel):
@@ -60,15 +69,15 @@ class PrivacyStatus(BaseModel):
     site's size appears only as ``noisy_units``, its epsilon-DP count of training units.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     enabled: bool
     adjacency: Literal["add-remove"] = "add-remove"
     unit: Literal["sample", "group"] = "sample"
-    target_epsilon: float | None = None
-    delta: float | None = None
-    epsilon_spent: float = 0.0
-    noise_multiplier: float | None = None
-    noisy_units: int | None = None
+    target_epsilon: float | None = Field(None, gt=0)
+    delta: float | None = Field(None, ge=0, lt=1)
+    epsilon_spent: float = Field(0.0, ge=0)
+    noise_multiplier: float | None = Field(None, ge=0)
+    noisy_units: int | None = Field(None, ge=1)
 
 
 class Capabilities(Message):
@@ -77,9 +86,9 @@ class Capabilities(Message):
     site_id: str
     modalities: list[Modality] = Field(min_length=1)
     architectures: dict[str, str]
-    samples: dict[str, int] | None = None
-    paired_samples: int | None = None
-    classes: int
+    samples: dict[str, Annotated[int, Field(ge=0)]] | None = None
+    paired_samples: int | None = Field(None, ge=0)
+    classes: int = Field(ge=0)
     device: DeviceInfo
     public_fingerprint: str
     data_fingerprint: str = ""  # keyed with the site's secret: stable per site, not a membership oracle
@@ -89,12 +98,12 @@ class Capabilities(Message):
 class TrainSettings(BaseModel):
     """Hyper-parameters the coordinator asks for this round (the site may scale them)."""
 
-    model_config = ConfigDict(extra="forbid")
-    local_epochs: int = Field(ge=0)
-    batch_size: int = Field(ge=1)
+    model_config = STRICT
+    local_epochs: int = Field(ge=0, le=MAX_LOCAL_EPOCHS)
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
-    public_batch_size: int = Field(ge=1)
+    public_batch_size: int = Field(ge=1, le=MAX_BATCH)
     contrast_temperature: float = Field(gt=0)
     interintra_weight: float = Field(ge=0)
     regularisers: bool = True
@@ -107,9 +116,9 @@ class RepresentInstruction(Message):
     run_id: str
     round: int = Field(ge=1)
     public_fingerprint: str
-    public_indices: list[int]
-    rows: dict[str, list[int]]  # modality -> public rows (subset members holding it)
-    embed_dim: int = Field(ge=1)
+    public_indices: list[int] = Field(max_length=MAX_PUBLIC_ROWS)
+    rows: dict[str, Annotated[list[int], Field(max_length=MAX_PUBLIC_ROWS)]]  # modality -> its rows
+    embed_dim: int = Field(ge=1, le=MAX_EMBED_DIM)
     settings: TrainSettings
 
 

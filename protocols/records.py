@@ -9,6 +9,7 @@ checks arrays against what the instruction asked for. Any violation raises
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import TypeVar
 
@@ -54,7 +55,8 @@ def decode(content: RecordDict, kind: type[M]) -> M:
         message = kind.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or kind.__name__
+        # A peer chooses the field names: escape them so the reason stays one printable line.
+        where = json.dumps(".".join(str(p) for p in first["loc"]) or kind.__name__)[1:-1][:80]
         raise ProtocolError(f"malformed {kind.__name__}: {where}: {first['msg']}") from None
     if message.protocol != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {message.protocol}, expected {PROTOCOL_VERSION}")
@@ -155,7 +157,9 @@ def check_weights(
     for key, arr in arrays.items():
         if tuple(arr.shape) != tuple(reference[key]):
             raise ProtocolError(f"{key}: shape {tuple(arr.shape)}, expected {tuple(reference[key])}")
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind != "f":
+            raise ProtocolError(f"{key}: dtype {arr.dtype} (expected floating point)")
+        if not np.isfinite(arr).all():
             raise ProtocolError(f"{key}: contains NaN or infinity")
         total += arr.nbytes
     if total > max_bytes:

@@ -129,6 +129,7 @@ def register_site(name: str, pubkey: Path, dir_: Path = DirOpt) -> None:
         "revoked": False,
     }
     atomic_write_text(layout.sites_file, json.dumps(sites, indent=2))
+    _apply_site_keys(layout)
     console.print(f"registered {name} as node {node_id} ({key_fingerprint(key)})")
 
 
@@ -147,7 +148,17 @@ def revoke_site(name: str, dir_: Path = DirOpt) -> None:
     sites[name]["revoked"] = True
     sites[name]["revoked_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     atomic_write_text(layout.sites_file, json.dumps(sites, indent=2))
+    _apply_site_keys(layout)
     console.print(f"revoked {name}")
+
+
+def _apply_site_keys(layout: ServerLayout) -> None:
+    """The proxy admits registered keys only: reload it (in place) with the new list."""
+    if daemon_pid(layout) is None or not layout.config().manage_proxy:
+        return
+    verdict = reload_daemon(layout)
+    if not verdict["ok"]:
+        raise MmflError(f"the site list changed but the proxy kept the old one: {verdict['message']}")
 
 
 def flwr_verdict(out) -> dict:  # noqa: ANN001 - a CompletedProcess of `flwr ... --format json`

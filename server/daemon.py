@@ -36,7 +36,7 @@ from mmfl.config import DaemonConfig, dump_toml, load_config
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.flower_runtime import flower_bin, flower_env
-from mmfl.pki import create_ca, issue_server_certificate
+from mmfl.pki import create_ca, flower_key_header, issue_server_certificate
 from mmfl.server import nginx
 from mmfl.server.store import store_url
 
@@ -103,9 +103,27 @@ def init_server(root: Path, config: DaemonConfig, force: bool = False) -> Server
     issue_server_certificate(layout.tls, layout.tls, "proxy", config.names, config.ips)
     for folder in (layout.logs, layout.runs, layout.root / "state", layout.root / "nginx", layout.flwr_home):
         folder.mkdir(parents=True, exist_ok=True)
+    restrict(layout)
     atomic_write_text(layout.config_path, dump_toml(config))
     write_cli_config(layout, config)
     return layout
+
+
+PRIVATE_FOLDERS = ("logs", "runs", "state", "tls", "flwr-home")
+"""Readable by the operator alone: run results, the SuperLink's node keys and in-flight
+messages, logs, private keys. (``nginx/`` stays traversable: nginx's workers write their
+temporary files there.)"""
+
+
+def restrict(layout: ServerLayout) -> None:
+    """Owner-only modes on the private folders and the SQLite run store (0700 / 0600); the
+    daemon also runs with umask 077, so what its processes create later is owner-only too."""
+    for name in PRIVATE_FOLDERS:
+        if (layout.root / name).is_dir():
+            (layout.root / name).chmod(0o700)
+    for path in (layout.root / "runs.sqlite", layout.sites_file):
+        if path.exists():
+            path.chmod(0o600)
 
 
 def write_cli_config(layout: ServerLayout, config: DaemonConfig) -> None:
@@ -233,6 +251,13 @@ class Supervisor:
                 self.config.max_body_size,
                 self.config.nginx_extra,
                 self.config.superlink_names[0],
+                known_keys=[
+                    flower_key_header(s["public_key"].encode())
+                    for s in registered_sites(self.layout).values()
+                    if not s.get("revoked")
+                ],
+                requests_per_second=self.config.requests_per_second,
+                connections_per_client=self.config.connections_per_client,
             ),
         )
         return conf
@@ -329,6 +354,8 @@ class Supervisor:
     def run(self) -> None:
         if daemon_pid(self.layout) not in (None, os.getpid()):
             raise MmflError(f"a daemon already runs for {self.layout.root} (pid {daemon_pid(self.layout)})")
+        os.umask(0o077)  # inherited by the SuperLink, the ServerApps and nginx
+        restrict(self.layout)
         atomic_write_text(self.layout.pid_file, f"{os.getpid()}\n")
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)

@@ -83,10 +83,12 @@ def read_represent_reply(
     instruction: RepresentInstruction,
     timeout: float = 0.0,
     max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    unit_norm_tolerance: float | None = None,
 ) -> tuple[dict[str, torch.Tensor] | None, PrivacyStatus | None]:
     """Check a ``train.represent`` reply against what was asked; the site's representations
     (float32, in ``instruction.rows`` order) and its privacy status, or (None, status) with the
-    report refused."""
+    report refused. With ``unit_norm_tolerance``, every row must be a unit vector within it
+    (sites' encoders normalise; scaled vectors would outweigh every other site in the sum)."""
     content, meta = _answer(reply, report, RepresentReply, instruction.round, timeout)
     privacy = meta.privacy if meta is not None else None
     if content is None or meta is None:
@@ -103,9 +105,19 @@ def read_represent_reply(
     except ProtocolError as exc:
         report.refuse(str(exc))
         return None, privacy
+    reps = {m: torch.from_numpy(from_wire(a)) for m, a in arrays.items()}
+    if unit_norm_tolerance is not None:
+        for m, r in reps.items():
+            norms = r.norm(dim=1)
+            if len(norms) and float((norms - 1).abs().max()) > unit_norm_tolerance:
+                report.refuse(
+                    f"{m}: row norms {float(norms.min()):.3g} to {float(norms.max()):.3g}, expected unit "
+                    f"vectors (within {unit_norm_tolerance:g})"
+                )
+                return None, privacy
     report.accepted, report.metrics, report.modalities = True, meta.metrics, sorted(arrays)
     report.epsilon = meta.privacy.epsilon_spent if meta.privacy.enabled else None
-    return {m: torch.from_numpy(from_wire(a)) for m, a in arrays.items()}, privacy
+    return reps, privacy
 
 
 @dataclass
@@ -154,6 +166,7 @@ class SiteExchange:
         work_by_device: Mapping[str, Mapping[str, int]] | None = None,
         max_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         on_progress: Callable[[int, int, int], None] | None = None,
+        unit_norm_tolerance: float | None = None,
     ) -> None:
         self.grid = grid
         self.registry = registry
@@ -161,6 +174,7 @@ class SiteExchange:
         self.work_by_device = dict(work_by_device or {})
         self.max_bytes = max_bytes
         self.on_progress = on_progress
+        self.unit_norm_tolerance = unit_norm_tolerance
 
     def _round_trip(
         self, round_: int, contents: Mapping[int, RecordDict], message_type: str
@@ -188,6 +202,15 @@ class SiteExchange:
             return instruction
         return instruction.model_copy(update={"settings": instruction.settings.model_copy(update=dict(work))})
 
+    def _credible(self, node: int, privacy: PrivacyStatus | None, report: SiteReport, round_: int) -> bool:
+        """Keep the site's privacy status unless its spend went back (then refuse the reply)."""
+        problem = self.registry.check_spend(node, privacy, f"in round {round_}")
+        if problem is not None:
+            report.refuse(problem)
+            return False
+        self.registry.update_privacy(node, privacy)
+        return True
+
     def represent(
         self, nodes: Sequence[int], instruction: RepresentInstruction, globals_wire: Mapping[str, np.ndarray]
     ) -> tuple[list[SiteReport], dict[int, dict[str, torch.Tensor]]]:
@@ -198,10 +221,15 @@ class SiteExchange:
         accepted = {}
         for n in nodes:
             reps, privacy = read_represent_reply(
-                replies[n], reports[n], self.registry.sites[n], instruction, self.timeout, self.max_bytes
+                replies[n],
+                reports[n],
+                self.registry.sites[n],
+                instruction,
+                self.timeout,
+                self.max_bytes,
+                self.unit_norm_tolerance,
             )
-            self.registry.update_privacy(n, privacy)
-            if reps is not None:
+            if self._credible(n, privacy, reports[n], instruction.round) and reps is not None:
                 accepted[n] = reps
         return [reports[n] for n in nodes], accepted
 
@@ -217,8 +245,7 @@ class SiteExchange:
             got, privacy = read_weights_reply(
                 replies[n], reports[n], instruction, reference, self.timeout, self.max_bytes
             )
-            self.registry.update_privacy(n, privacy)
-            if got is not None:
+            if self._credible(n, privacy, reports[n], instruction.round) and got is not None:
                 accepted[n] = got
         return [reports[n] for n in nodes], accepted
 

@@ -98,6 +98,9 @@ class FederatedRun:
                     else f"architectures {c.architectures} differ from {common}"
                 )
             )
+        self.registry.refuse_rolled_back(
+            lambda caps: self.store.highest_epsilon(caps.site_id, caps.data_fingerprint)
+        )
         for caps in self.registry.sites.values():
             self.store.add_site(caps.site_id, caps.model_dump())
         log(
@@ -135,6 +138,7 @@ class FederatedRun:
                 on_progress=lambda r, done, total: self._emit(
                     {"event": "sites", "round": r, "done": done, "total": total}
                 ),
+                unit_norm_tolerance=self.cream.unit_norm_tolerance,
             )
         return RoundPipeline(
             self.plan.run_id,

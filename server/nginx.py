@@ -13,18 +13,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-FLEET_LOCATIONS = """\
-    location /v1/fleet/ {{
-        if ($request_uri !~ "^/v1/fleet/[a-z][a-z-]*$") {{ return 404; }}
+# Refusals happen on the headers, before a body is read: a request without Flower's SuperNode
+# signature (401) or from a key that is not registered here (403) never reaches the SuperLink,
+# which would parse its body before checking the signature (shared/notes: memory exhaustion).
+FLEET_PROXY = """\
         limit_except POST {{ deny all; }}
-        client_max_body_size {max_body};
+        if ($flwr_sig = "no") {{ return 401; }}
+        if ($flwr_known = "0") {{ return 403; }}
+        limit_conn fleet_conn {conns};
+        limit_req zone=fleet_rate burst={burst} nodelay;
         proxy_request_buffering off;
         proxy_buffering off;
         proxy_connect_timeout 5s;
         proxy_send_timeout 60s;
         proxy_read_timeout 60s;
         proxy_pass https://flwr_superlink;
-    }}
+"""
+
+FLEET_LOCATIONS = """\
+    location /v1/fleet/ {{
+        if ($request_uri !~ "^/v1/fleet/[a-z][a-z-]*$") {{ return 404; }}
+        client_max_body_size 1m;
+{proxy}    }}
+    location = /v1/fleet/push-object {{
+        if ($request_uri != "/v1/fleet/push-object") {{ return 404; }}
+        client_max_body_size {max_body};
+{proxy}    }}
     location = /v1/fleet {{ return 404; }}
     location = /v1/fleet/register-node {{ return 404; }}
     location = /v1/fleet/unregister-node {{ return 404; }}
@@ -34,6 +48,16 @@ FLEET_LOCATIONS = """\
     }}
     location / {{ return 404; }}
 """
+
+
+def known_keys_map(keys: list[str] | None) -> str:
+    """``$flwr_known``: 1 for a ``flwr-public-key`` header of a registered site (``keys``, as
+    :func:`~mmfl.pki.flower_key_header` writes them), else 0; without a list every key passes
+    (the container set-up, where sites register after the proxy's configuration is written)."""
+    if keys is None:
+        return '    map $http_flwr_public_key $flwr_known { default "1"; }\n'
+    lines = "".join(f'        "{k}" "1";\n' for k in sorted(keys))
+    return f'    map $http_flwr_public_key $flwr_known {{\n        default "0";\n{lines}    }}\n'
 
 
 @dataclass(frozen=True)
@@ -56,12 +80,20 @@ def render(
     max_body: str = "64m",
     extra: str = "",
     superlink_name: str = "localhost",
+    known_keys: list[str] | None = None,
+    requests_per_second: int = 50,
+    connections_per_client: int = 64,
 ) -> str:
-    """A complete ``nginx.conf`` (one worker). ``max_body`` must stay well above Flower's 5 MiB
-    array chunks; ``extra`` is inserted into the public server block (e.g. allow/deny lists).
-    ``superlink`` is HOST:PORT of the SuperLink; ``superlink_name`` a DNS name in its certificate
-    (nginx checks DNS names only, not IP addresses)."""
+    """A complete ``nginx.conf`` (one worker). ``max_body`` (object uploads only; every other
+    Fleet call is limited to 1 MiB) must stay well above Flower's 5 MiB array chunks; ``extra``
+    is inserted into the public server block (e.g. allow/deny lists). ``superlink`` is HOST:PORT
+    of the SuperLink; ``superlink_name`` a DNS name in its certificate (nginx checks DNS names
+    only, not IP addresses). ``known_keys``: see :func:`known_keys_map`. Each client address may
+    hold ``connections_per_client`` connections and make ``requests_per_second`` requests
+    (bursts of four times that); beyond, nginx answers 429."""
     p = paths
+    proxy = FLEET_PROXY.format(conns=connections_per_client, burst=4 * requests_per_second)
+    locations = FLEET_LOCATIONS.format(max_body=max_body, proxy=proxy)
     temps = "\n".join(
         f"    {name}_temp_path {p.prefix / ('tmp-' + name)};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -74,8 +106,13 @@ events {{ worker_connections 512; }}
 http {{
 {temps}
     server_tokens off;
+    map_hash_bucket_size 512;  # before any map: registered keys' headers are ~300 characters
     map $http_flwr_public_key $flwr_pk {{ "~^.{{100}}(?<p>.{{12}})" $p; default "-"; }}
     map $http_flwr_signature $flwr_sig {{ "" "no"; default "yes"; }}
+{known_keys_map(known_keys)}    limit_conn_zone $binary_remote_addr zone=fleet_conn:10m;
+    limit_req_zone $binary_remote_addr zone=fleet_rate:10m rate={requests_per_second}r/s;
+    limit_conn_status 429;
+    limit_req_status 429;
     log_format flwr '$remote_addr [$time_local] "$request" $status up=$upstream_status '
                     'len=$request_length sent=$bytes_sent rt=$request_time pk=$flwr_pk sig=$flwr_sig';
     access_log {p.access_log} flwr;
@@ -100,7 +137,7 @@ http {{
         proxy_set_header Connection "";
         proxy_set_header X-Forwarded-For $remote_addr;
         proxy_set_header X-Forwarded-Proto $scheme;
-{extra}{FLEET_LOCATIONS.format(max_body=max_body)}    }}
+{extra}{locations}    }}
 }}
 """
 

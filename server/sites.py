@@ -20,6 +20,8 @@ from mmfl.protocols.records import ProtocolError, decode, encode
 from mmfl.server.transport import send_and_collect
 
 Event = Callable[[str, str], None]
+SPEND_TOLERANCE = 1e-9
+"""Reported spends are floats computed by the same accountant: equal means equal."""
 
 
 class SiteRegistry:
@@ -30,6 +32,8 @@ class SiteRegistry:
         self.public_fingerprint = public_fingerprint
         self.event = event
         self.sites: dict[int, Capabilities] = {}
+        # node -> (the most epsilon it has reported, and where): a DP site's spend never goes back
+        self.spent: dict[int, tuple[float, str]] = {}
 
     def site_id(self, node: int) -> str:
         caps = self.sites.get(node)
@@ -64,6 +68,37 @@ class SiteRegistry:
         """Registered nodes that are connected now, in node order."""
         connected = set(grid.get_node_ids())
         return sorted(n for n in self.sites if n in connected)
+
+    def check_spend(self, node: int, status: PrivacyStatus | None, where: str) -> str | None:
+        """Why a DP site's report is not credible, or None (and the report becomes the new
+        floor): a site that reports less epsilon spent than it did before (this run, or an earlier
+        run on the same data) has a privacy ledger that went back, restored from a backup, edited
+        or re-made, and every release since then would be unaccounted."""
+        if status is None or not status.enabled:
+            return None
+        floor = self.spent.get(node)
+        if floor is not None and status.epsilon_spent < floor[0] - SPEND_TOLERANCE:
+            reason = (
+                f"reports epsilon spent {status.epsilon_spent:.4f}, less than the {floor[0]:.4f} it "
+                f"reported {floor[1]}: its privacy ledger went back; refused"
+            )
+            self.event("privacy-rollback", f"site {self.site_id(node)} {reason}")
+            return reason
+        if floor is None or status.epsilon_spent > floor[0]:
+            self.spent[node] = (status.epsilon_spent, where)
+        return None
+
+    def refuse_rolled_back(self, prior: Callable[[Capabilities], tuple[float, str] | None]) -> None:
+        """Seed each DP site's floor with ``prior(caps)`` (what the run store remembers) and
+        unregister a site whose declared spend is below it."""
+        for node, caps in list(self.sites.items()):
+            if not caps.privacy.enabled:
+                continue
+            remembered = prior(caps)
+            if remembered is not None:
+                self.spent[node] = remembered
+            if self.check_spend(node, caps.privacy, "at registration") is not None:
+                del self.sites[node]
 
     def update_privacy(self, node: int, status: PrivacyStatus | None) -> None:
         if status is not None and node in self.sites:

@@ -4,6 +4,7 @@ events. SQLAlchemy 2 ORM; a SQLite file by default, PostgreSQL by URL."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,6 +145,11 @@ def open_store(url: str | Path) -> Engine:
     """Connect and migrate the schema (once per URL and process). SQLite waits for locks
     instead of failing, since a simulation and a status command may share the file."""
     full = store_url(url)
+    if full.startswith("sqlite:///"):
+        # Owner-only from its first byte: run results and sites' reports are the operator's.
+        path = Path(full.removeprefix("sqlite:///"))
+        if path.parent.is_dir() and not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     connect_args = {"timeout": 60} if full.startswith("sqlite") else {}
     engine = create_engine(full, future=True, connect_args=connect_args)
     if full not in _migrated:
@@ -226,6 +232,33 @@ class RunStore:
     def add_site(self, site_id: str, capabilities: dict[str, Any]) -> None:
         with Session(self.engine) as s, s.begin():
             s.add(SiteRow(run_id=self.run_id, site_id=site_id, capabilities=_jsonable(capabilities)))
+
+    def highest_epsilon(self, site_id: str, data_fingerprint: str) -> tuple[float, str] | None:
+        """The most privacy spent that site ``site_id`` ever reported on the data with this
+        (site-keyed) fingerprint, in any run of this store, and where: (epsilon, "run R round N")."""
+        best: tuple[float, str] | None = None
+        with Session(self.engine) as s:
+            runs = {
+                row.run_id: row.capabilities
+                for row in s.scalars(select(SiteRow).where(SiteRow.site_id == site_id))
+                if data_fingerprint and row.capabilities.get("data_fingerprint") == data_fingerprint
+            }
+            for run_id, caps in runs.items():
+                declared = float((caps.get("privacy") or {}).get("epsilon_spent") or 0.0)
+                if best is None or declared > best[0]:
+                    best = (declared, f"when run {run_id} started")
+            if not runs:
+                return None
+            rows = s.execute(
+                select(SiteRoundRow.epsilon, RoundRow.run_id, RoundRow.round)
+                .join(RoundRow, SiteRoundRow.round_id == RoundRow.id)
+                .where(SiteRoundRow.site_id == site_id, RoundRow.run_id.in_(runs))
+                .where(SiteRoundRow.epsilon.is_not(None))
+            ).all()
+            for eps, run_id, round_ in rows:
+                if best is None or eps > best[0]:
+                    best = (float(eps), f"in run {run_id} round {round_}")
+        return best
 
     def add_round(self, record: RoundRecord) -> None:
         """Record a round and each contacted site's part in it."""

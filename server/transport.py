@@ -44,6 +44,8 @@ def collect(
     reporting (done, total) as replies arrive. A pull that fails raises here."""
     deadline = time.monotonic() + timeout
     interval = POLL_SECONDS * max(1.0, len(message_ids) / 10)
+    if getattr(grid, "pulls_never_block", False):
+        return _poll_here(grid, message_ids, deadline, interval, on_reply)
     arrived: queue.Queue[tuple[str, Message | Exception]] = queue.Queue()
     for mid in message_ids:
         threading.Thread(
@@ -60,6 +62,26 @@ def collect(
         replies[mid] = reply
         if on_reply:
             on_reply(done, len(message_ids))
+    return replies
+
+
+def _poll_here(
+    grid: Grid, message_ids: Sequence[str], deadline: float, interval: float, on_reply: OnReply | None
+) -> dict[str, Message | None]:
+    """Batched polls in the calling thread, for grids whose pull returns at once (the
+    in-process grid: it also sets torch's thread count, which must happen in this thread)."""
+    replies: dict[str, Message | None] = dict.fromkeys(message_ids)
+    waiting = set(message_ids)
+    while waiting and time.monotonic() < deadline:
+        got = list(grid.pull_messages(sorted(waiting)))
+        for reply in got:
+            mid = reply.metadata.reply_to_message_id
+            waiting.discard(mid)
+            replies[mid] = reply
+        if on_reply and got:
+            on_reply(len(message_ids) - len(waiting), len(message_ids))
+        if waiting:
+            time.sleep(interval)
     return replies
 
 

@@ -42,6 +42,8 @@ Progress = Callable[[dict[str, Any]], None]
 class InProcessGrid(Grid):
     """A Grid whose nodes are ClientApp calls in this process."""
 
+    pulls_never_block = True  # see mmfl.server.transport: polled in the caller's thread
+
     def __init__(self, contexts: dict[int, Context], workers: int = 2, site_threads: int = 1) -> None:
         from mmfl.client.app import app as client_app
 
@@ -127,8 +129,11 @@ def _set_task_identity() -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
-def run_inprocess(plan: RunPlan, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the plan with the in-process grid (no Ray, no SuperLink)."""
+def run_inprocess(
+    plan: RunPlan, progress: Progress | None = None, grid_class: type[InProcessGrid] | None = None
+) -> dict[str, Any]:
+    """Run the plan with the in-process grid (no Ray, no SuperLink); ``grid_class`` replaces it
+    (``benchmarks/robustness.py`` plays hostile sites with one)."""
     _set_task_identity()
     run_config = {
         "plan": str(Path(plan.output_dir) / "plan.json"),
@@ -145,7 +150,7 @@ def run_inprocess(plan: RunPlan, progress: Progress | None = None) -> dict[str, 
         )
         for i in range(n)
     }
-    grid = InProcessGrid(contexts) if n else None
+    grid = (grid_class or InProcessGrid)(contexts) if n else None
     try:
         return FederatedRun(plan, grid, progress).run()
     finally:

@@ -92,11 +92,14 @@ class Method:
 
     def rule(self, cream: CreamConfig) -> EnsembleRule | None:
         """How the coordinator merges representations (None: it merges none)."""
+        rule: EnsembleRule
         if self.ensemble == "cream":
-            return CreamEnsemble(cream.ensemble_temperature, cream.aggregation_chunk)
-        if self.ensemble == "mean":
-            return MeanEnsemble()
-        return None
+            rule = CreamEnsemble(cream.ensemble_temperature, cream.aggregation_chunk)
+        elif self.ensemble == "mean":
+            rule = MeanEnsemble()
+        else:
+            return None
+        return rule.defended(cream.trim, cream.max_site_weight)
 
     def site_architectures(self, spec: FederationSpec) -> dict[str, dict[str, str]]:
         """Each taking-part site's architectures: FedAvg gives every paired site the first

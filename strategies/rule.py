@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mmfl.protocols.messages import positions
+from mmfl.strategies.defences import cap_weights, trim_far
 from mmfl.strategies.ensemble import OtherModality, weight_entropy, weighted_sum
 
 
@@ -31,7 +32,16 @@ class Aggregate:
 class EnsembleRule(ABC):
     r"""Per row j of modality m, a weighted sum over contributors k:
     :math:`\hat v_j = \sum_k \alpha_j^k v_j^k` with :math:`\sum_k \alpha_j^k = 1`.
-    Subclasses choose the weights (:meth:`weights`)."""
+    Subclasses choose the weights (:meth:`weights`); :meth:`defended` trims and caps them
+    (:mod:`mmfl.strategies.defences`)."""
+
+    trim: int = 0
+    max_site_weight: float = 1.0
+
+    def defended(self, trim: int = 0, max_site_weight: float = 1.0) -> EnsembleRule:
+        """This rule with the per-sample trim and the per-site weight cap turned on."""
+        self.trim, self.max_site_weight = trim, max_site_weight
+        return self
 
     @abstractmethod
     def weights(self, contributions: Sequence[torch.Tensor], others: Sequence[OtherModality]) -> torch.Tensor:
@@ -52,6 +62,7 @@ class EnsembleRule(ABC):
                 out.skipped.append(modality)
                 continue
             w = self.weights(local, others(modality, globals_, rows))
+            w = cap_weights(trim_far(local, w, self.trim), self.max_site_weight)
             out.weight_entropy[modality] = weight_entropy(w)
             out.targets[modality] = weighted_sum(local, w)
         return out

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from deploy_helpers import SITES, Federation, free_port, mmfl, start_federation, wait_for
+from deploy_helpers import SITES, Federation, mmfl, start_federation, wait_for
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -90,35 +90,95 @@ def test_the_public_address_refuses_the_control_api(federation: Federation) -> N
 
 
 def test_an_unregistered_key_is_refused(federation: Federation) -> None:
-    mmfl("client", "keygen", "--out", str(federation.root / "keys"), "--name", "intruder")
-    log = federation.root / "intruder.log"
-    # Output to a file: the SuperNode's helper process inherits it and outlives the SuperNode.
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                flower_bin("flower-supernode"),
-                "--root-certificates",
-                str(federation.server / "tls" / "ca.crt"),
-                "--auth-supernode-private-key",
-                str(federation.root / "keys" / "intruder"),
-                "--superlink",
-                f"127.0.0.1:{federation.public_port}",
-                "--port",
-                str(free_port()),
-                "--max-retries",
-                "0",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=flower_env(federation.root / "intruder-home"),
+    keys, state = federation.root / "keys", federation.root / "state-intruder"
+    mmfl("client", "keygen", "--out", str(keys), "--name", "intruder")
+    digits = Path(os.environ["MMFL_HOME"]) / "data" / "digits"
+    mmfl(
+        "client", "start", "--server", f"127.0.0.1:{federation.public_port}",
+        "--data", str(federation.root / "partition" / "sites" / "img" / "data.jsonl"), "--data-root", str(digits),
+        "--public", str(digits / "public.jsonl"), "--state", str(state),
+        "--ca", str(federation.server / "tls" / "ca.crt"), "--key", str(keys / "intruder"), "--arch", "image=mlp",
+    )  # fmt: skip
+    # F8: refused at the proxy on its headers (403, before any body is read); the SuperLink
+    # never sees the request. The agent says why, once (Flower's SuperNode keeps retrying).
+    access = federation.server / "logs" / "nginx-access.log"
+
+    def refused() -> list[str]:
+        lines = access.read_text().splitlines()
+        return [ln for ln in lines if "/v1/fleet/activate-node" in ln and '" 403 up=-' in ln]
+
+    agent_log = state / "agent.log"
+    try:
+        wait_for("the proxy to refuse the intruder", lambda: bool(refused()), 120)
+        wait_for(
+            "the agent to say the key is not registered",
+            lambda: "refuses this site's key" in agent_log.read_text(),
+            60,
         )
+    finally:
+        mmfl("client", "stop", "--state", str(state), check=False)
+    assert agent_log.read_text().count("refuses this site's key") == 1
+    assert all("up=-" in ln for ln in refused())
+
+
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1]) / 1024
+
+
+def _large_post(port: int, ca: Path, headers: dict[str, str], size: int) -> int | None:
+    """POST ``size`` bytes to push-object; the status, or None when the proxy hung up first."""
+    import http.client
+
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=ssl.create_default_context(cafile=str(ca)), timeout=60
+    )
+    try:
+        conn.putrequest("POST", "/v1/fleet/push-object")
+        for k, v in {"Content-Type": "application/protobuf", "Content-Length": str(size), **headers}.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        chunk = b"\0" * (1 << 20)
         try:
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert code != 0
-    assert "Failed to activate SuperNode" in log.read_text()
+            for _ in range(size >> 20):
+                conn.send(chunk)
+        except OSError:
+            pass  # nginx answered on the headers and closed
+        return conn.getresponse().status
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
+def test_unauthenticated_bodies_never_reach_the_superlink(federation: Federation) -> None:
+    """F8: eight parallel 60 MB posts used to take the SuperLink from 190 MB to 1.2 GB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ca = federation.server / "tls" / "ca.crt"
+    superlink = next(
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+        and b"flower-superlink" in (p / "cmdline").read_bytes()
+        and str(federation.server).encode() in (p / "cmdline").read_bytes()
+    )
+    before = _rss_mb(superlink)
+    forged = {
+        "flwr-public-key": "AAAA" * 40,
+        "flwr-signature": "AAAA",
+        "flwr-timestamp": "2026-01-01T00:00:00",
+    }
+    with ThreadPoolExecutor(8) as pool:
+        unsigned = list(pool.map(lambda _: _large_post(federation.public_port, ca, {}, 60 << 20), range(8)))
+        unknown = list(
+            pool.map(lambda _: _large_post(federation.public_port, ca, forged, 60 << 20), range(8))
+        )
+    assert set(unsigned) <= {401, None} and 401 in unsigned, unsigned
+    assert set(unknown) <= {403, None} and 403 in unknown, unknown
+    assert _rss_mb(superlink) - before < 30
+    log = (federation.server / "logs" / "nginx-access.log").read_text()
+    assert 'push-object HTTP/1.1" 401 up=-' in log and 'push-object HTTP/1.1" 403 up=-' in log
 
 
 def test_register_site_reports_the_superlinks_refusal(federation: Federation) -> None:
@@ -178,6 +238,13 @@ def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> Non
         for e in mine
         if e["message_type"] == "train.represent"
     )
+    # Residual risk closed: run results, node keys, logs and a site's records are owner-only.
+    server = federation.server
+    for path in (server / "runs.sqlite", server / "state" / "superlink.db", server / "logs" / "superlink.log",
+                 server / "runs" / run_id / "rounds.jsonl", server / "runs", server / "state", server / "logs"):  # fmt: skip
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is {oct(path.stat().st_mode)}"
+    state = federation.root / "state-pair"
+    assert state.stat().st_mode & 0o077 == 0 and (state / "audit.jsonl").stat().st_mode & 0o077 == 0
 
 
 def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation) -> None:

@@ -384,3 +384,57 @@ def test_the_audit_mod_logs_every_reply_refusals_and_errors_included(
         (MSG_CAPABILITIES, "error", 0),
     ]
     assert entries[0]["run_id"] == "t" and entries[0]["shapes"] == {} and entries[1]["bytes"] == 0
+
+
+def test_a_ledger_restored_from_a_backup_is_refused_by_the_coordinator(
+    site_configs: list[SiteConfig], tmp_path: Path
+) -> None:
+    """Item 4: a site whose reported spend went back (its ledger restored from a backup) is
+    refused at registration and in a round; the run store remembers across runs."""
+    import shutil
+
+    from mmfl.server.records import RoundRecord, SiteReport
+    from mmfl.server.sites import SiteRegistry
+    from mmfl.server.store import RunStore
+
+    site = site_like(site_configs[2], tmp_path / "state", enabled=True, target_epsilon=8.0)
+    budget, key = site.budget, site.data.data_key
+    caps = site.capabilities()  # opens the ledger: the noisy count is its first spend
+    backup = tmp_path / "backup"
+    shutil.copytree(tmp_path / "state" / "privacy", backup)
+    ledger = budget.load()
+    for round_ in (1, 2):
+        ledger = budget.commit(ledger, budget.plan(ledger, key, 32, 1), "run-a", round_)
+    spent = site.privacy_status().epsilon_spent
+    assert spent > caps.privacy.epsilon_spent
+
+    engine = open_store(tmp_path / "runs.sqlite")
+    first = RunStore(engine, "run-a")
+    first.start("a", "cream", "digits", 0, {}, str(tmp_path))
+    first.add_site(caps.site_id, caps.model_dump())
+    first.add_round(
+        RoundRecord(
+            round=2, sites=[SiteReport(site_id=caps.site_id, node_id=7, accepted=True, epsilon=spent)]
+        )
+    )
+
+    shutil.rmtree(tmp_path / "state" / "privacy")
+    shutil.copytree(backup, tmp_path / "state" / "privacy")  # the quiet rollback
+    again = site.capabilities()
+    assert again.privacy.epsilon_spent < spent and again.data_fingerprint == caps.data_fingerprint
+    events: list[tuple[str, str]] = []
+    store = RunStore(engine, "run-b")
+    registry = SiteRegistry(["image", "text"], again.public_fingerprint, lambda k, m: events.append((k, m)))
+    registry.sites[7] = again
+    registry.refuse_rolled_back(lambda c: store.highest_epsilon(c.site_id, c.data_fingerprint))
+    assert registry.sites == {} and events[0][0] == "privacy-rollback"
+    assert f"less than the {spent:.4f} it reported in run run-a round 2" in events[0][1]
+    # Another site's data (another keyed fingerprint) starts with no floor; within a run a
+    # report below the last one is refused.
+    fresh = again.model_copy(update={"data_fingerprint": "0" * 64})
+    registry.sites[8] = fresh
+    registry.refuse_rolled_back(lambda c: store.highest_epsilon(c.site_id, c.data_fingerprint))
+    assert 8 in registry.sites
+    higher = fresh.privacy.model_copy(update={"epsilon_spent": fresh.privacy.epsilon_spent + 1})
+    assert registry.check_spend(8, higher, "in round 1") is None
+    assert "went back" in (registry.check_spend(8, fresh.privacy, "in round 2") or "")
