@@ -41,11 +41,12 @@ def run(prop: str, examples: int) -> dict:
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     text = out.stdout + out.stderr
-    passing = re.search(r"(\d+) passing examples?, (\d+) failing examples?, (\d+) invalid", text)
+    # hypothesis' statistics: "- N passing, M failing, and K invalid test cases" per phase
+    phases = re.findall(r"(\d+) passing, (\d+) failing, and (\d+) invalid", text)
     return {
         "property": prop,
-        "examples": int(passing.group(1)) + int(passing.group(2)) if passing else None,
-        "failing": int(passing.group(2)) if passing else None,
+        "examples": sum(int(p) + int(f) for p, f, _ in phases) if phases else None,
+        "failing": sum(int(f) for _, f, _ in phases) if phases else None,
         "outcome": "passed" if out.returncode == 0 else "FAILED",
         "seconds": round(time.perf_counter() - t0, 1),
         "failure": "" if out.returncode == 0 else "\n".join(text.splitlines()[-30:]),

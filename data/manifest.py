@@ -170,7 +170,7 @@ def _validate_row(
     group_text = None if group in (None, "") else str(group)
     sample_id = str(raw.get("id") or f"row{lineno}")
     if problems:
-        return None, [f"line {lineno} (id {sample_id}): " + ", ".join(problems)]
+        return None, [f"line {lineno} (id {sample_id[:60]}): " + ", ".join(problems)]
     return Sample(sample_id, values, label_text, group_text), []
 
 
@@ -204,7 +204,7 @@ def load_manifest(
         sample, problems = _validate_row(lineno, raw, base, allowed, check_files, root)
         if sample is not None:
             if require_label and sample.label is None:
-                problems = [f"line {lineno} (id {sample.id}): missing label"]
+                problems = [f"line {lineno} (id {sample.id[:60]}): missing label"]
             elif sample.id in seen:
                 problems = [f"line {lineno}: id {sample.id!r} repeats line {seen[sample.id]}"]
             else:
@@ -214,6 +214,8 @@ def load_manifest(
     if errors:
         shown = "; ".join(errors[:MAX_ERRORS_SHOWN])
         more = f"; and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        # Cells are the manifest author's text: escape control characters so this stays one line.
+        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in shown)
         raise ManifestError(f"manifest {path} refused, {len(errors)} bad rows: {shown}{more}")
     present = tuple(m for m in MODALITIES if any(s.has(m) for s in samples))
     return Manifest(path, samples, present)
