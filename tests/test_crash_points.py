@@ -61,7 +61,7 @@ def test_killed_writers_leave_the_last_good_state(tmp_path: Path) -> None:
     budget = PrivacyBudget(
         tmp_path / "site", "s", PrivacyConfig(enabled=True, target_epsilon=50.0, planned_rounds=200)
     )
-    for _kill in range(6):
+    for _kill in range(4):
         proc = subprocess.Popen(
             [sys.executable, str(script), str(tmp_path), str(done_round + 1)],
             stdout=subprocess.PIPE, stderr=open(tmp_path / "writer.err", "a"), text=True,
@@ -96,5 +96,5 @@ def test_killed_writers_leave_the_last_good_state(tmp_path: Path) -> None:
             stored = [r.round for r in s.scalars(select(RoundRow).where(RoundRow.run_id == "run"))]
         assert set(range(1, done_round + 1)) <= set(stored) and len(stored) == len(set(stored))
         done_round = max([done_round, *stored])
-    assert done_round >= 6  # the writer made progress between kills
+    assert done_round >= 4  # the writer made progress between kills
     print(outcomes)

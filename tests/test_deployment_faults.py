@@ -30,13 +30,13 @@ def test_a_round_with_uploads_blocked_at_the_proxy_is_failed(federation: Federat
     try:
         mmfl("server", "reload", "--dir", str(federation.server))
         assert "client_max_body_size 16k" in (federation.server / "nginx" / "nginx.conf").read_text()
-        run_id = federation.submit(1, round_timeout=30)
+        run_id = federation.submit(1, round_timeout=15)
         wait_for("the blocked run", lambda: federation.summary(run_id).exists(), 600)
         summary = json.loads(federation.summary(run_id).read_text())
         r1 = summary["rounds"][0]
         assert r1["status"] == "failed" and "0 sites accepted, fewer than the minimum of 1" in r1["reason"]
         # The cut upload holds the round no longer than its deadline (Flower alone waits 180 s).
-        assert [s["reason"] for s in r1["sites"]] == ["no reply within 30 s"]
+        assert [s["reason"] for s in r1["sites"]] == ["no reply within 15 s"]
         with Session(open_store(federation.server / "runs.sqlite")) as s:
             assert s.scalars(select(RoundRow).where(RoundRow.run_id == run_id)).one().status == "failed"
             assert s.get(Run, run_id).status == "completed-with-failed-rounds"
