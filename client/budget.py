@@ -106,10 +106,11 @@ class PrivacyBudget:
         state_dir: Path,
         site_id: str,
         config: PrivacyConfig,
+        key: Path | None = None,
     ) -> None:
         self.config = config
         self.state_dir = Path(state_dir)
-        self.files = PrivacyLedger(state_dir, site_id)
+        self.files = PrivacyLedger(state_dir, site_id, key)
         self._spent: tuple[int, float] | None = None
 
     def exclusive(self):  # noqa: ANN201 - a context manager

@@ -28,7 +28,7 @@ console = Console()
 
 def _site_budget(config: Path) -> tuple[SiteConfig, PrivacyBudget]:
     site = load_config(SiteConfig, config)
-    return site, PrivacyBudget(site.state_dir, site.site.id, site.site.privacy)
+    return site, PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
 
 
 @app.command("ledger")
@@ -42,7 +42,9 @@ def ledger_cmd(state: Path = typer.Option(..., "--state", help="the site's state
                 f"privacy ledger {files.path} is missing or unreadable; the site refuses to train"
             )
         raise MmflError(f"{state} holds no privacy ledger (this site never used DP)")
-    ledger = PrivacyLedger(state, raw.site_id).load()  # verified as training verifies it
+    site_toml = state / "site.toml"
+    key = load_config(SiteConfig, site_toml).ledger_key if site_toml.exists() else None
+    ledger = PrivacyLedger(state, raw.site_id, key).load()  # verified as training verifies it
     assert ledger is not None
     spent = ledger.spent()
     table = Table(title=f"{ledger.site_id}: privacy ledger ({files.path})")
@@ -148,6 +150,7 @@ def start_cmd(
         "manifest": str(data.resolve()),
         "public_manifest": str(public.resolve()),
         "state_dir": str(state.resolve()),
+        "ledger_key": str(key.resolve()),
     }
     for key_name, root in (("data_root", data_root), ("public_root", public_root)):
         if root is not None:
@@ -187,7 +190,7 @@ def start_cmd(
             raise MmflError(str(exc)) from None
     console.print(f"site {site.site.id}: " + validate_inputs(site))
     if site.site.privacy.enabled:
-        budget = PrivacyBudget(site.state_dir, site.site.id, site.site.privacy)
+        budget = PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
         budget.check_configuration(budget.load())
     config_path = write_site_config(site)
     server_args = ["--server", server, "--ca", str(ca.resolve()), "--key", str(key.resolve())]

@@ -5,7 +5,10 @@ One ledger per site state folder, under ``STATE/privacy/``:
 
 * ``ledger.json`` (+ ``ledger.sha256``): the current state, for people and for enforcement;
 * ``journal.jsonl``: append-only, one hash-chained line per change, each holding the accounting
-  state after it (the segments, count releases, carried spend and budget).
+  state after it (the segments, count releases, carried spend and budget);
+* ``ledger.seal``: on a site with a key (every deployed site), its signature over the ledger and
+  the journal's head (:mod:`mmfl.client.ledger_seal`), so an edit by hand with the checksum
+  recomputed is refused too.
 
 Spent privacy is a composition, at the ledger's ``delta`` (add/remove-one adjacency):
 
@@ -37,6 +40,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from mmfl.client.ledger_seal import LedgerSeal
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_bytes
 
@@ -175,12 +179,16 @@ def add_segment(history: list[list[float]], sigma: float, q: float, steps: int) 
 class PrivacyLedger:
     """The durable files of a site's ledger: load and verify, save, recover."""
 
-    def __init__(self, state_dir: Path, site_id: str) -> None:
+    def __init__(self, state_dir: Path, site_id: str, key: Path | None = None) -> None:
+        """``key``: the site's private key; when given, every change is sealed with it and a
+        ledger without its valid seal is refused."""
         self.dir = Path(state_dir) / "privacy"
         self.site_id = site_id
         self.path = self.dir / "ledger.json"
         self.checksum_path = self.dir / "ledger.sha256"
         self.journal_path = self.dir / "journal.jsonl"
+        self.seal_path = self.dir / "ledger.seal"
+        self.seal = LedgerSeal(key) if key is not None else None
 
     def exists(self) -> bool:
         return self.path.exists() or self.journal_path.exists()
@@ -248,7 +256,9 @@ class PrivacyLedger:
             raise LedgerError(
                 f"privacy ledger {self.path} belongs to site {ledger.site_id!r}; refusing to train"
             )
-        lines, _, problem = self._journal()
+        lines, head, problem = self._journal()
+        if self.seal is not None and not problem:
+            self._check_seal(ledger.site_id, hashlib.sha256(data).hexdigest(), head)
         if problem or not lines or lines[-1].seq != ledger.seq or lines[-1].state != ledger.accounting():
             where = problem or (
                 f"the journal ends at change {lines[-1].seq}" if lines else "the journal is missing"
@@ -258,6 +268,18 @@ class PrivacyLedger:
                 "refusing to train until an operator runs mmfl client ledger-reset"
             )
         return ledger
+
+    def _check_seal(self, site_id: str, ledger_sha256: str, head: str) -> None:
+        assert self.seal is not None
+        if not self.seal_path.exists():
+            wrong = f"it carries no seal of this site's key {self.seal.fingerprint}"
+        else:
+            wrong = self.seal.verify(self.seal_path.read_text().strip(), site_id, ledger_sha256, head)
+        if wrong:
+            raise LedgerError(
+                f"privacy ledger {self.path}: {wrong}; refusing to train until an operator runs "
+                "mmfl client ledger-reset (the spend is recovered, never forgiven)"
+            )
 
     # -- writing ---------------------------------------------------------------------------------
     def _write(self, ledger: LedgerFile, kind: str, note: str, prev: str, append: bool) -> LedgerFile:
@@ -274,8 +296,14 @@ class PrivacyLedger:
         else:
             atomic_write_bytes(self.journal_path, raw)
         data = saved.model_dump_json(indent=2).encode("utf-8")
+        digest = hashlib.sha256(data).hexdigest()
+        if self.seal is not None:
+            # Sealed before the ledger is replaced: a crash between leaves the old ledger with a
+            # seal that no longer matches it, which fails closed like a checksum mismatch.
+            head = hashlib.sha256(raw.rstrip(b"\n")).hexdigest()
+            atomic_write_bytes(self.seal_path, (self.seal.sign(saved.site_id, digest, head) + "\n").encode())
         atomic_write_bytes(self.path, data)
-        atomic_write_bytes(self.checksum_path, (hashlib.sha256(data).hexdigest() + "\n").encode())
+        atomic_write_bytes(self.checksum_path, (digest + "\n").encode())
         return saved
 
     def save(self, ledger: LedgerFile, kind: str, note: str) -> LedgerFile:
@@ -313,7 +341,13 @@ class PrivacyLedger:
     def set_aside(self) -> None:
         """Copy the current files to ``*.replaced-TIME`` (kept for review, never read again)."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-        for path in (self.path, self.checksum_path, self.journal_path, self.dir / "ledgers.json"):
+        for path in (
+            self.path,
+            self.checksum_path,
+            self.seal_path,
+            self.journal_path,
+            self.dir / "ledgers.json",
+        ):
             if path.exists():
                 shutil.copy2(path, path.with_name(f"{path.name}.replaced-{stamp}"))
         (self.dir / "ledgers.json").unlink(missing_ok=True)

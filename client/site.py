@@ -73,7 +73,7 @@ class Site:
         self.data = SiteData(config, self.state)
         self.device = choose_device(self.spec.device)
         self.seed = site_seed(config.seed, self.spec.id)
-        self.budget = PrivacyBudget(config.state_dir, self.spec.id, self.spec.privacy)
+        self.budget = PrivacyBudget(config.state_dir, self.spec.id, self.spec.privacy, config.ledger_key)
 
     @property
     def private(self) -> bool:

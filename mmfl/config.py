@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mmfl.errors import ConfigError
 from mmfl.modalities import Modality
 
-SiteId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+SITE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+SiteId = Annotated[str, Field(pattern=SITE_ID_PATTERN)]
 StrategyName = Literal[
     "cream",
     "cream+",
@@ -253,6 +254,11 @@ class RunPlan(StrictModel):
     store_url: str
     site_configs: Path | None = Field(None, description="simulation: JSON list of SiteConfig")
     expected_sites: int = Field(0, ge=0, description="sites to wait for before round 1")
+    site_names: dict[int, SiteId] | None = Field(
+        None,
+        description="deployment: the name each node (Flower node id) was registered under; "
+        "a site must call itself by it",
+    )
     discovery_timeout: float = Field(300.0, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads of the server")
     keep_checkpoints: int = Field(2, ge=1)
@@ -342,6 +348,11 @@ class SiteConfig(StrictModel):
         None, description="the site's own files must lie below it; default: the manifest's folder"
     )
     state_dir: Path
+    ledger_key: Path | None = Field(
+        None,
+        description="the site's private key; its privacy ledger is sealed with it "
+        "(`mmfl client start` sets it to --key; None: checksum only, as in simulation)",
+    )
     embed_dim: int = Field(256, ge=2)
     seed: int = 0
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="private rows kept for evaluation")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -13,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmfl.config import DaemonConfig, FederationSpec, RunPlan, load_config
+from mmfl.config import SITE_ID_PATTERN, DaemonConfig, FederationSpec, RunPlan, load_config
 from mmfl.data.builtin import open_dataset
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
@@ -105,6 +106,10 @@ def reload_cmd(dir_: Path = DirOpt) -> None:
 def register_site(name: str, pubkey: Path, dir_: Path = DirOpt) -> None:
     """Allow the site with this public key (from `mmfl client keygen`) to connect."""
     layout = ServerLayout(dir_.resolve())
+    if not re.fullmatch(SITE_ID_PATTERN, name):
+        raise MmflError(
+            f"site name {name!r} must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
     key = load_site_public_key(pubkey)
     sites = registered_sites(layout)
     if name in sites and not sites[name].get("revoked"):
@@ -245,6 +250,11 @@ def status_cmd(dir_: Path = DirOpt, as_json: bool = typer.Option(False, "--json"
     console.print(table)
 
 
+def _site_names(layout: ServerLayout) -> dict[int, str]:
+    """Node id -> registered name of every site not revoked: the run holds each to its name."""
+    return {int(s["node_id"]): name for name, s in registered_sites(layout).items() if not s.get("revoked")}
+
+
 def _submit(layout: ServerLayout, plan: RunPlan) -> str:
     app_dir = Path(str(files("mmfl") / "flower_app"))
     out = flwr(
@@ -298,6 +308,7 @@ def run_submit(
         output_dir=out_dir,
         store_url=layout.store(),
         expected_sites=expected,
+        site_names=_site_names(layout),
     )
     atomic_write_text(out_dir / "plan.json", plan.model_dump_json(indent=2))
     flower_run = _submit(layout, plan)
@@ -314,7 +325,9 @@ def resume_cmd(run_id: str, dir_: Path = DirOpt) -> None:
     plan_path = layout.runs / run_id / "plan.json"
     if not plan_path.exists():
         raise MmflError(f"no run {run_id} in {layout.runs}")
-    plan = RunPlan.model_validate_json(plan_path.read_text()).model_copy(update={"resume": True})
+    plan = RunPlan.model_validate_json(plan_path.read_text()).model_copy(
+        update={"resume": True, "site_names": _site_names(layout)}
+    )
     atomic_write_text(plan_path, plan.model_dump_json(indent=2))
     flower_run = _submit(layout, plan)
     console.print(f"run {run_id} resumed (Flower run {flower_run})")

@@ -60,7 +60,9 @@ class FederatedRun:
         self.rng = np.random.default_rng([self.spec.seed, 17])
         self.sampler = SiteSampler(self.cream.sites_per_round, self.spec.seed)
         self.public_fingerprint = self.dataset.manifest("public").fingerprint()
-        self.registry = SiteRegistry(self.spec.modalities, self.public_fingerprint, self._event)
+        self.registry = SiteRegistry(
+            self.spec.modalities, self.public_fingerprint, self._event, plan.site_names
+        )
         self.records: list[RoundRecord] = []
 
     # -- progress and events ---------------------------------------------------------------------

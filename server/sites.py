@@ -27,8 +27,17 @@ SPEND_TOLERANCE = 1e-9
 class SiteRegistry:
     """Registered sites by Flower node id."""
 
-    def __init__(self, modalities: Sequence[str], public_fingerprint: str, event: Event) -> None:
+    def __init__(
+        self,
+        modalities: Sequence[str],
+        public_fingerprint: str,
+        event: Event,
+        names: dict[int, str] | None = None,
+    ) -> None:
+        """``names``: the name each node was registered under (deployment); None in simulation,
+        where the coordinator made the sites itself."""
         self.modalities = list(modalities)
+        self.names = names
         self.public_fingerprint = public_fingerprint
         self.event = event
         self.sites: dict[int, Capabilities] = {}
@@ -45,6 +54,17 @@ class SiteRegistry:
             caps = decode(reply.content, Capabilities)
         except ProtocolError as exc:
             self.event("site-refused", f"node {node}: {exc}")
+            return None
+        if self.names is not None and self.names.get(node) != caps.site_id:
+            registered = self.names.get(node)
+            under = f"was registered as {registered}" if registered else "has no registered name"
+            self.event("site-refused", f"node {node} {under} but calls itself {caps.site_id}; excluded")
+            return None
+        holder = next((n for n, c in self.sites.items() if c.site_id == caps.site_id and n != node), None)
+        if holder is not None:
+            self.event(
+                "site-refused", f"node {node}: the name {caps.site_id} is held by node {holder}; excluded"
+            )
             return None
         if caps.public_fingerprint != self.public_fingerprint:
             self.event("site-refused", f"site {caps.site_id}: public-set fingerprint differs; excluded")

@@ -122,6 +122,36 @@ def test_a_read_only_ledger_is_one_line_and_unchanged(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_client_ledger_checks_the_seal_of_the_sites_key(tmp_path: Path) -> None:
+    """Issue 13: `mmfl client ledger` verifies as training does, with the key named in site.toml."""
+    from mmfl.client.budget import PrivacyBudget
+    from mmfl.config import PrivacyConfig
+    from mmfl.pki import create_site_keys
+
+    key, _ = create_site_keys(tmp_path / "keys", "site-a")
+    state = tmp_path / "state"
+    PrivacyBudget(state, "site-a", PrivacyConfig(enabled=True, target_epsilon=8.0), key).open("d" * 64, 600)
+    (state / "site.toml").write_text(
+        f'manifest = "m.jsonl"\npublic_manifest = "p.jsonl"\nstate_dir = "{state}"\nledger_key = "{key}"\n'
+        '[site]\nid = "site-a"\nmodalities = ["image"]\narchitectures = { image = "mlp" }\n'
+    )
+    shown = mmfl("client", "ledger", "--state", str(state))
+    assert shown.returncode == 0 and "site-a: privacy ledger" in shown.stdout, shown.stderr
+    ledger = state / "privacy" / "ledger.json"
+    raw = json.loads(ledger.read_text())
+    raw["budget"] = 80.0
+    data = json.dumps(raw).encode()
+    ledger.write_bytes(data)
+    import hashlib
+
+    (state / "privacy" / "ledger.sha256").write_text(hashlib.sha256(data).hexdigest())
+    refused = mmfl("client", "ledger", "--state", str(state))
+    assert refused.returncode == 2
+    assert (
+        len(refused.stderr.strip().splitlines()) == 1 and "changed without this site's key" in refused.stderr
+    )
+
+
 def test_server_start_refuses_ports_another_process_holds(tmp_path: Path) -> None:
     """F4: the readiness probe used to be answered by the other listener, and start said ok."""
     import socket
@@ -182,3 +212,11 @@ def test_nginx_settings_that_could_expose_more_than_the_fleet_api_are_refused(tm
     ):
         supervisor = Supervisor(ServerLayout(folder))
         supervisor._check_proxy_conf(supervisor._nginx_conf())
+
+
+@pytest.mark.parametrize("name", ["../alice", "alice bob", "_alice", "a" * 65, "alice\n"])
+def test_register_site_refuses_a_name_a_site_could_not_carry(tmp_path: Path, name: str) -> None:
+    out = mmfl("server", "register-site", name, str(tmp_path / "k.pub"), "--dir", str(tmp_path))
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "must be 1-64 letters" in out.stderr
+    assert not (tmp_path / "sites.json").exists()

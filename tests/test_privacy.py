@@ -171,6 +171,64 @@ def test_a_broken_ledger_fails_closed_and_a_reset_keeps_what_was_spent(tmp_path:
     assert carried.total_delta() == pytest.approx(2e-5)  # basic composition with the carried spend
 
 
+def rewrite_consistently(files: PrivacyLedger, steps: int) -> None:
+    """What someone with write access but without the key can do: lower the steps in the
+    ledger and in every journal line, re-chain the journal and recompute the checksum."""
+    lines, prev = [], ""
+    for raw in files.journal_path.read_bytes().splitlines():
+        line = json.loads(raw)
+        line["prev"] = prev
+        for segment in line["state"]["history"]:
+            segment[2] = min(segment[2], steps)
+        encoded = json.dumps(line).encode()
+        lines.append(encoded)
+        prev = hashlib.sha256(encoded).hexdigest()
+    files.journal_path.write_bytes(b"\n".join(lines) + b"\n")
+    raw = json.loads(files.path.read_text())
+    raw["history"][0][2] = steps
+    data = json.dumps(raw).encode()
+    files.path.write_bytes(data)
+    files.checksum_path.write_text(hashlib.sha256(data).hexdigest())
+
+
+def test_a_sealed_ledger_refuses_a_consistent_rewrite_without_the_key(tmp_path: Path) -> None:
+    from mmfl.pki import create_site_keys
+
+    # Without a key (simulated sites), a consistent rewrite goes through: why sites have one.
+    plain = tmp_path / "plain"
+    spent = spend_rounds(PrivacyBudget(plain, "site-a", PrivacyConfig(enabled=True, target_epsilon=8.0)), 3)
+    rewrite_consistently(PrivacyLedger(plain, "site-a"), 1)
+    assert PrivacyLedger(plain, "site-a").load().spent() < spent.spent() / 2
+
+    key, _ = create_site_keys(tmp_path / "keys", "site-a")
+    other, _ = create_site_keys(tmp_path / "keys", "other")
+    state = tmp_path / "sealed"
+    b = PrivacyBudget(state, "site-a", PrivacyConfig(enabled=True, target_epsilon=8.0), key)
+    spent = spend_rounds(b, 3).spent()
+    files = PrivacyLedger(state, "site-a", key)
+    assert files.load().spent() == pytest.approx(spent) and files.seal_path.read_text().startswith("SHA256:")
+    sealed = files.seal_path.read_bytes()
+    rewrite_consistently(files, 1)
+    with pytest.raises(LedgerError, match="changed without this site's key"):
+        files.load()
+    with pytest.raises(LedgerError, match="not by this site's key"):
+        PrivacyLedger(state, "site-a", other).load()
+    files.seal_path.unlink()
+    with pytest.raises(LedgerError, match="carries no seal"):
+        files.load()
+    with pytest.raises(LedgerError):
+        b.open(DATA, 600)  # training refuses
+    # The seal is over the state: restoring it does not bless the rewrite.
+    files.seal_path.write_bytes(sealed)
+    with pytest.raises(LedgerError, match="changed without this site's key"):
+        files.load()
+    # The operator's reset signs again; the seal then holds.
+    b.reset("ledger edited by hand; ticket 45")
+    assert files.load() is not None and "ledger.seal.replaced-" in " ".join(
+        p.name for p in files.dir.iterdir()
+    )
+
+
 def test_a_reset_never_goes_below_the_audit_log_nor_above_the_budget(tmp_path: Path) -> None:
     b = budget(tmp_path, target_epsilon=4.0)
     spent = spend_rounds(b, 2).spent()

@@ -239,3 +239,29 @@ def test_weights_are_checked_in_both_directions() -> None:
         check_weights({"w": np.zeros(3, np.float32), "b": np.zeros((2, 3), np.float32)}, reference)
     with pytest.raises(ProtocolError, match="w: contains NaN"):
         check_weights({"w": np.full(3, np.inf, np.float32), "b": np.zeros((2, 2), np.float32)}, reference)
+
+
+def test_a_site_must_use_its_registered_name_and_a_name_is_held_once(flower_identity) -> None:
+    """Issue 13: a deployed site is held to the name its key was registered under; in any run
+    one name belongs to one node (the ledgers, evidence and rollback checks go by name)."""
+    events: list[tuple[str, str]] = []
+    registry = SiteRegistry(
+        ["image", "text"], "f" * 64, lambda kind, message: events.append((kind, message)),
+        names={1: "alice", 2: "bob"},
+    )  # fmt: skip
+
+    def reply(site: str) -> Message:
+        return Message(encode(caps(site, ["image"])), dst_node_id=0, message_type="query.capabilities")
+
+    assert registry.register(1, reply("alice")) is not None
+    assert registry.register(2, reply("alice")) is None
+    assert events[-1] == ("site-refused", "node 2 was registered as bob but calls itself alice; excluded")
+    assert registry.register(3, reply("carol")) is None
+    assert events[-1] == ("site-refused", "node 3 has no registered name but calls itself carol; excluded")
+    assert registry.register(2, reply("bob")) is not None and set(registry.sites) == {1, 2}
+    # Simulation (no names): a second node claiming a name already held is refused.
+    free = SiteRegistry(["image"], "f" * 64, lambda kind, message: events.append((kind, message)))
+    assert free.register(7, reply("alice")) is not None
+    assert free.register(8, reply("alice")) is None
+    assert events[-1] == ("site-refused", "node 8: the name alice is held by node 7; excluded")
+    assert free.register(7, reply("alice")) is not None  # the same node again is no clash
