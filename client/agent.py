@@ -5,6 +5,13 @@ The state folder holds ``site.toml`` (the site's configuration, which the Client
 the SuperNode's node config), the models, the privacy ledger, the audit log, ``agent.log``,
 ``agent.pid`` and ``supernode.pid``.
 
+ClientApps run warm by default: the SuperNode (Flower's, through :mod:`mmfl.client.supernode`
+for a shorter idle wait) runs with ``--isolation process`` and
+:mod:`mmfl.client.warm_launcher` (started beside it, in its process group) forks each message's
+ClientApp from a process that has torch, Flower and mmfl imported already; ``launcher =
+"flower"`` keeps Flower's own launcher (a fresh ``flwr-clientapp`` process per message). The
+Runtime API between them stays on loopback and asks for ``superexec.secret`` (0600).
+
 A SuperNode never outlives its agent: the kernel sends it SIGTERM when the agent dies, even by
 SIGKILL (``PR_SET_PDEATHSIG``), and a new agent or ``mmfl client stop`` ends one that a crash
 left behind anyway (found by ``supernode.pid`` and its command line naming this site).
@@ -15,9 +22,11 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,10 +34,11 @@ from mmfl.config import SiteConfig, dump_toml
 from mmfl.data.manifest import load_manifest
 from mmfl.data.prepared import read_dataset_info
 from mmfl.errors import MmflError
-from mmfl.files import atomic_write_text
+from mmfl.files import atomic_write_bytes, atomic_write_text
 from mmfl.flower_runtime import flower_bin, flower_env
 
 MAX_BACKOFF = 60.0
+LAUNCHERS = ("warm", "flower")
 TERMINATED = b"SuperNode terminated"
 UNREGISTERED = b"403 Forbidden' for url 'https://"
 # Opacus' per-sample buffers churn glibc's mmap/munmap on CPU; these keep freed memory mapped
@@ -76,7 +86,7 @@ def supernode_of(state: Path) -> int | None:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except (OSError, ValueError):
         return None
-    mine = any(b"flower-supernode" in part for part in cmdline) and any(
+    mine = any(b"flower-supernode" in part or b"mmfl.client.supernode" in part for part in cmdline) and any(
         str(state / "site.toml").encode() in part for part in cmdline
     )
     return pid if mine else None
@@ -111,17 +121,27 @@ class Agent:
     """Runs ``flower-supernode`` for this site until stopped; restarts it with exponential
     back-off (capped at a minute) when it exits, e.g. because the coordinator is away."""
 
-    def __init__(self, config_path: Path, server: str, ca: Path, key: Path) -> None:
+    def __init__(self, config_path: Path, server: str, ca: Path, key: Path, launcher: str = "warm") -> None:
+        if launcher not in LAUNCHERS:
+            raise MmflError(f"launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
         self.config_path = config_path
         self.server, self.ca, self.key = server, ca, key
+        self.launcher = launcher
         self.state = config_path.parent
+        self.secret = self.state / "superexec.secret"
         self.log = logging.getLogger("mmfl.client.agent")
         self._stopping = False
         self.proc: subprocess.Popen | None = None
 
     def command(self, port: int) -> list[str]:
+        # warm: Flower's SuperNode through mmfl.client.supernode (a shorter idle wait)
+        supernode = (
+            [sys.executable, "-m", "mmfl.client.supernode"]
+            if self.launcher == "warm"
+            else [flower_bin("flower-supernode")]
+        )
         return [
-            flower_bin("flower-supernode"),
+            *supernode,
             "--root-certificates",
             str(self.ca),
             "--auth-supernode-private-key",
@@ -132,6 +152,26 @@ class Agent:
             str(port),
             "--node-config",
             f'site-config="{self.config_path}"',
+            *(
+                ["--isolation", "process", "--superexec-auth-secret-file", str(self.secret)]
+                if self.launcher == "warm"
+                else []
+            ),
+        ]
+
+    def launcher_command(self, port: int, supernode_pid: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mmfl.client.warm_launcher",
+            "--runtime-api-address",
+            f"127.0.0.1:{port}",
+            "--parent-pid",
+            str(supernode_pid),
+            "--superexec-auth-secret-file",
+            str(self.secret),
+            "--site-config",
+            str(self.config_path),
         ]
 
     def env(self) -> dict[str, str]:
@@ -171,15 +211,29 @@ class Agent:
         in interpreter shutdown without exiting, which would stall the reconnect)."""
         log_path = self.state / "supernode.log"
         offset = log_path.stat().st_size if log_path.exists() else 0
+        port = free_port()
+        if self.launcher == "warm":
+            atomic_write_bytes(self.secret, secrets.token_bytes(32))  # fresh for each SuperNode
+            self.secret.chmod(0o600)
         with log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
-                self.command(free_port()),
+                self.command(port),
                 env=self.env(),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                process_group=0,  # its own group (no terminal signals), in the agent's session
                 preexec_fn=_die_with_parent,
             )
+            if self.launcher == "warm":
+                # In the SuperNode's process group: stopped with it, and it stops with it.
+                subprocess.Popen(
+                    self.launcher_command(port, self.proc.pid),
+                    env=self.env(),
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    process_group=self.proc.pid,
+                    preexec_fn=_die_with_parent,
+                )
         atomic_write_text(self.state / "supernode.pid", f"{self.proc.pid}\n")
         self.log.info("flower-supernode pid %d connecting to %s", self.proc.pid, self.server)
         warned = False

@@ -76,6 +76,18 @@ def site_for(context: Context) -> Site:
         return _sites[key]
 
 
+def preload(site_config: Path) -> Site:
+    """Build the deployed site of ``site_config`` as :func:`site_for` would, with its data and
+    public set loaded and featurised, so that processes forked afterwards start warm."""
+    key = str(Path(site_config).resolve())
+    with _sites_lock:
+        if key not in _sites:
+            _sites[key] = Site(load_config(SiteConfig, Path(site_config)))
+        site = _sites[key]
+    site.data.featurizers, site.data.public, site.data.train, site.data.holdout  # noqa: B018
+    return site
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run with ``n`` torch threads (``None``: leave as is), restoring afterwards."""

@@ -16,7 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from mmfl.client import audit
-from mmfl.client.agent import Agent, stop_process_group, supernode_of, validate_inputs, write_site_config
+from mmfl.client.agent import (
+    LAUNCHERS,
+    Agent,
+    stop_process_group,
+    supernode_of,
+    validate_inputs,
+    write_site_config,
+)
 from mmfl.client.budget import PrivacyBudget
 from mmfl.client.ledger import LedgerError, PrivacyLedger
 from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
@@ -138,6 +145,15 @@ def start_cmd(
     epsilon: float | None = typer.Option(None, "--epsilon", help="turn on DP-SGD with this lifetime budget"),
     delta: float = typer.Option(1e-5, "--delta"),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm"),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch threads for the site's training (default: torch's, one per core)"
+    ),
+    launcher: str = typer.Option(
+        "warm",
+        "--launcher",
+        help="warm: fork each message's ClientApp from a process with everything imported; "
+        "flower: Flower's own launcher, a fresh process per message",
+    ),
     privacy_unit: str = typer.Option("sample", "--privacy-unit", help="sample or group (e.g. per patient)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda[:N]"),
     foreground: bool = typer.Option(False, "--foreground", help="stay attached (systemd)"),
@@ -152,6 +168,8 @@ def start_cmd(
         "state_dir": str(state.resolve()),
         "ledger_key": str(key.resolve()),
     }
+    if threads is not None:
+        base["threads"] = threads
     for key_name, root in (("data_root", data_root), ("public_root", public_root)):
         if root is not None:
             base[key_name] = str(root.resolve())
@@ -193,10 +211,21 @@ def start_cmd(
         budget = PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
         budget.check_configuration(budget.load())
     config_path = write_site_config(site)
-    server_args = ["--server", server, "--ca", str(ca.resolve()), "--key", str(key.resolve())]
+    if launcher not in LAUNCHERS:
+        raise MmflError(f"--launcher {launcher!r} is not one of {', '.join(LAUNCHERS)}")
+    server_args = [
+        "--server",
+        server,
+        "--ca",
+        str(ca.resolve()),
+        "--key",
+        str(key.resolve()),
+        "--launcher",
+        launcher,
+    ]
     if foreground:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        Agent(config_path, server, ca.resolve(), key.resolve()).run()
+        Agent(config_path, server, ca.resolve(), key.resolve(), launcher).run()
         return
     if _agent_pid(site.state_dir):
         raise MmflError(f"an agent already runs for {site.state_dir}")
@@ -216,9 +245,10 @@ def run_agent(
     server: str = typer.Option(...),
     ca: Path = typer.Option(...),
     key: Path = typer.Option(...),
+    launcher: str = typer.Option("warm"),
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    Agent(config_path, server, ca, key).run()
+    Agent(config_path, server, ca, key, launcher).run()
 
 
 def _agent_pid(state: Path) -> int | None:

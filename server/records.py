@@ -50,6 +50,10 @@ class RoundRecord(BaseModel):
     weight_entropy: dict[str, float] = Field(default_factory=dict)
     contributors: dict[str, int] = Field(default_factory=dict)
     wall_seconds: float = 0.0
+    phase_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description="server-train, encode, exchange (send, site work, receive), merge, distil, evaluate",
+    )
 
     @property
     def accepted(self) -> list[SiteReport]:
@@ -77,6 +81,7 @@ class RoundRecord(BaseModel):
             "status": self.status,
             "reason": self.reason,
             "wall_seconds": self.wall_seconds,
+            "phase_seconds": self.phase_seconds,
             "bytes_down": self.bytes_down,
             "bytes_up": self.bytes_up,
             "server_metrics": self.server_metrics(),

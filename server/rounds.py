@@ -19,8 +19,9 @@ from it reaches the server model. The result is one :class:`~mmfl.server.records
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +38,16 @@ from mmfl.strategies.fedavg import momentum_step, weighted_average
 from mmfl.strategies.methods import Method
 
 Event = Callable[[str, str], None]
+
+
+@contextlib.contextmanager
+def timed(record: RoundRecord, phase: str) -> Iterator[None]:
+    """Add the time spent in the block to ``record.phase_seconds[phase]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        record.phase_seconds[phase] = record.phase_seconds.get(phase, 0.0) + time.perf_counter() - t0
 
 
 class RoundPipeline:
@@ -78,10 +89,11 @@ class RoundPipeline:
         t0 = time.perf_counter()
         record = RoundRecord(round=r)
         if self.method.server_data is not None:
-            losses = [
-                self.trainer.train_epoch(self.data.own, self.rng)
-                for _ in range(self.spec.server.epochs_per_round)
-            ]
+            with timed(record, "server-train"):
+                losses = [
+                    self.trainer.train_epoch(self.data.own, self.rng)
+                    for _ in range(self.spec.server.epochs_per_round)
+                ]
             record.server.train_loss = losses[-1]
         if self.method.site_work == "weights":
             self._weights(record)
@@ -90,8 +102,9 @@ class RoundPipeline:
         elif self.method.self_targets:
             self._self_distil(record)
         if self.method.has_server_model:
-            record.server.val = self.trainer.retrieval(self.data.val, self.pairs)
-            record.server.test = self.trainer.retrieval(self.data.test, self.pairs)
+            with timed(record, "evaluate"):
+                record.server.val = self.trainer.retrieval(self.data.val, self.pairs)
+                record.server.test = self.trainer.retrieval(self.data.test, self.pairs)
         record.wall_seconds = time.perf_counter() - t0
         return record
 
@@ -146,10 +159,11 @@ class RoundPipeline:
         assert self.exchange is not None
         exchanging = self.method.site_work == "represent"
         indices, rows = self._round_rows() if exchanging else ([], {})
-        wire = {
-            m: to_wire(g.numpy(), self.cream.payload_dtype)
-            for m, g in self.trainer.encode(self.data.public, rows).items()
-        }
+        with timed(record, "encode"):
+            wire = {
+                m: to_wire(g.numpy(), self.cream.payload_dtype)
+                for m, g in self.trainer.encode(self.data.public, rows).items()
+            }
         instruction = RepresentInstruction(
             run_id=self.run_id,
             round=record.round,
@@ -160,7 +174,8 @@ class RoundPipeline:
             settings=self.settings(),
         )
         nodes = self.sampler.sample(self.exchange.registry.online(self.exchange.grid))
-        record.sites, accepted = self.exchange.represent(nodes, instruction, wire)
+        with timed(record, "exchange"):
+            record.sites, accepted = self.exchange.represent(nodes, instruction, wire)
         if self.rule is None:
             self._enough(record, self.spec.server.min_sites)
             return
@@ -194,12 +209,14 @@ class RoundPipeline:
         """Merge the contributions with the method's rule (scored against the global
         representations ``sent``) and, when ``enough()`` holds, distil toward the result."""
         assert self.rule is not None
-        aggregate = self.rule.aggregate(contributions, sent, rows)
+        with timed(record, "merge"):
+            aggregate = self.rule.aggregate(contributions, sent, rows)
         record.weight_entropy, record.contributors = aggregate.weight_entropy, aggregate.contributors
         if enough() and aggregate.targets:
-            record.server.distill_loss = self.trainer.distill(
-                self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
-            )
+            with timed(record, "distil"):
+                record.server.distill_loss = self.trainer.distill(
+                    self.data.public, {m: rows[m] for m in aggregate.targets}, aggregate.targets, self.rng
+                )
 
     def _weights(self, record: RoundRecord) -> None:
         """The FedAvg family: the global weights out, the sites' trained copies back; with
@@ -209,7 +226,8 @@ class RoundPipeline:
         state = {k: v.detach().cpu().numpy().copy() for k, v in self.trainer.model.state_dict().items()}
         instruction = WeightsInstruction(run_id=self.run_id, round=record.round, settings=self.settings())
         nodes = self.exchange.registry.online(self.exchange.grid)
-        record.sites, accepted = self.exchange.weights(nodes, instruction, state)
+        with timed(record, "exchange"):
+            record.sites, accepted = self.exchange.weights(nodes, instruction, state)
         if not self._enough(record, max(1, self.spec.server.min_sites)):
             return
         got = [accepted[n] for n in sorted(accepted)]

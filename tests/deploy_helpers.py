@@ -88,9 +88,11 @@ class Federation:
             return None
 
 
-def start_federation(root: Path, sites: dict[str, list[str]]) -> Iterator[Federation]:
+def start_federation(
+    root: Path, sites: dict[str, list[str]], launcher: str = "warm", extra: tuple[str, ...] = ()
+) -> Iterator[Federation]:
     """Init and start a daemon, split the digits pool across ``sites``, register them and start
-    their agents side by side; stop everything afterwards."""
+    their agents (with this ClientApp ``launcher``) side by side; stop everything afterwards."""
     fed = Federation(root, free_port())
     mmfl(
         "server",
@@ -141,6 +143,9 @@ def start_federation(root: Path, sites: dict[str, list[str]]) -> Iterator[Federa
             "image=mlp",
             "--arch",
             "text=bag",
+            "--launcher",
+            launcher,
+            *extra,
         ]
         # The three agents start (validate their data, then detach) side by side.
         starts.append(
@@ -154,13 +159,15 @@ def start_federation(root: Path, sites: dict[str, list[str]]) -> Iterator[Federa
     for proc in starts:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"mmfl client start failed: {err[-2000:]}"
-    yield fed
-    stops = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mmfl.cli", "client", "stop", "--state", str(root / f"state-{s}")]
-        )
-        for s in sites
-    ]
-    for proc in stops:
-        proc.wait(timeout=120)
-    mmfl("server", "stop", "--dir", str(fed.server), check=False)
+    try:
+        yield fed
+    finally:
+        stops = [
+            subprocess.Popen(
+                [sys.executable, "-m", "mmfl.cli", "client", "stop", "--state", str(root / f"state-{s}")]
+            )
+            for s in sites
+        ]
+        for proc in stops:
+            proc.wait(timeout=120)
+        mmfl("server", "stop", "--dir", str(fed.server), check=False)

@@ -40,7 +40,7 @@ OPENCLIPART_METHODS = ["cream+", "centralized"]
 OPENCLIPART = ["rounds=2", "train.local_epochs=1", "cream.public_subset=512"]
 SLICE = 4
 
-VOLATILE = {"train_seconds", "wall_seconds"}
+VOLATILE = {"train_seconds", "wall_seconds", "phase_seconds"}
 
 
 def openclipart_slice(folder: Path) -> Path:

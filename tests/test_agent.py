@@ -29,6 +29,38 @@ def wait_for(what: str, check, seconds: float = 60.0) -> None:  # noqa: ANN001
         time.sleep(0.2)
 
 
+def launchers_of(state: Path) -> list[int]:
+    """Live warm launchers started for ``state``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if proc.name.isdigit() and b"mmfl.client.warm_launcher" in cmd and str(state).encode() in cmd:
+            found.append(int(proc.name))
+    return [p for p in found if alive(p)]
+
+
+def test_the_supernode_entry_point_caps_flowers_idle_wait() -> None:
+    """mmfl.client.supernode shortens the SuperNode's 3 s idle sleep; this fails if Flower
+    stops sleeping through its module's ``time`` (then the patch would do nothing)."""
+    import flwr.supernode.start_client_internal as internal
+
+    from mmfl.client import supernode
+
+    source = Path(internal.__file__).read_text()
+    assert "time.sleep(3)" in source and internal.time is time
+    try:
+        supernode.patch(0.05)
+        started = time.monotonic()
+        internal.time.sleep(3)
+        assert time.monotonic() - started < 0.5
+        assert internal.time.monotonic() > 0  # the rest of time is there
+    finally:
+        internal.time = time
+
+
 def test_a_killed_agent_takes_its_supernode_and_stop_ends_an_orphan(digits, tmp_path: Path) -> None:
     root = digits.root
     assert mmfl_cli("server", "init", "--dir", str(tmp_path / "srv")).returncode == 0
@@ -52,8 +84,12 @@ def test_a_killed_agent_takes_its_supernode_and_stop_ends_an_orphan(digits, tmp_
     wait_for("the SuperNode", lambda: supernode_of(state) is not None)
     node = supernode_of(state)
     assert node is not None and alive(node)
+    wait_for("the warm launcher", lambda: len(launchers_of(state)) == 1)
+    (launcher,) = launchers_of(state)
+    assert os.getpgid(launcher) == node  # in the SuperNode's group: stopped with it
     os.kill(agent, signal.SIGKILL)  # no clean-up code runs
     wait_for("the SuperNode to follow its agent", lambda: not alive(node), 30)
+    wait_for("the launcher to follow its agent", lambda: not alive(launcher), 30)
 
     # A SuperNode left behind some other way (started here by hand, as a crashed agent would
     # have left it) is found by `client stop` and ended.

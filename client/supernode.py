@@ -1,0 +1,42 @@
+"""``flower-supernode`` with a shorter idle wait: ``python -m mmfl.client.supernode ARGS``.
+
+Flower 1.42's SuperNode asks the SuperLink for a message, and when there is none sleeps 3 s
+(``start_client_internal``: ``time.sleep(3)``; waiting for a reply it sleeps 0.5 s at a time).
+A message therefore waits 1.5 s on average, 3 s at worst, before the site sees it — most of a
+deployed round on a small site (``benchmarks/deployed_rounds.py``). Flower has no setting for
+it, so this entry point runs Flower's own ``flower_supernode`` with that module's ``time.sleep``
+capped at ``MMFL_SUPERNODE_POLL`` seconds (default 0.5). Everything else is Flower's; a test
+checks that the module still sleeps through ``time`` (``tests/test_agent.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from types import SimpleNamespace
+
+DEFAULT_POLL = 0.5
+
+
+def _capped_time(limit: float) -> SimpleNamespace:
+    """The ``time`` module with ``sleep`` capped at ``limit`` seconds."""
+    clock = SimpleNamespace(**{name: getattr(time, name) for name in dir(time) if not name.startswith("__")})
+    clock.sleep = lambda seconds: time.sleep(min(float(seconds), limit))
+    return clock
+
+
+def patch(limit: float) -> None:
+    import flwr.supernode.start_client_internal as internal
+
+    internal.time = _capped_time(limit)  # type: ignore[assignment]
+
+
+def main() -> None:
+    patch(float(os.environ.get("MMFL_SUPERNODE_POLL", DEFAULT_POLL)))
+    from flwr.supernode.cli import flower_supernode
+
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    main()
