@@ -87,17 +87,29 @@ class RoundProgress:
 
 
 def run_one(
-    spec: FederationSpec, engine: str, out: Path | None, store: str | None, force: bool, progress: Progress
+    spec: FederationSpec,
+    engine: str,
+    out: Path | None,
+    store: str | None,
+    force: bool,
+    progress: Progress,
+    ray_address: str | None = None,
 ) -> tuple[dict[str, Any], Path]:
     if engine not in ENGINES:
         raise MmflError(f"unknown engine {engine!r} (choose {' or '.join(ENGINES)})")
+    if ray_address and engine != "flower":
+        raise MmflError("--ray-address runs on Flower's simulation engine: use --engine flower")
     # Imported here: they pull in torch, which ``mmfl --help`` does not need.
     from mmfl.simulation.engines import run_flower, run_inprocess
     from mmfl.simulation.plan import build_plan
 
     plan = build_plan(spec, out, store, force)
     watcher = RoundProgress(progress, f"{spec.strategy} s{spec.seed}")
-    summary = run_flower(plan, watcher) if engine == "flower" else run_inprocess(plan, watcher)
+    summary = (
+        run_flower(plan, watcher, ray_address=ray_address)
+        if engine == "flower"
+        else run_inprocess(plan, watcher)
+    )
     validate_summary(summary)
     write_report(summary, Path(plan.output_dir))
     return summary, Path(plan.output_dir)
@@ -194,6 +206,12 @@ def simulate(
         "--controls/--no-controls",
         help="also run the site-free controls (server-only, site-free) on the same spec and seed",
     ),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray-address",
+        help="run the sites on an existing Ray cluster (HOST:PORT of its head; Ray's own RAY_ADDRESS); "
+        "its nodes need this mmfl and the run folder at the same paths",
+    ),
 ) -> None:
     """Run one federation (the default: cream+ on digits, six sites of three kinds), and beside
     it the servers that use no site at all, so that the table shows what the sites added."""
@@ -201,12 +219,16 @@ def simulate(
         return
     spec = _spec(config, set_, strategy=strategy, seed=seed, rounds=rounds)
     with _progress() as progress:
-        summary, run_dir = run_one(spec, engine, out, store, force, progress)
+        summary, run_dir = run_one(spec, engine, out, store, force, progress, ray_address)
         others = []
         if controls:
             for name in control_strategies(spec.strategy):
                 control = spec.model_copy(update={"strategy": name})
-                others.append(run_one(control, engine, run_dir / "controls" / name, None, force, progress)[0])
+                others.append(
+                    run_one(control, engine, run_dir / "controls" / name, None, force, progress, ray_address)[
+                        0
+                    ]
+                )
     print_summary(summary, run_dir)
     if others:
         print_controls(summary, others)

@@ -190,12 +190,21 @@ def _tail(path: Path, offset: int, progress: Progress | None) -> int:
                 progress(json.loads(line))
 
 
-def run_flower(plan: RunPlan, progress: Progress | None = None, timeout: float = 3600.0) -> dict[str, Any]:
-    """Run the plan on Flower's simulation engine; returns the summary the ServerApp wrote."""
+def run_flower(
+    plan: RunPlan, progress: Progress | None = None, timeout: float = 3600.0, ray_address: str | None = None
+) -> dict[str, Any]:
+    """Run the plan on Flower's simulation engine; returns the summary the ServerApp wrote.
+
+    ``ray_address``: an existing Ray cluster's head (``HOST:PORT``). Flower's engine calls
+    ``ray.init()`` without an address, which joins the cluster named by ``RAY_ADDRESS``; without
+    it, Ray starts on this machine alone."""
     out = Path(plan.output_dir)
     flwr_home = out / "flower"
     flwr_home.mkdir(parents=True, exist_ok=True)
-    env = flower_env(flwr_home, {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"})
+    extra = {"RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    if ray_address:
+        extra["RAY_ADDRESS"] = ray_address
+    env = flower_env(flwr_home, extra)
     port = free_port()
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "mmfl-sim"\n\n[superlink.mmfl-sim]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
