@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -47,8 +48,24 @@ from mmfl.protocols.records import ProtocolError, arrays_of, decode, encode
 
 log = logging.getLogger("mmfl.client")
 
-_sites: dict[str, Site] = {}
+MAX_CACHED_SITES = 16
+"""Sites kept built per process (their data loaded); a simulation process that serves more, e.g.
+a Ray actor among 100 virtual sites, rebuilds the least recently used from its state folder."""
+_sites: OrderedDict[str, Site] = OrderedDict()
 _sites_lock = threading.Lock()
+
+
+def _cached(key: str, build: Callable[[], Site]) -> Site:
+    with _sites_lock:
+        if key in _sites:
+            _sites.move_to_end(key)
+        else:
+            _sites[key] = build()
+            while len(_sites) > MAX_CACHED_SITES:
+                _sites.popitem(last=False)
+        return _sites[key]
+
+
 _threads_lock = threading.Lock()
 
 
@@ -70,20 +87,14 @@ def site_for(context: Context) -> Site:
             return SiteConfig.model_validate(configs[pid])
     else:
         raise MmflError("this node has no site configuration (node config 'site-config')")
-    with _sites_lock:
-        if key not in _sites:
-            _sites[key] = Site(loader())
-        return _sites[key]
+    return _cached(key, lambda: Site(loader()))
 
 
 def preload(site_config: Path) -> Site:
     """Build the deployed site of ``site_config`` as :func:`site_for` would, with its data and
     public set loaded and featurised, so that processes forked afterwards start warm."""
     key = str(Path(site_config).resolve())
-    with _sites_lock:
-        if key not in _sites:
-            _sites[key] = Site(load_config(SiteConfig, Path(site_config)))
-        site = _sites[key]
+    site = _cached(key, lambda: Site(load_config(SiteConfig, Path(site_config))))
     site.data.featurizers, site.data.public, site.data.train, site.data.holdout  # noqa: B018
     return site
 

@@ -111,3 +111,20 @@ def test_a_killed_agent_takes_its_supernode_and_stop_ends_an_orphan(digits, tmp_
             orphan.kill()
     out = mmfl_cli("client", "stop", "--state", str(state))
     assert out.returncode == 2 and "no agent runs" in out.stderr
+
+
+def test_a_process_keeps_the_most_recent_sites_built_and_rebuilds_the_rest(monkeypatch) -> None:
+    """Many virtual sites on one Ray actor: the cache of built sites stays bounded."""
+    from mmfl.client import app
+
+    monkeypatch.setattr(app, "MAX_CACHED_SITES", 2)
+    monkeypatch.setattr(app, "_sites", app.OrderedDict())
+    built: list[str] = []
+
+    def build(key: str):  # noqa: ANN202
+        return lambda: built.append(key) or key
+
+    for key in ["a", "b", "a", "c", "a", "b"]:
+        assert app._cached(key, build(key)) == key
+    # a, b built; a reused; c evicts b (a was used more recently); a reused; b rebuilt, evicting c
+    assert built == ["a", "b", "c", "b"] and list(app._sites) == ["a", "b"]
