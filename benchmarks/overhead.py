@@ -44,11 +44,14 @@ FIRST_NODE = 1000  # the in-process grid's node ids, so the sampler draws the sa
 
 
 class _AllOnline:
-    def __init__(self, nodes: Sequence[int]) -> None:
-        self.nodes = list(nodes)
+    def __init__(self, sites: Mapping[int, Site]) -> None:
+        self.sites = dict(sites)
 
     def online(self, grid: object) -> list[int]:
-        return self.nodes
+        return sorted(self.sites)
+
+    def site_id(self, node: int) -> str:
+        return self.sites[node].spec.id
 
 
 class DirectExchange:
@@ -58,7 +61,7 @@ class DirectExchange:
     def __init__(self, sites: Mapping[int, Site]) -> None:
         self.sites = dict(sites)
         self.grid = None
-        self.registry = _AllOnline(sorted(self.sites))
+        self.registry = _AllOnline(self.sites)
 
     def represent(
         self, nodes: Sequence[int], instruction: RepresentInstruction, globals_wire: Mapping[str, np.ndarray]

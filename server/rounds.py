@@ -173,7 +173,8 @@ class RoundPipeline:
             embed_dim=self.spec.embed_dim,
             settings=self.settings(),
         )
-        nodes = self.sampler.sample(self.exchange.registry.online(self.exchange.grid))
+        registry = self.exchange.registry
+        nodes = self.sampler.sample(registry.online(self.exchange.grid), registry.site_id)
         with timed(record, "exchange"):
             record.sites, accepted = self.exchange.represent(nodes, instruction, wire)
         if self.rule is None:

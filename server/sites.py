@@ -132,11 +132,14 @@ class SiteSampler:
         self.per_round = per_round
         self.rng = random.Random(seed)
 
-    def sample(self, nodes: Sequence[int]) -> list[int]:
-        pool = sorted(nodes)
+    def sample(self, nodes: Sequence[int], name: Callable[[int], str] | None = None) -> list[int]:
+        """The round's nodes, in node order. Drawn from the nodes ordered by ``name`` (the site
+        ids): Flower's engine numbers nodes at random, so a draw over node ids would pick other
+        sites for the same seed in every run."""
+        pool = sorted(nodes, key=name) if name else sorted(nodes)
         if self.per_round is not None and self.per_round < len(pool):
-            pool = sorted(self.rng.sample(pool, self.per_round))
-        return pool
+            pool = self.rng.sample(pool, self.per_round)
+        return sorted(pool)
 
 
 def discover(

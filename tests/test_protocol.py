@@ -265,3 +265,19 @@ def test_a_site_must_use_its_registered_name_and_a_name_is_held_once(flower_iden
     assert free.register(8, reply("alice")) is None
     assert events[-1] == ("site-refused", "node 8: the name alice is held by node 7; excluded")
     assert free.register(7, reply("alice")) is not None  # the same node again is no clash
+
+
+def test_the_sampled_sites_depend_on_the_seed_not_on_the_node_numbers() -> None:
+    """Flower's engine numbers nodes at random: the same seed must still pick the same sites."""
+    from mmfl.server.sites import SiteSampler
+
+    names = [f"site-{i:02d}" for i in range(20)]
+    picks = []
+    for numbering in (np.arange(20) + 1000, np.random.default_rng(7).permutation(10**6)[:20]):
+        node_name = dict(zip(numbering.tolist(), names, strict=True))
+        sampler = SiteSampler(5, seed=3)
+        rounds = [sampler.sample(list(node_name), node_name.__getitem__) for _ in range(3)]
+        assert all(r == sorted(r) and len(r) == 5 for r in rounds)  # node order, for merging
+        picks.append([[node_name[n] for n in r] for r in rounds])
+    assert picks[0] == [sorted(p) for p in picks[1]]
+    assert len({tuple(p) for p in picks[0]}) > 1  # rounds differ
