@@ -115,7 +115,27 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory):
         shutil.rmtree(root, ignore_errors=True)
 
 
+# Files that take a minute or more (measured in CI), longest first after the deployment files.
+LONG_FILES = [
+    "test_pinned_openclipart.py",
+    "test_own_data.py",
+    "test_simulation.py",
+    "test_privacy_sim.py",
+    "test_ray_cluster.py",
+    "test_agent.py",
+    "test_crash_points.py",
+]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The deployment tests first: with ``pytest -n 2 --dist loadfile`` they are the longest
-    files and mostly wait on real processes, so the other tests fill the time beside them."""
-    items.sort(key=lambda item: 0 if item.path.name.startswith("test_deployment") else 1)
+    files and mostly wait on real processes, so the other tests fill the time beside them; then
+    the other long files, longest first, so that no long file starts last on one worker."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        if name.startswith("test_deployment"):
+            return 0
+        return 1 + LONG_FILES.index(name) if name in LONG_FILES else 1 + len(LONG_FILES)
+
+    items.sort(key=rank)

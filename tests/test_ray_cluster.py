@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -46,12 +47,21 @@ def ray_node(*args: str, temp: Path) -> subprocess.Popen:
     )  # fmt: skip
 
 
-def alive_nodes(address: str) -> int:
-    out = subprocess.run(
-        [sys.executable, "-c", f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
-         "print(sum(n['Alive'] for n in ray.nodes()))"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def alive_nodes(address: str, wanted: int, deadline: float) -> int:
+    """Alive nodes of the cluster once ``wanted`` are (one client, polling), or at the deadline."""
+    script = (
+        "import sys, time, ray\n"
+        f"ray.init(address={address!r}, logging_level='ERROR')\n"
+        f"while sum(n['Alive'] for n in ray.nodes()) < {wanted} and time.time() < {time.time() + deadline - time.monotonic()}:\n"
+        "    time.sleep(0.5)\n"
+        "print(sum(n['Alive'] for n in ray.nodes()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     return int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else 0
 
 
@@ -74,13 +84,11 @@ def test_simulate_sends_the_sites_to_an_existing_ray_cluster(digits, tmp_path: P
     worker = None
     try:
         deadline = time.monotonic() + 120
-        while alive_nodes(address) < 1:
+        while not port_open(port):  # the head's GCS listens
             assert time.monotonic() < deadline and head.poll() is None, "the Ray head did not start"
-            time.sleep(2)
+            time.sleep(0.5)
         worker = ray_node(f"--address={address}", temp=temp)
-        while alive_nodes(address) < 2:
-            assert time.monotonic() < deadline and worker.poll() is None, "the Ray worker did not join"
-            time.sleep(2)
+        assert alive_nodes(address, 2, deadline) == 2, "the Ray worker did not join the head"
         (tmp_path / "spec.toml").write_text(SPEC)
         out = tmp_path / "run"
         done = subprocess.run(
