@@ -19,6 +19,7 @@ from mmfl.data.builtin import open_dataset
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.pki import key_fingerprint, load_site_public_key
+from mmfl.server.console.cli import console_cmd
 from mmfl.server.daemon import (
     CONNECTION,
     ServerLayout,
@@ -38,6 +39,7 @@ from mmfl.strategies.methods import method_of
 app = typer.Typer(help="The coordinator daemon and its runs (operators).", no_args_is_help=True)
 run_app = typer.Typer(help="Submit and inspect runs.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
+app.command("console")(console_cmd)
 console = Console()
 DirOpt = typer.Option(Path("."), "--dir", help="the server folder")
 

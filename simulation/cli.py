@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from mmfl.simulation.report import (
     write_comparison,
     write_report,
 )
+from mmfl.simulation.tracking import RunTracker, parse_backends, view_commands
 
 app = typer.Typer(help="Run a federation on one machine (researchers).", invoke_without_command=True)
 console = Console(stderr=True)
@@ -29,6 +31,13 @@ ENGINES = ("flower", "inprocess")
 ConfigOpt = typer.Option(None, "--config", "-c", help="federation spec (TOML); defaults: digits, six sites")
 SetOpt = typer.Option(None, "--set", "-s", help="override a spec key, e.g. --set rounds=8 (repeatable)")
 EngineOpt = typer.Option("flower", "--engine", help="flower (Flower's simulation engine) or inprocess")
+TrackingOpt = typer.Option(
+    None,
+    "--tracking",
+    envvar="MMFL_TRACKING",
+    help="also log rounds, config and model card to tensorboard and/or mlflow (repeatable or "
+    "comma-separated; default none), in OUT/tracking/",
+)
 
 
 def _spec(config: Path | None, overrides: list[str] | None, **fields: Any) -> FederationSpec:
@@ -94,7 +103,12 @@ def run_one(
     force: bool,
     progress: Progress,
     ray_address: str | None = None,
+    on_plan: Callable[[Path], None] | None = None,
+    tracking: tuple[str, ...] = (),
+    tracking_root: Path | None = None,
 ) -> tuple[dict[str, Any], Path]:
+    """Run one spec; with ``tracking`` backends, log it as it runs into ``tracking_root``
+    (default: the run's ``tracking`` folder)."""
     if engine not in ENGINES:
         raise MmflError(f"unknown engine {engine!r} (choose {' or '.join(ENGINES)})")
     if ray_address and engine != "flower":
@@ -104,15 +118,20 @@ def run_one(
     from mmfl.simulation.plan import build_plan
 
     plan = build_plan(spec, out, store, force)
-    watcher = RoundProgress(progress, f"{spec.strategy} s{spec.seed}")
-    summary = (
-        run_flower(plan, watcher, ray_address=ray_address)
-        if engine == "flower"
-        else run_inprocess(plan, watcher)
-    )
-    validate_summary(summary)
-    write_report(summary, Path(plan.output_dir))
-    return summary, Path(plan.output_dir)
+    if on_plan is not None:
+        on_plan(Path(plan.output_dir))
+    run_dir = Path(plan.output_dir)
+    with RunTracker(tracking, tracking_root or run_dir / "tracking", spec, plan.run_id, run_dir) as tracker:
+        watcher = tracker.watch(RoundProgress(progress, f"{spec.strategy} s{spec.seed}"))
+        summary = (
+            run_flower(plan, watcher, ray_address=ray_address)
+            if engine == "flower"
+            else run_inprocess(plan, watcher)
+        )
+        validate_summary(summary)
+        write_report(summary, run_dir)
+        tracker.finish(summary)
+    return summary, run_dir
 
 
 def _progress() -> Progress:
@@ -212,26 +231,58 @@ def simulate(
         help="run the sites on an existing Ray cluster (HOST:PORT of its head; Ray's own RAY_ADDRESS); "
         "its nodes need this mmfl and the run folder at the same paths",
     ),
+    tracking: list[str] | None = TrackingOpt,
+    console_on: bool = typer.Option(
+        False,
+        "--console",
+        help="serve the read-only operator console of this run on 127.0.0.1 while it runs (and after, "
+        "until Ctrl-C)",
+    ),
+    console_port: int = typer.Option(8787, "--console-port", min=1, max=65535),
 ) -> None:
     """Run one federation (the default: cream+ on digits, six sites of three kinds), and beside
     it the servers that use no site at all, so that the table shows what the sites added."""
     if ctx.invoked_subcommand is not None:
         return
+    backends = parse_backends(tracking)
     spec = _spec(config, set_, strategy=strategy, seed=seed, rounds=rounds)
+    served: list[Any] = []
+
+    def open_console(folder: Path) -> None:
+        if console_on and not served:
+            from mmfl.server.console.cli import serve_folder
+
+            served.append(serve_folder(folder, console_port))
+
     with _progress() as progress:
-        summary, run_dir = run_one(spec, engine, out, store, force, progress, ray_address)
+        summary, run_dir = run_one(
+            spec, engine, out, store, force, progress, ray_address, open_console, tracking=backends
+        )
         others = []
         if controls:
             for name in control_strategies(spec.strategy):
                 control = spec.model_copy(update={"strategy": name})
                 others.append(
-                    run_one(control, engine, run_dir / "controls" / name, None, force, progress, ray_address)[
-                        0
-                    ]
+                    run_one(
+                        control,
+                        engine,
+                        run_dir / "controls" / name,
+                        None,
+                        force,
+                        progress,
+                        ray_address,
+                        tracking=backends,
+                        tracking_root=run_dir / "tracking",
+                    )[0]
                 )
     print_summary(summary, run_dir)
     if others:
         print_controls(summary, others)
+    print_tracking(backends, run_dir / "tracking")
+    if served:
+        from mmfl.server.console.cli import keep_serving
+
+        keep_serving(served[0])
 
 
 def control_strategies(strategy: str) -> list[str]:
@@ -242,6 +293,12 @@ def control_strategies(strategy: str) -> list[str]:
     if not (method.uses_sites and method.has_server_model):
         return []
     return ["server-only", "site-free"]
+
+
+def print_tracking(backends: tuple[str, ...], root: Path) -> None:
+    """Where the tracked runs went and how to open them."""
+    for command in view_commands(backends, root):
+        Console().print(f"tracking: {command}", highlight=False, soft_wrap=True)
 
 
 def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> None:
@@ -285,8 +342,10 @@ def compare(
     engine: str = typer.Option("inprocess", "--engine"),
     out: Path = typer.Option(Path("runs/compare"), "--out"),
     force: bool = typer.Option(False, "--force"),
+    tracking: list[str] | None = TrackingOpt,
 ) -> None:
     """Run several strategies and seeds on the same spec; write one comparison table."""
+    backends = parse_backends(tracking)
     out.mkdir(parents=True, exist_ok=True)
     store = f"sqlite:///{(out / 'runs.sqlite').resolve()}"
     summaries = []
@@ -295,7 +354,18 @@ def compare(
             for seed in [int(x) for x in seeds.split(",") if x.strip()]:
                 spec = _spec(config, set_, strategy=name, seed=seed)
                 run_dir = out / f"{name.replace('+', 'plus')}-s{seed}"
-                summaries.append(run_one(spec, engine, run_dir, store, force, progress)[0])
+                summaries.append(
+                    run_one(
+                        spec,
+                        engine,
+                        run_dir,
+                        store,
+                        force,
+                        progress,
+                        tracking=backends,
+                        tracking_root=out / "tracking",
+                    )[0]
+                )
     write_comparison(summaries, out)
     table = Table(title="comparison (final test rsum, mean ± sample std over seeds)")
     rows = comparison_table(summaries)
@@ -315,6 +385,7 @@ def compare(
         )
     Console().print(table)
     Console().print(f"written: {out / 'comparison.md'}")
+    print_tracking(backends, out / "tracking")
 
 
 @app.command("init")

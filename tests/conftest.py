@@ -121,7 +121,9 @@ LONG_FILES = [
     "test_own_data.py",
     "test_simulation.py",
     "test_privacy_sim.py",
+    "test_console.py",
     "test_ray_cluster.py",
+    "test_tracking.py",
     "test_agent.py",
     "test_crash_points.py",
 ]
