@@ -38,6 +38,7 @@ from mmfl.client.secure_random import SecureRandom
 from mmfl.config import PrivacyConfig
 from mmfl.data.tensors import Tensors
 from mmfl.models.multimodal import MultiEncoder
+from mmfl.models.optim import adam
 
 # Ghost clipping backpropagates twice through Opacus' full backward hooks, whose inputs need no
 # gradient (frozen features); torch warns on every such pass although nothing is wrong.
@@ -190,7 +191,7 @@ class PrivateTraining:
         self.mode = grad_sample_mode(model, config.grad_sample_mode)
         self.accountant = create_accountant(config.accountant)
         self.accountant.history = [tuple(h) for h in history]  # type: ignore[misc]
-        base = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+        base = adam(model.parameters(), lr=lr, weight_decay=weight_decay)
         common = {
             "noise_multiplier": noise_multiplier,
             "max_grad_norm": config.max_grad_norm,

@@ -29,6 +29,7 @@ import torch
 from mmfl.data.tensors import Tensors
 from mmfl.models.losses import inter_modal, intra_modal, multimodal_task_loss
 from mmfl.models.multimodal import MultiEncoder, batches
+from mmfl.models.optim import adam
 from mmfl.protocols.messages import TrainSettings
 
 
@@ -116,7 +117,7 @@ def train_round(
     ``anchor`` (the global weights) and ``settings.proximal_mu > 0`` every private step adds
     FedProx's proximal term."""
     prox = anchor is not None and settings.proximal_mu > 0
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     model.train()
     task_losses: list[float] = []
     pub_losses: list[float] = []

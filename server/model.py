@@ -23,6 +23,7 @@ from mmfl.data.tensors import Tensors
 from mmfl.models.losses import distill_contrastive, distill_mse, multimodal_task_loss
 from mmfl.models.metrics import pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder, batches
+from mmfl.models.optim import adam
 
 
 class ServerTrainer:
@@ -41,7 +42,7 @@ class ServerTrainer:
         self.cream = cream
         self.by_class = by_class
         self.device = device
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = adam(self.model.parameters(), lr=config.lr)
         self.velocity: dict[str, np.ndarray] | None = None  # FedAvgM's server momentum
 
     def train_epoch(self, data: Tensors, rng: np.random.Generator) -> float:
