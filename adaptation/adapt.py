@@ -10,7 +10,9 @@ site model) and the target site's paired samples, unlabeled. No source data is u
    GroupNorm, so the checkpoint stores representation statistics instead), averaged over
    dimensions and modalities.
 3. The switch picks agreement filtering (conservative, for a large gap) or entropy weighting
-   (for a small one) by comparing the gap with a threshold calibrated on the benchmark.
+   (for a small one) by comparing the gap with ``gap_threshold``. That threshold must come from
+   scenarios other than the target (:mod:`mmfl.adaptation.switch`; ``benchmarks/adapt.py``
+   calibrates it leave-one-scenario-out); the default 0.5 is not such a calibration.
 4. Self-training per modality: cross-entropy on the fused pseudo-labels plus
    ``consistency_weight * KL(p_other || p_this)`` (the other modality's prediction, detached);
    ``refresh_rounds`` rounds of new pseudo-labels (1, as the reference code).

@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 
 from mmfl.config import AdaptConfig, load_config
-from mmfl.data.manifest import load_manifest
+from mmfl.data.manifest import Manifest, load_manifest
 from mmfl.data.prepared import has_dataset_info, read_dataset_info
+from mmfl.data.sample import Sample
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.paths import feature_cache_root
@@ -20,8 +21,12 @@ console = Console()
 
 
 def train_unimodal_cmd(
-    data: Path = typer.Option(..., "--data", help="labeled manifest (CSV or JSONL)"),
-    modality: str = typer.Option(..., "--modality", help="image, text or audio"),
+    data: Path = typer.Option(..., "--data", help="labeled manifest (CSV or JSONL), one or more modalities"),
+    modality: str | None = typer.Option(
+        None,
+        "--modality",
+        help="image, text or audio; needed when the manifest holds several (rows without it are skipped)",
+    ),
     arch: str = typer.Option(..., "--arch", help="architecture, e.g. mlp, cnn-small, bag, mfcc-mlp"),
     out: Path = typer.Option(..., "--out", help="checkpoint to write"),
     epochs: int = typer.Option(20, "--epochs"),
@@ -39,11 +44,13 @@ def train_unimodal_cmd(
     from mmfl.data.tensors import load_tensors
     from mmfl.models.encoders import architecture
 
+    manifest, modality, skipped = _one_modality(load_manifest(data, require_label=True), data, modality)
     try:
         spec = architecture(arch, modality)
     except ValueError as exc:
         raise MmflError(str(exc)) from None
-    manifest = load_manifest(data, [modality], require_label=True)
+    if skipped:
+        console.print(f"{skipped} of {skipped + len(manifest)} rows hold no {modality}: skipped")
     info = read_dataset_info(data.parent) if has_dataset_info(data.parent) else None
     classes = info.classes if info else sorted({s.label for s in manifest.samples if s.label is not None})
     feat_spec = FeaturizerSpec(
@@ -60,6 +67,30 @@ def train_unimodal_cmd(
         f"{modality} model ({arch}, {meta.trained_on['samples']} samples, {len(classes)} classes) -> {out}"
     )
     console.print(f"privacy: this model is {meta.privacy}")
+
+
+def _one_modality(manifest: Manifest, path: Path, modality: str | None) -> tuple[Manifest, str, int]:
+    """(the rows holding the chosen modality, reduced to it; the modality; rows skipped).
+
+    A manifest with one modality needs no choice; one with several needs ``--modality``."""
+    present = list(manifest.modalities)
+    if modality is None:
+        if len(present) != 1:
+            raise MmflError(
+                f"manifest {path} holds {', '.join(present)}: choose one with --modality {'|'.join(present)}"
+            )
+        modality = present[0]
+    if modality not in present:
+        raise MmflError(
+            f"manifest {path} has no {modality} column (it holds {', '.join(present)}): "
+            f"choose --modality {'|'.join(present)}"
+        )
+    rows = [
+        Sample(s.id, {modality: s.values[modality]}, s.label, s.group)
+        for s in manifest.samples
+        if s.has(modality)
+    ]
+    return Manifest(manifest.path, rows, (modality,)), modality, len(manifest) - len(rows)
 
 
 def adapt_cmd(

@@ -121,34 +121,17 @@ def mmfl(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def source_models(digits, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Both source models trained from the built-in multimodal manifest, one ``--modality`` each."""
     out = tmp_path_factory.mktemp("adapt")
     public = digits.root / "public.jsonl"
+    rows = [json.loads(line) for line in public.read_text().splitlines()]
     models = {}
     for modality, arch in (("image", "mlp"), ("audio", "mfcc-mlp")):
-        rows = [json.loads(line) for line in public.read_text().splitlines()]
-        src = out / f"{modality}.jsonl"
-        src.write_text(
-            "".join(
-                json.dumps(
-                    {
-                        "id": r["id"],
-                        modality: str(digits.root / r[modality])
-                        if not Path(r[modality]).is_absolute()
-                        else r[modality],
-                        "label": r["label"],
-                    }
-                )
-                + "\n"
-                for r in rows
-                if modality in r
-            )
-        )
-        (out / "dataset.json").write_text((digits.root / "dataset.json").read_text())
         models[modality] = out / f"{modality}.pt"
         res = mmfl(
             "train-unimodal",
             "--data",
-            str(src),
+            str(public),
             "--modality",
             modality,
             "--arch",
@@ -159,7 +142,33 @@ def source_models(digits, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
             "5",
         )
         assert res.returncode == 0, res.stderr
+        held = sum(1 for r in rows if modality in r)
+        said = " ".join(res.stdout.split())
+        assert f"{held} samples" in said
+        skipped = len(rows) - held
+        assert (f"{skipped} of {len(rows)} rows hold no {modality}: skipped" in said) == (skipped > 0)
     return models
+
+
+def test_train_unimodal_on_a_multimodal_manifest_needs_a_modality(digits, tmp_path: Path) -> None:
+    public = str(digits.root / "public.jsonl")
+    res = mmfl("train-unimodal", "--data", public, "--arch", "mlp", "--out", str(tmp_path / "m.pt"))
+    assert res.returncode == 2 and not (tmp_path / "m.pt").exists()
+    assert "holds image, text, audio: choose one with --modality image|text|audio" in " ".join(
+        res.stderr.split()
+    )
+    res = mmfl(
+        "train-unimodal",
+        "--data",
+        public,
+        "--modality",
+        "image",
+        "--arch",
+        "mfcc-mlp",
+        "--out",
+        str(tmp_path / "m.pt"),
+    )
+    assert res.returncode == 2 and "\n" not in res.stderr.strip() and not (tmp_path / "m.pt").exists()
 
 
 def test_adapt_writes_models_and_a_report(source_models: dict[str, Path], digits, tmp_path: Path) -> None:
@@ -241,3 +250,146 @@ def test_adapt_refuses_mismatched_models_and_unpaired_data(
         str(tmp_path / "o"),
     )
     assert res.returncode == 2 and "encodes" in res.stderr
+
+
+def _benchmark():
+    """``benchmarks/adapt.py`` as a module (benchmarks are scripts, not installed)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "adapt.py"
+    spec = importlib.util.spec_from_file_location("adapt_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_switch_threshold_minimises_regret_on_the_calibration_points() -> None:
+    from mmfl.adaptation.switch import CalibrationPoint, calibrate_threshold
+
+    ew_low = CalibrationPoint(gap=0.1, af=50.0, ew=90.0)
+    af_high = CalibrationPoint(gap=1.0, af=80.0, ew=60.0)
+    assert calibrate_threshold([ew_low, af_high]) == pytest.approx(np.sqrt(0.1))  # between them
+    assert calibrate_threshold([ew_low]) == pytest.approx(0.2)  # EW everywhere: above every gap
+    assert calibrate_threshold([af_high]) == pytest.approx(0.5)  # AF everywhere: below every gap
+    # The stated design fails here (AF wins at the smaller gap): least regret is one side.
+    inverted = [CalibrationPoint(gap=0.1, af=90.0, ew=89.0), CalibrationPoint(gap=1.0, af=50.0, ew=90.0)]
+    assert calibrate_threshold(inverted) == pytest.approx(2.0)
+
+
+def fake_runs() -> list[dict]:
+    rng = np.random.default_rng(0)
+    runs = []
+    for s, gap in (("a", 0.01), ("b", 0.3), ("c", 0.1), ("d", 0.5)):
+        for seed in range(3):
+            af, ew = rng.uniform(40, 100, size=2)
+            runs.append(
+                {
+                    "scenario": s,
+                    "seed": seed,
+                    "gap": gap + 0.001 * seed,
+                    "af": float(af),
+                    "ew": float(ew),
+                    "af_adapt_rows": float(af + rng.normal()),
+                    "ew_adapt_rows": float(ew + rng.normal()),
+                }
+            )
+    return runs
+
+
+def test_switch_threshold_never_reads_evaluation_rows_nor_its_own_scenario() -> None:
+    """Changing every evaluation accuracy changes neither thresholds nor choices; changing a
+    scenario's own adaptation-row accuracies does not change that scenario's threshold."""
+    bench = _benchmark()
+    runs = fake_runs()
+    base = bench.apply_switch(runs)
+    choices = [r["switch_choice"] for r in runs]
+    relabelled = fake_runs()
+    for r in relabelled:
+        r["af"], r["ew"] = r["ew"] + 30, r["af"] - 30  # as if evaluation labels were different
+    again = bench.apply_switch(relabelled)
+    assert again["thresholds"] == base["thresholds"]
+    assert [r["switch_choice"] for r in relabelled] == choices
+    for r in relabelled:
+        assert r["switch"] == r[r["switch_choice"]]
+    for s in "abcd":
+        flipped = fake_runs()
+        for r in flipped:
+            if r["scenario"] == s:
+                r["af_adapt_rows"], r["ew_adapt_rows"] = 0.0, 100.0
+        assert bench.apply_switch(flipped)["thresholds"][s] == base["thresholds"][s]
+
+
+def _tiny_models(seed: int):
+    import torch
+
+    from mmfl.adaptation.adapt import FeaturizerSpec, UnimodalMeta, build
+
+    torch.manual_seed(seed)
+    models = {}
+    for m, spec, arch in (
+        ("image", FeaturizerSpec(name="pixels", image_size=8, image_channels=1), "mlp"),
+        ("audio", FeaturizerSpec(name="mfcc-stats"), "mfcc-mlp"),
+    ):
+        meta = UnimodalMeta(
+            modality=m,
+            architecture=arch,
+            embed_dim=16,
+            classes=[str(c) for c in range(4)],
+            featurizer=spec,
+            source_mean=[],
+            source_var=[],
+        )
+        models[m] = build(meta).eval()
+    x = {"image": torch.rand(120, 1, 8, 8), "audio": torch.randn(120, 52)}
+    return models, x
+
+
+def test_trivial_baseline_trains_the_uncertain_model_on_the_confident_ones_labels() -> None:
+
+    from mmfl.adaptation import baselines
+
+    models, x = _tiny_models(0)
+    models["audio"].heads["audio"].scale *= 50.0  # a confident audio model: the teacher
+    before = {m: baselines.probabilities(models[m], m, x[m]) for m in models}
+    assert baselines.pick_teacher(models, x) == "audio"
+    teacher, trained = baselines.teacher_student(models, x, epochs=40, lr=3e-3, batch_size=32)
+    assert teacher == "audio"
+    for m in models:  # the inputs are untouched
+        assert np.allclose(baselines.probabilities(models[m], m, x[m]), before[m])
+    assert np.allclose(baselines.probabilities(trained["audio"], "audio", x["audio"]), before["audio"])
+    student = baselines.probabilities(trained["image"], "image", x["image"])
+    teacher_labels = before["audio"].argmax(1)
+    assert (
+        (student.argmax(1) == teacher_labels).mean()
+        > 0.9
+        > (before["image"].argmax(1) == teacher_labels).mean()
+    )
+    assert np.allclose(baselines.fused(trained, x), (student + before["audio"]) / 2)
+
+
+def test_benchmark_rows_never_share_an_image_or_a_recording_between_adaptation_and_evaluation() -> None:
+    bench = _benchmark()
+    images = [(f"img{i}", i % 10) for i in range(400)]
+    recs = [(f"rec{i}", i % 10) for i in range(200)]
+    pools = {
+        "image_clean": images[:150],
+        "image_shift": images[150:300],
+        "image_degraded": images[300:],
+        "audio_clean": recs[:100],
+        "audio_shift": recs[100:],
+    }
+    for name in bench.SCENARIOS:
+        adapt_rows, eval_rows = bench.build_scenario(name, pools, np.random.default_rng(1))
+        assert bench.shared_items(adapt_rows, eval_rows) == 0
+        used = [v for s in adapt_rows + eval_rows for v in s.values.values()]
+        assert len(used) == len(set(used)), "an item is used twice"
+        label = {p: y for p, y in images + recs}
+        assert all(
+            label[s.values["image"]] == label[s.values["audio"]] == int(s.label)
+            for s in adapt_rows + eval_rows
+        )
+        assert abs(len(adapt_rows) / (len(adapt_rows) + len(eval_rows)) - bench.ADAPT_SHARE) < 0.05
+    # The old construction (recordings drawn with replacement, rows split afterwards) shared items.
+    rows = [bench.Sample(f"r{i}", {"image": f"i{i}", "audio": f"rec{i % 7}"}, "0") for i in range(20)]
+    assert bench.shared_items(rows[:14], rows[14:]) > 0
