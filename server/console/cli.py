@@ -3,6 +3,7 @@ store or a run folder; and the same, in a thread, beside ``mmfl simulate --conso
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import threading
@@ -163,9 +164,14 @@ def serve_folder(folder: Path, port: int = DEFAULT_PORT):  # noqa: ANN201 - a uv
 def keep_serving(server) -> None:  # noqa: ANN001 - a uvicorn.Server
     """Serve until Ctrl-C, then stop the console."""
     print("the run is over; the console stays up until Ctrl-C", file=sys.stderr, flush=True)
+    # Our own handlers: the run's engine may have replaced Python's SIGINT handler (it then
+    # never raises KeyboardInterrupt here and Ctrl-C would be ignored).
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not server.should_exit:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    server.should_exit = True
+        while not server.should_exit and not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.should_exit = True
