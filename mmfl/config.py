@@ -176,7 +176,7 @@ class CreamConfig(StrictModel):
     )
     sites_per_round: int | None = Field(None, ge=1, description="sampled sites per round; None = all")
     aggregation_chunk: int = Field(1024, ge=1)
-    payload_dtype: Literal["float32", "float16"] = "float32"
+    payload_dtype: Literal["float32", "float16", "int8"] = "float32"
     unit_norm_tolerance: float | None = Field(
         0.05, gt=0, description="refuse a reply whose rows are not unit vectors within this (None: off)"
     )

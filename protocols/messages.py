@@ -108,7 +108,7 @@ class TrainSettings(BaseModel):
     interintra_weight: float = Field(ge=0)
     regularisers: bool = True
     regulariser_mode: Literal["sequential", "additive"] = "sequential"
-    payload_dtype: Literal["float32", "float16"] = "float32"
+    payload_dtype: Literal["float32", "float16", "int8"] = "float32"
     proximal_mu: float = Field(0.0, ge=0, description="FedProx: weight of 0.5 * ||w - w_global||^2")
 
 

@@ -22,7 +22,8 @@ from mmfl.protocols.messages import PROTOCOL_VERSION, Message, RepresentInstruct
 M = TypeVar("M", bound=Message)
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 30
-ALLOWED_DTYPES = (np.dtype("float32"), np.dtype("float16"))
+ALLOWED_DTYPES = (np.dtype("float32"), np.dtype("float16"), np.dtype("int8"))
+INT8_MAX = 127
 
 
 class ProtocolError(Exception):
@@ -91,9 +92,10 @@ def check_representations(
     """The one check of representations that cross the wire, in either direction.
 
     Arrays must be one per allowed modality (default: those with ``expected_rows``), every
-    ``required`` modality present, each 2-D (rows, embed_dim), float32/16, finite, with the
-    row count the instruction implies, and fit in ``max_bytes`` together. When rows were asked
-    for, at least one array must come."""
+    ``required`` modality present, each 2-D (rows, embed_dim), float32/16 and finite or int8
+    with no all-zero row (an int8 row is a direction, see :func:`to_wire`), with the row count
+    the instruction implies, and fit in ``max_bytes`` together. When rows were asked for, at
+    least one array must come."""
     allowed = set(expected_rows) if allowed is None else allowed
     if expected_rows and not arrays:
         raise ProtocolError("no representations in the payload")
@@ -105,12 +107,15 @@ def check_representations(
         if modality not in allowed:
             raise ProtocolError(f"unexpected modality {modality!r} (allowed: {sorted(allowed)})")
         if arr.dtype not in ALLOWED_DTYPES:
-            raise ProtocolError(f"{modality}: dtype {arr.dtype} (expected float32 or float16)")
+            raise ProtocolError(f"{modality}: dtype {arr.dtype} (expected float32, float16 or int8)")
         if arr.ndim != 2 or arr.shape[1] != embed_dim:
             raise ProtocolError(f"{modality}: shape {arr.shape}, expected (rows, {embed_dim})")
         if arr.shape[0] != expected_rows[modality]:
             raise ProtocolError(f"{modality}: {arr.shape[0]} rows, expected {expected_rows[modality]}")
-        if not np.isfinite(arr).all():
+        if arr.dtype.kind == "i":
+            if arr.size and not arr.any(axis=1).all():
+                raise ProtocolError(f"{modality}: an int8 row of zeros has no direction")
+        elif not np.isfinite(arr).all():
             raise ProtocolError(f"{modality}: contains NaN or infinity")
         total += arr.nbytes
     if total > max_bytes:
@@ -167,9 +172,23 @@ def check_weights(
 
 
 def to_wire(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Compress representations for the wire (float16 halves the bytes)."""
-    return np.ascontiguousarray(values.astype(np.dtype(dtype), copy=False))
+    r"""Compress representations (unit vectors, one per row) for the wire.
+
+    ``float16`` halves the bytes. ``int8`` quarters them: each row is scaled so that its
+    largest component is ±127 and rounded, :math:`q = \mathrm{round}(127\, x / \lVert x
+    \rVert_\infty)`. The scale is not sent: the receiver restores the unit norm
+    (:func:`from_wire`), so an int8 row carries a direction only."""
+    if dtype != "int8":
+        return np.ascontiguousarray(values.astype(np.dtype(dtype), copy=False))
+    peak = np.abs(values).max(axis=1, keepdims=True) if values.size else np.ones((len(values), 1))
+    scaled = values * (INT8_MAX / np.where(peak > 0, peak, 1.0))
+    return np.ascontiguousarray(np.clip(np.rint(scaled), -INT8_MAX, INT8_MAX).astype(np.int8))
 
 
 def from_wire(values: np.ndarray) -> np.ndarray:
-    return values.astype(np.float32, copy=False)
+    """Float32 representations of a wire array; int8 rows are scaled back to unit norm."""
+    if values.dtype.kind != "i":
+        return values.astype(np.float32, copy=False)
+    rows = values.astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)

@@ -22,10 +22,13 @@ from mmfl.protocols.records import (
     ProtocolError,
     arrays_of,
     check_represent_instruction,
+    check_representations,
     check_weights,
     decode,
     encode,
+    from_wire,
     payload_bytes,
+    to_wire,
 )
 from mmfl.server.exchange import SiteExchange
 from mmfl.server.sites import SiteRegistry
@@ -93,6 +96,28 @@ def test_messages_round_trip_and_refuse_other_versions(flower_identity) -> None:
         )
     content = encode(c, {"image": np.ones((3, D), np.float16)})
     assert arrays_of(content)["image"].dtype == np.float16 and payload_bytes(content) >= 3 * D * 2
+
+
+def test_int8_rows_keep_their_direction_at_a_quarter_of_the_bytes() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 256)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    wire = to_wire(x, "int8")
+    assert wire.dtype == np.int8 and wire.nbytes == x.nbytes // 4
+    assert np.abs(wire).max(axis=1).min() == 127  # each row uses the full range
+    back = from_wire(wire)
+    assert back.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(back, axis=1), 1.0, atol=1e-6)
+    cosines = (back * x).sum(axis=1)
+    assert cosines.min() > 0.9998 and cosines.min() < 1.0  # lossy, but only just
+    # A scaled sender cannot outweigh others: int8 carries the direction only.
+    np.testing.assert_allclose(from_wire(to_wire(7.0 * x, "int8")), back, atol=1e-6)
+    check_representations({"image": wire}, {"image": 500}, 256)
+    wire[3] = 0
+    with pytest.raises(ProtocolError, match="image: an int8 row of zeros has no direction"):
+        check_representations({"image": wire}, {"image": 500}, 256)
+    with pytest.raises(ProtocolError, match="expected float32, float16 or int8"):
+        check_representations({"image": wire.astype(np.int16)}, {"image": 500}, 256)
 
 
 def reply_to(

@@ -105,6 +105,20 @@ def test_flower_engine_runs_two_rounds_and_equals_inprocess(cream_run, tmp_path:
     assert ps.stdout.strip() == ""
 
 
+def test_int8_payloads_quarter_the_representation_bytes(cream_run, tmp_path: Path) -> None:
+    """Both directions travel as int8 rows; the server and the sites still learn."""
+    first, _ = cream_run
+    summary = run_inprocess(build_plan(small_spec('cream.payload_dtype="int8"'), tmp_path / "int8"))
+    for fp32, int8 in zip(first["rounds"], summary["rounds"], strict=True):
+        for key in ("bytes_down", "bytes_up"):
+            ratio = int8[key] / fp32[key]
+            assert 0.25 <= ratio < 0.27, (key, ratio)  # the JSON meta does not shrink
+    assert server_numbers(summary) != server_numbers(first)  # quantised targets are other targets ...
+    rsum = [r["server_metrics"]["test"]["rsum"] for r in summary["rounds"]]
+    base = [r["server_metrics"]["test"]["rsum"] for r in first["rounds"]]
+    assert all(abs(a - b) <= 0.1 * b for a, b in zip(rsum, base, strict=True))  # ... of the same quality
+
+
 def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
     server_only = run_inprocess(build_plan(small_spec("strategy=server-only", "rounds=1"), tmp_path / "so"))
     assert server_only["sites"] == [] and server_only["rounds"][0]["sites"] == []
