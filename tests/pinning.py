@@ -38,7 +38,7 @@ OPENCLIPART_METHODS = ["cream+", "centralized"]
 # The benchmark's openclipart federation on every SLICE-th row of each split (the frozen
 # encoders' features of the whole set take minutes on a CPU), two rounds, a public subset.
 OPENCLIPART = ["rounds=2", "train.local_epochs=1", "cream.public_subset=512"]
-SLICE = 4
+SLICE = 8
 
 VOLATILE = {"train_seconds", "wall_seconds", "phase_seconds"}
 
