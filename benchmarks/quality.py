@@ -20,6 +20,9 @@ one with the highest val rsum, and the best-val round is chosen on val.
 
     python benchmarks/quality.py                                   # every spec, 5 seeds
     python benchmarks/quality.py --datasets openclipart-paired --seeds 0,1 --reuse
+    python benchmarks/quality.py --datasets openclipart-paired \\
+        --strategies server-only,site-free,cream+,public-teachers,centralized \\
+        --set cream.ensemble_temperature=0.2 --set cream.kd_weight=0.3 --tag sweep-choice
 """
 
 from __future__ import annotations
@@ -76,7 +79,7 @@ def run(
             spec = load_config(
                 FederationSpec, SPECS[dataset], [*overrides, f'strategy="{strategy}"', f"seed={seed}"]
             )
-            run_dir = out / dataset / f"{strategy.replace('+', 'plus')}-s{seed}"
+            run_dir = out / f"{strategy.replace('+', 'plus')}-s{seed}"
             done = run_dir / "summary.json"
             # Reuse when the stored spec, read with today's defaults, is the spec asked for.
             if reuse and done.exists() and load_config(FederationSpec, run_dir / "spec.toml") == spec:
@@ -170,11 +173,17 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 
 def markdown(
-    dataset: str, seeds: list[int], paired: list[dict], teachers: list[dict], rows: list[dict]
+    name: str,
+    seeds: list[int],
+    paired: list[dict],
+    teachers: list[dict],
+    rows: list[dict],
+    overrides: list[str],
 ) -> str:
     lines = [
-        f"# Quality on `{dataset}` (seeds {', '.join(map(str, seeds))})",
+        f"# Quality on `{name}` (seeds {', '.join(map(str, seeds))})",
         "",
+        *([f"Every run with {', '.join(f'`{o}`' for o in overrides)}.", ""] if overrides else []),
         "Server test rsum after the last round and at each run's best-val round, mean ± sample std.",
         "",
         "| strategy | seeds | test rsum, last round | test rsum, best-val round | val rsum | MB per round |",
@@ -217,7 +226,7 @@ def markdown(
         for t in teachers:
             cells = [_pm(t[k]["mean"], t[k]["std"]) for k in ("ensemble", "best_site", "student")]
             lines.append(f"| {t['strategy']} | " + " | ".join(cells) + " |")
-    lines += ["", f"![test rsum per round](quality-{dataset}-rsum.png)", ""]
+    lines += ["", f"![test rsum per round](quality-{name}-rsum.png)", ""]
     return "\n".join(lines)
 
 
@@ -233,13 +242,17 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="keep finished runs whose spec is unchanged; run only the rest"
     )
+    parser.add_argument(
+        "--tag", default="", help="suffix of the result files (quality-<spec>-<tag>.*), e.g. for --set runs"
+    )
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     console = Console()
     for dataset in [d for d in args.datasets.split(",") if d]:
-        runs = args.out / "runs" / dataset
-        summaries = run(dataset, strategies, seeds, args.out / "runs", args.set, args.reuse)
+        name = f"{dataset}-{args.tag}" if args.tag else dataset
+        runs = args.out / "runs" / name
+        summaries = run(dataset, strategies, seeds, runs, args.set, args.reuse)
         write_comparison(summaries, runs)
         rows = comparison_table(summaries)
         paired = paired_rows(summaries)
@@ -255,9 +268,9 @@ def main() -> None:
             "teachers_per_run": per_run,
         }
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"quality-{dataset}.json").write_text(json.dumps(result, indent=2))
-        shutil.copyfile(runs / "rsum.png", args.out / f"quality-{dataset}-rsum.png")
-        (args.out / f"quality-{dataset}.md").write_text(markdown(dataset, seeds, paired, teachers, rows))
+        (args.out / f"quality-{name}.json").write_text(json.dumps(result, indent=2))
+        shutil.copyfile(runs / "rsum.png", args.out / f"quality-{name}-rsum.png")
+        (args.out / f"quality-{name}.md").write_text(markdown(name, seeds, paired, teachers, rows, args.set))
         table = Table(title=f"{dataset}: server test rsum, mean ± sample std over seeds {seeds}")
         for col in ("strategy", "last round", "best-val round", "val rsum", "MB/round"):
             table.add_column(col, justify="right")
