@@ -20,7 +20,11 @@ The committed ``results/scaling.*`` came from (the 1,500-public, 6-site runs are
     python benchmarks/scaling.py --reuse --grid 500:6 --seeds 0,1,2
     python benchmarks/scaling.py --reuse --grid 1500:2 --seeds 0,1,2,3,4
     python benchmarks/scaling.py --reuse --grid 3000:6 --seeds 0,1 --controls site-free
-    python benchmarks/scaling.py --existing --grid 500:6,1500:6,3000:6,1500:2 --seeds 0,1,2,3,4
+    python benchmarks/scaling.py --reuse --grid 1500:4 --seeds 0,1,2
+    python benchmarks/scaling.py --existing --grid 500:6,1500:6,3000:6,1500:4,1500:2 --seeds 0,1,2,3,4
+
+(the 1,500:4 runs came one change later than the others: Adam's fused kernel, which moves a
+run's last digits.)
 """
 
 from __future__ import annotations
