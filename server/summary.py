@@ -9,6 +9,7 @@ import json
 import platform
 import subprocess
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,12 @@ SUMMARY_SCHEMA_VERSION = 2
 
 
 def versions() -> dict[str, str]:
-    import flwr
-    import opacus
-
+    # From the installed metadata: importing opacus only to read its version took 2.4 s.
     out = {
         "mmfl": mmfl.__version__,
-        "flwr": flwr.__version__,
+        "flwr": metadata.version("flwr"),
         "torch": torch.__version__,
-        "opacus": opacus.__version__,
+        "opacus": metadata.version("opacus"),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }

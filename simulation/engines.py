@@ -36,6 +36,9 @@ from mmfl.errors import MmflError
 from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.server.loop import FederatedRun
 
+STATUS_EVERY_SECONDS = 15.0
+"""How often a Flower-engine run's status is asked before its summary is written."""
+
 Progress = Callable[[dict[str, Any]], None]
 
 
@@ -257,12 +260,16 @@ def run_flower(
             raise MmflError(f"flwr run failed: {(submit.stdout + submit.stderr).strip().splitlines()[-1:]}")
         run_id = json.loads(submit.stdout)["run-id"]
         offset, deadline = 0, time.monotonic() + timeout
-        status = ""
+        status, next_status = "", 0.0
         while time.monotonic() < deadline:
             offset = _tail(out / "rounds.jsonl", offset, progress)
-            status = _run_status(env, run_id)
-            if status.startswith("finished"):
-                break
+            # Each status query is a fresh `flwr` process (a second of CPU): asked every second
+            # it took half of a 2-core machine from the run. Ask rarely until the summary exists.
+            if time.monotonic() >= next_status or (out / "summary.json").exists():
+                status = _run_status(env, run_id)
+                if status.startswith("finished"):
+                    break
+                next_status = time.monotonic() + STATUS_EVERY_SECONDS
             time.sleep(1.0)
         offset = _tail(out / "rounds.jsonl", offset, progress)
         if not status.startswith("finished:completed"):
