@@ -147,7 +147,24 @@ def train_unimodal(
         source_var=[],
         trained_on={"samples": int(len(rows))},
     )
-    model = build(meta)
+    model = fit_on_labels(build(meta), modality, x, y, epochs, lr, batch_size, seed)
+    _, reps = predict(model, modality, x)
+    meta.source_mean, meta.source_var = reps.mean(0).tolist(), (reps.var(0) + 1e-6).tolist()
+    return model.eval(), meta
+
+
+def fit_on_labels(
+    model: MultiEncoder,
+    modality: str,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+) -> MultiEncoder:
+    """Train ``model`` (encoder + head of ``modality``) in place with cross-entropy on labels
+    ``y``, ``epochs`` shuffled passes (Adam, seeded); returns it in train mode."""
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
@@ -158,9 +175,7 @@ def train_unimodal(
             opt.zero_grad()
             loss.backward()
             opt.step()
-    _, reps = predict(model, modality, x)
-    meta.source_mean, meta.source_var = reps.mean(0).tolist(), (reps.var(0) + 1e-6).tolist()
-    return model.eval(), meta
+    return model
 
 
 def gaussian_kl(target: np.ndarray, mean_s: np.ndarray, var_s: np.ndarray) -> float:

@@ -13,10 +13,10 @@ import copy
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
+from mmfl.adaptation.adapt import fit_on_labels
 from mmfl.adaptation.pseudo_labels import entropy
-from mmfl.models.multimodal import MultiEncoder, batches
+from mmfl.models.multimodal import MultiEncoder
 
 
 @torch.no_grad()
@@ -41,17 +41,9 @@ def teacher_student(
     teacher = pick_teacher(models, x)
     (student,) = [m for m in models if m != teacher]
     target = torch.as_tensor(probabilities(models[teacher], teacher, x[teacher]).argmax(1))
-    model = copy.deepcopy(models[student])
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    rng = np.random.default_rng(seed)
-    model.train()
-    for _ in range(epochs):
-        for b in batches(len(target), batch_size, rng):
-            loss = F.cross_entropy(model.heads[student](model(student, x[student][b])), target[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = fit_on_labels(
+        copy.deepcopy(models[student]), student, x[student], target, epochs, lr, batch_size, seed
+    )
     return teacher, {teacher: copy.deepcopy(models[teacher]).eval(), student: model.eval()}
 
 

@@ -113,7 +113,7 @@ def check_representations(
         if arr.shape[0] != expected_rows[modality]:
             raise ProtocolError(f"{modality}: {arr.shape[0]} rows, expected {expected_rows[modality]}")
         if arr.dtype.kind == "i":
-            if arr.size and not arr.any(axis=1).all():
+            if not arr.any(axis=1).all():
                 raise ProtocolError(f"{modality}: an int8 row of zeros has no direction")
         elif not np.isfinite(arr).all():
             raise ProtocolError(f"{modality}: contains NaN or infinity")
@@ -180,7 +180,7 @@ def to_wire(values: np.ndarray, dtype: str) -> np.ndarray:
     (:func:`from_wire`), so an int8 row carries a direction only."""
     if dtype != "int8":
         return np.ascontiguousarray(values.astype(np.dtype(dtype), copy=False))
-    peak = np.abs(values).max(axis=1, keepdims=True) if values.size else np.ones((len(values), 1))
+    peak = np.abs(values).max(axis=1, keepdims=True, initial=0.0)
     scaled = values * (INT8_MAX / np.where(peak > 0, peak, 1.0))
     return np.ascontiguousarray(np.clip(np.rint(scaled), -INT8_MAX, INT8_MAX).astype(np.int8))
 
