@@ -16,6 +16,8 @@ Target pools (nothing in them is seen by a source model):
 * images, degraded: the held-out MNIST images, each rotated (uniform in +-30 degrees), blurred
   (Gaussian, radius 1.2), contrast halved and overlaid with pixel noise (sd 40/255): a
   synthetic but real-looking capture degradation of real digits;
+* images, half inverted: the held-out MNIST images, every other one with its grey levels inverted
+  (255 - x), as a scanner that writes DICOM's MONOCHROME1 instead of MONOCHROME2 stores them;
 * recordings, unshifted: the 30 % of the four source speakers' recordings held out;
 * recordings, shifted: all recordings of the two target speakers.
 
@@ -28,7 +30,10 @@ Scenarios (rows pair an image and a recording of the same digit):
 * ``degraded-both``: degraded images + shifted recordings (both modalities moderately hit);
 * ``same-rows``: half the rows unshifted in both modalities, half shifted in both: the shift
   hits the same rows in both modalities, so the two models' errors are correlated (the
-  ``error_phi`` column: phi coefficient of the source models' errors on the evaluation rows).
+  ``error_phi`` column: phi coefficient of the source models' errors on the evaluation rows);
+* ``inverted-half``: half-inverted images + unshifted recordings. The image model is *confidently*
+  wrong on the inverted half, so entropy weighting trusts it there, while agreement filtering
+  drops those rows (the audio model disagrees): the scenario in which AF should win.
 
 Pairing and split, per digit: images and recordings are shuffled, each is used in at most one
 row, and rows 70/30 go to adaptation (no labels) and evaluation. So no image and no recording
@@ -53,6 +58,7 @@ import argparse
 import copy
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +84,16 @@ from mmfl.simulation.paired import paired_difference, sample_std
 
 HERE = Path(__file__).resolve().parent
 MODALITIES = ("audio", "image")
-SCENARIOS = ("no-shift", "image-shift", "audio-shift", "both-shift", "same-rows", "degraded-both")
+SCENARIOS = (
+    "no-shift",
+    "image-shift",
+    "audio-shift",
+    "both-shift",
+    "same-rows",
+    "degraded-both",
+    "inverted-half",
+    "inverted-both",
+)
 ADAPT_SHARE = 0.7
 BASELINES = ("source_image", "source_audio", "naive_fusion", "trivial")
 Item = tuple[str, int]  # (file, digit)
@@ -99,23 +114,34 @@ def sklearn_digit_files(root: Path) -> list[Item]:
     return out
 
 
-def degraded_files(items: list[Item], root: Path) -> list[Item]:
-    """Each image rotated by a random angle in [-30, 30] degrees, blurred (Gaussian, radius
-    1.2), contrast halved and overlaid with Gaussian pixel noise (sd 40/255); deterministic per
-    file."""
-    folder = root / "mnist-degraded"
-    folder.mkdir(parents=True, exist_ok=True)
+def transformed_files(
+    items: list[Item], root: Path, folder: str, change: Callable[[Path], Image.Image]
+) -> list[Item]:
+    """``change(path)`` of each image, written once under ``root / folder`` (same file names)."""
+    (root / folder).mkdir(parents=True, exist_ok=True)
     out = []
     for path, y in items:
-        dest = folder / Path(path).name
+        dest = root / folder / Path(path).name
         if not dest.exists():
-            rng = np.random.default_rng(zlib.crc32(Path(path).name.encode()))
-            img = Image.open(path).convert("L").rotate(float(rng.uniform(-30, 30)), Image.Resampling.BILINEAR)
-            img = img.filter(ImageFilter.GaussianBlur(1.2))
-            arr = np.asarray(img, dtype=np.float32) * 0.5 + 40.0 + rng.normal(0, 40.0, (28, 28))
-            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L").save(dest)
+            change(Path(path)).save(dest)
         out.append((str(dest), y))
     return out
+
+
+def degraded(path: Path) -> Image.Image:
+    """Rotated by a random angle in [-30, 30] degrees, blurred (Gaussian, radius 1.2), contrast
+    halved and overlaid with Gaussian pixel noise (sd 40/255); deterministic per file name."""
+    rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+    img = Image.open(path).convert("L").rotate(float(rng.uniform(-30, 30)), Image.Resampling.BILINEAR)
+    img = img.filter(ImageFilter.GaussianBlur(1.2))
+    arr = np.asarray(img, dtype=np.float32) * 0.5 + 40.0 + rng.normal(0, 40.0, (28, 28))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+
+
+def inverted(path: Path) -> Image.Image:
+    """Grey levels inverted (255 - x): the same digit stored the other way round, as a scanner
+    writing DICOM's MONOCHROME1 instead of MONOCHROME2 does."""
+    return Image.fromarray(255 - np.asarray(Image.open(path).convert("L"), dtype=np.uint8), mode="L")
 
 
 def infer_speakers(seqs: list[np.ndarray], labels: np.ndarray, k: int = 6) -> np.ndarray:
@@ -166,6 +192,10 @@ def build_scenario(
         a1, e1 = pair_split(pools["image_clean"], pools["audio_clean"], rng, "clean", per_class=60)
         a2, e2 = pair_split(pools["image_shift"], pools["audio_shift"], rng, "shift", per_class=60)
         return a1 + a2, e1 + e2
+    if name == "inverted-half":
+        return pair_split(pools["image_half_inverted"], pools["audio_clean"], rng, name)
+    if name == "inverted-both":
+        return pair_split(pools["image_half_inverted"], pools["audio_shift"], rng, name)
     if name == "degraded-both":
         return pair_split(pools["image_degraded"], pools["audio_shift"], rng, name)
     img = "image_shift" if name in ("image-shift", "both-shift") else "image_clean"
@@ -443,7 +473,9 @@ def main() -> None:
         pools = {
             "image_clean": img_held,
             "image_shift": sk,
-            "image_degraded": degraded_files(img_held, work),
+            "image_degraded": transformed_files(img_held, work, "mnist-degraded", degraded),
+            "image_half_inverted": img_held[0::2]
+            + transformed_files(img_held[1::2], work, "mnist-inverted", inverted),
             "audio_clean": aud_held,
             "audio_shift": target_spk,
         }

@@ -370,12 +370,13 @@ def test_trivial_baseline_trains_the_uncertain_model_on_the_confident_ones_label
 
 def test_benchmark_rows_never_share_an_image_or_a_recording_between_adaptation_and_evaluation() -> None:
     bench = _benchmark()
-    images = [(f"img{i}", i % 10) for i in range(400)]
+    images = [(f"img{i}", i % 10) for i in range(500)]
     recs = [(f"rec{i}", i % 10) for i in range(200)]
     pools = {
         "image_clean": images[:150],
         "image_shift": images[150:300],
-        "image_degraded": images[300:],
+        "image_degraded": images[300:400],
+        "image_half_inverted": images[400:],
         "audio_clean": recs[:100],
         "audio_shift": recs[100:],
     }
