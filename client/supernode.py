@@ -5,8 +5,9 @@ Flower 1.42's SuperNode asks the SuperLink for a message, and when there is none
 A message therefore waits 1.5 s on average, 3 s at worst, before the site sees it — most of a
 deployed round on a small site (``benchmarks/deployed_rounds.py``). Flower has no setting for
 it, so this entry point runs Flower's own ``flower_supernode`` with that module's ``time.sleep``
-capped at ``MMFL_SUPERNODE_POLL`` seconds (default 0.5). Everything else is Flower's; a test
-checks that the module still sleeps through ``time`` (``tests/test_agent.py``).
+capped at ``MMFL_SUPERNODE_POLL`` seconds (default 0.5), and with Flower's back-off for objects
+not yet uploaded shortened (:func:`mmfl.flower_runtime.shorten_pull_backoff`). Everything else
+is Flower's; a test checks that the module still sleeps through ``time`` (``tests/test_agent.py``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import os
 import time
 from types import SimpleNamespace
+
+from mmfl.flower_runtime import shorten_pull_backoff
 
 DEFAULT_POLL = 0.5
 
@@ -29,6 +32,7 @@ def patch(limit: float) -> None:
     import flwr.supernode.start_client_internal as internal
 
     internal.time = _capped_time(limit)  # type: ignore[assignment]
+    shorten_pull_backoff()
 
 
 def main() -> None:

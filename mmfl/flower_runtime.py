@@ -39,3 +39,26 @@ def flower_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str
         PYTHONUNBUFFERED="1",
     )
     return env
+
+
+PULL_BACKOFF_SECONDS = (0.05, 0.5)
+"""First retry delay and cap when a message's objects are not uploaded yet (Flower: 1 s, 10 s)."""
+
+
+def shorten_pull_backoff(
+    initial: float = PULL_BACKOFF_SECONDS[0], cap: float = PULL_BACKOFF_SECONDS[1]
+) -> None:
+    """Retry pulling a not-yet-uploaded object after ``initial`` s, doubling up to ``cap``.
+
+    A reply's header reaches the SuperLink before its arrays; Flower 1.42's ``pull_objects``
+    then waits 1 s, 2 s, 4 s ... (up to 10 s) between tries, so a reply that was short of its
+    arrays by a millisecond costs a second. Flower has no setting for it; its keyword defaults
+    are shared by every caller in this process (the ServerApp's grid, the SuperNode), so they
+    are changed here, in the processes mmfl starts.
+    """
+    from flwr.supercore.inflatable import inflatable_utils
+
+    defaults = inflatable_utils.pull_objects.__kwdefaults__
+    if defaults is None or not {"initial_backoff", "backoff_cap"} <= defaults.keys():
+        raise RuntimeError("flwr's pull_objects no longer takes initial_backoff/backoff_cap")
+    defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap

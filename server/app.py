@@ -13,9 +13,11 @@ from flwr.serverapp import Grid, ServerApp
 
 from mmfl.config import RunPlan
 from mmfl.errors import MmflError
+from mmfl.flower_runtime import shorten_pull_backoff
 from mmfl.server.loop import FederatedRun
 
 app = ServerApp()
+shorten_pull_backoff()  # replies are pulled as soon as their arrays are up, not a second later
 
 
 def load_plan(context: Context) -> RunPlan:

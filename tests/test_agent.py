@@ -46,19 +46,51 @@ def test_the_supernode_entry_point_caps_flowers_idle_wait() -> None:
     """mmfl.client.supernode shortens the SuperNode's 3 s idle sleep; this fails if Flower
     stops sleeping through its module's ``time`` (then the patch would do nothing)."""
     import flwr.supernode.start_client_internal as internal
+    from flwr.supercore.inflatable import inflatable_utils
 
     from mmfl.client import supernode
 
     source = Path(internal.__file__).read_text()
     assert "time.sleep(3)" in source and internal.time is time
+    saved = dict(inflatable_utils.pull_objects.__kwdefaults__)
     try:
         supernode.patch(0.05)
         started = time.monotonic()
         internal.time.sleep(3)
         assert time.monotonic() - started < 0.5
         assert internal.time.monotonic() > 0  # the rest of time is there
+        assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] < 0.1
     finally:
         internal.time = time
+        inflatable_utils.pull_objects.__kwdefaults__.update(saved)
+
+
+def test_objects_not_yet_uploaded_are_retried_within_a_tenth_of_a_second() -> None:
+    """Flower waits 1 s, then 2 s, before pulling an object again; after the patch the third
+    try comes within 0.15 s (0.05 + 0.1 s, +-20 % jitter). Fails if Flower renames the knobs."""
+    from flwr.supercore.constant import PULL_INITIAL_BACKOFF
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError
+
+    from mmfl.flower_runtime import shorten_pull_backoff
+
+    saved = dict(inflatable_utils.pull_objects.__kwdefaults__)
+    tries: list[float] = []
+
+    def pull(object_id: str) -> bytes:
+        tries.append(time.monotonic())
+        if len(tries) < 3:
+            raise ObjectUnavailableError(object_id)
+        return b"arrays"
+
+    try:
+        shorten_pull_backoff()
+        started = time.monotonic()
+        assert inflatable_utils.pull_objects(["a"], pull) == {"a": b"arrays"}
+        assert len(tries) == 3 and tries[-1] - started < 0.4
+    finally:
+        inflatable_utils.pull_objects.__kwdefaults__.update(saved)
+    assert PULL_INITIAL_BACKOFF == 1  # Flower's own: the first retry a second later
 
 
 def test_a_killed_agent_takes_its_supernode_and_stop_ends_an_orphan(digits, tmp_path: Path) -> None:
