@@ -4,7 +4,6 @@ loopback, driven through the ``mmfl`` CLI as an operator and a site's IT would."
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from helpers import small_spec
+from mmfl.paths import mmfl_home
 from mmfl.simulation.plan import build_plan
 
 SITES = {"img": ["image"], "txt": ["text"], "pair": ["image", "text"]}
@@ -107,59 +107,61 @@ def start_federation(
         str(free_port()),
     )
     mmfl("server", "start", "--dir", str(fed.server), timeout=120)
-    # The sites' private data: the digits pool split across three sites of three kinds.
-    sites_spec = (
-        "sites=["
-        + ", ".join(
-            f'{{id = "{s}", modalities = {json.dumps(m)}, architectures = {{{", ".join(f"{x} = " + json.dumps("mlp" if x == "image" else "bag") for x in m)}}}}}'
-            for s, m in sites.items()
-        )
-        + "]"
-    )
-    build_plan(small_spec(sites_spec), root / "partition")
-    public = Path(os.environ["MMFL_HOME"]) / "data" / "digits" / "public.jsonl"
-    starts = []
-    for site in sites:
-        mmfl("client", "keygen", "--out", str(root / "keys"), "--name", site)
-        mmfl("server", "register-site", site, str(root / "keys" / f"{site}.pub"), "--dir", str(fed.server))
-        args = [
-            "client",
-            "start",
-            "--server",
-            f"127.0.0.1:{fed.public_port}",
-            "--data",
-            str(root / "partition" / "sites" / site / "data.jsonl"),
-            "--public",
-            str(public),
-            "--data-root",
-            str(public.parent),
-            "--state",
-            str(root / f"state-{site}"),
-            "--ca",
-            str(fed.server / "tls" / "ca.crt"),
-            "--key",
-            str(root / "keys" / site),
-            "--arch",
-            "image=mlp",
-            "--arch",
-            "text=bag",
-            "--launcher",
-            launcher,
-            *extra,
-        ]
-        # The three agents start (validate their data, then detach) side by side.
-        starts.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "mmfl.cli", *args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+    try:  # from here on, whatever fails stops what was started
+        # The sites' private data: the digits pool split across three sites of three kinds.
+        sites_spec = (
+            "sites=["
+            + ", ".join(
+                f'{{id = "{s}", modalities = {json.dumps(m)}, architectures = {{{", ".join(f"{x} = " + json.dumps("mlp" if x == "image" else "bag") for x in m)}}}}}'
+                for s, m in sites.items()
             )
+            + "]"
         )
-    for proc in starts:
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"mmfl client start failed: {err[-2000:]}"
-    try:
+        build_plan(small_spec(sites_spec), root / "partition")
+        public = mmfl_home() / "data" / "digits" / "public.jsonl"
+        starts = []
+        for site in sites:
+            mmfl("client", "keygen", "--out", str(root / "keys"), "--name", site)
+            mmfl(
+                "server", "register-site", site, str(root / "keys" / f"{site}.pub"), "--dir", str(fed.server)
+            )
+            args = [
+                "client",
+                "start",
+                "--server",
+                f"127.0.0.1:{fed.public_port}",
+                "--data",
+                str(root / "partition" / "sites" / site / "data.jsonl"),
+                "--public",
+                str(public),
+                "--data-root",
+                str(public.parent),
+                "--state",
+                str(root / f"state-{site}"),
+                "--ca",
+                str(fed.server / "tls" / "ca.crt"),
+                "--key",
+                str(root / "keys" / site),
+                "--arch",
+                "image=mlp",
+                "--arch",
+                "text=bag",
+                "--launcher",
+                launcher,
+                *extra,
+            ]
+            # The three agents start (validate their data, then detach) side by side.
+            starts.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mmfl.cli", *args],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for proc in starts:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"mmfl client start failed: {err[-2000:]}"
         yield fed
     finally:
         stops = [
