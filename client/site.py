@@ -18,15 +18,17 @@ from mmfl.client.dp_round import public_negatives, train_private
 from mmfl.client.ledger import LedgerError
 from mmfl.client.site_data import SiteData
 from mmfl.client.state import SiteState
-from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round
+from mmfl.client.training import PublicRound, encode_mixed, encode_rows, public_loss, train_round
 from mmfl.config import SiteConfig
 from mmfl.data.partition import site_seed
 from mmfl.errors import MmflError
+from mmfl.models.losses import multimodal_task_loss
 from mmfl.models.metrics import accuracy, retrieval_metrics
 from mmfl.models.multimodal import MultiEncoder, batches
 from mmfl.protocols.messages import (
     Capabilities,
     DeviceInfo,
+    MixPlan,
     PrivacyStatus,
     RepresentInstruction,
     RepresentReply,
@@ -155,6 +157,15 @@ class Site:
         }
         return PublicRound(self.data.public.subset(indices), globals_, position)
 
+    def _check_mix(self, plan: MixPlan) -> None:
+        """Every mixed item of a modality this site holds is built from public rows holding it."""
+        public = self.data.public
+        for m in self.spec.modalities:
+            if m in plan.weight:
+                used = torch.as_tensor([*plan.first, *plan.second], dtype=torch.long)
+                if not bool(public.present[m][used].all()):
+                    raise ProtocolError(f"mix plan: an item of {m} mixes a public row without {m}")
+
     def represent(
         self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]
     ) -> tuple[RepresentReply, dict[str, np.ndarray]]:
@@ -175,10 +186,11 @@ class Site:
         if self.private:
             metrics = self._represent_private(model, old, pub, instruction, rng, fresh_from)
         else:
+            train = self.data.train.joined(self.data.public) if settings.public_pairs else self.data.train
             metrics = train_round(
                 model,
                 old,
-                self.data.train,
+                train,
                 pub,
                 settings,
                 self.data.by_class,
@@ -187,8 +199,12 @@ class Site:
                 self.device,
             )
         self._save(model, instruction.run_id, instruction.round)
-        rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
-        reps = encode_rows(model, self.data.public, rows)
+        if instruction.mix is not None:
+            self._check_mix(instruction.mix)
+            reps = encode_mixed(model, self.data.public, instruction.mix)
+        else:
+            rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
+            reps = encode_rows(model, self.data.public, rows)
         wire = {m: to_wire(v, settings.payload_dtype) for m, v in reps.items()}
         # A DP site's training time would tell its size; the coordinator times rounds itself.
         seconds = 0.0 if self.private else time.perf_counter() - started
@@ -223,12 +239,32 @@ class Site:
             else None
         )
         public_losses: list[float] = []
+        # Task loss on the public pairs: public data, so its gradient joins each DP step
+        # unclipped and unnoised, as the regularisers' does (accounting unchanged).
+        pairs = self.data.public if settings.public_pairs else None
+        pair_batches = (
+            itertools.cycle(batches(len(pairs), settings.batch_size, rng)) if pairs is not None else None
+        )
 
         def public_term() -> torch.Tensor | None:
-            assert public_batches is not None
-            loss = public_loss(model, old, pub, next(public_batches), settings, self.device)
-            if loss is not None:
-                public_losses.append(float(loss.detach()))
+            terms = []
+            if public_batches is not None:
+                terms.append(public_loss(model, old, pub, next(public_batches), settings, self.device))
+            if pairs is not None and pair_batches is not None:
+                terms.append(
+                    multimodal_task_loss(
+                        model,
+                        pairs.subset(next(pair_batches)),
+                        self.data.by_class,
+                        self.config.train.task_temperature,
+                        self.device,
+                    )
+                )
+            present = [t for t in terms if t is not None]
+            if not present:
+                return None
+            loss = torch.stack(present).sum()
+            public_losses.append(float(loss.detach()))
             return loss
 
         if pub.globals_:
@@ -248,7 +284,7 @@ class Site:
             settings,
             negatives,
             labels,
-            public_term if use_public else None,
+            public_term if use_public or pairs is not None else None,
             self.device,
             fresh_from,
         )

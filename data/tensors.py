@@ -33,6 +33,14 @@ class Tensors:
             self.labels[idx],
         )
 
+    def joined(self, other: Tensors) -> Tensors:
+        """These rows followed by ``other``'s (same modalities and input shapes)."""
+        return Tensors(
+            {m: torch.cat([x, other.inputs[m]]) for m, x in self.inputs.items()},
+            {m: torch.cat([p, other.present[m]]) for m, p in self.present.items()},
+            torch.cat([self.labels, other.labels]),
+        )
+
     def rows_with(self, modality: str) -> torch.Tensor:
         """Indices of rows holding ``modality``."""
         return torch.nonzero(self.present[modality]).flatten()

@@ -33,6 +33,8 @@ StrategyName = Literal[
     "centralized",
     "site-free",
     "public-teachers",
+    "regress",
+    "regress-public",
 ]
 
 
@@ -184,6 +186,28 @@ class CreamConfig(StrictModel):
     max_site_weight: float = Field(1.0, gt=0, le=1, description="cap on one site's weight per row")
 
 
+class RegressConfig(StrictModel):
+    """Representation regression (the ``regress`` family; :mod:`mmfl.strategies.regression`):
+    each round the coordinator draws ``mix_items`` mixed public items, the sites send their
+    representations of them, and the server regresses onto their concatenation."""
+
+    mix_items: int | None = Field(
+        None,
+        ge=2,
+        description="mixed public items per round; None: 10 x the public rows holding every modality",
+    )
+    weight: float = Field(10.0, gt=0, description="w in w * (1 - cos)")
+    passes: int = Field(1, ge=1, le=100, description="server passes over each round's mixed items")
+    teacher_rounds: int | None = Field(
+        None,
+        ge=1,
+        description="the sites train in the first rounds only, then only represent; None: every round",
+    )
+    teacher_epochs: int | None = Field(
+        None, ge=1, description="local epochs of a teacher round; None: train.local_epochs"
+    )
+
+
 class FedAvgConfig(StrictModel):
     """Weight averaging (the ``fedavg`` family). Per round, from the global weights :math:`w`:
     sites (and, with ``public_participant``, the coordinator on the public set) train local
@@ -217,6 +241,7 @@ class FederationSpec(StrictModel):
     server: ServerConfig = Field(default_factory=ServerConfig)
     cream: CreamConfig = Field(default_factory=CreamConfig)
     fedavg: FedAvgConfig = Field(default_factory=FedAvgConfig)
+    regress: RegressConfig = Field(default_factory=RegressConfig)
 
     @model_validator(mode="after")
     def _sites_fit_federation(self) -> FederationSpec:

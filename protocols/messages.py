@@ -14,7 +14,9 @@ message type                instruction (coordinator -> site)           reply (s
 ==========================  ==========================================  ===========================
 
 Representations travel as arrays whose rows are the public samples of this round's subset that
-hold the modality, in the order of ``RepresentInstruction.rows[modality]``.
+hold the modality, in the order of ``RepresentInstruction.rows[modality]`` — or, when the
+instruction carries a :class:`MixPlan` (the ``regress`` methods), one row per mixed item in plan
+order, with no global representations sent down.
 
 Every number that crosses is finite and bounded: a peer cannot ask for a billion local epochs,
 a gigantic embedding or a negative spend (``tests/test_fuzz.py``).
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmfl.modalities import Modality
 
@@ -110,6 +112,27 @@ class TrainSettings(BaseModel):
     regulariser_mode: Literal["sequential", "additive"] = "sequential"
     payload_dtype: Literal["float32", "float16", "int8"] = "float32"
     proximal_mu: float = Field(0.0, ge=0, description="FedProx: weight of 0.5 * ||w - w_global||^2")
+    public_pairs: bool = Field(
+        False, description="also train the task loss on the public rows (public data: no privacy cost)"
+    )
+
+
+class MixPlan(BaseModel):
+    """Mixed public items, drawn by the coordinator (public: they cost no privacy). Item k of
+    modality m mixes public rows ``first[k]`` and ``second[k]`` with weight ``weight[m][k]``
+    (:func:`mmfl.data.mixing.mixed_inputs`)."""
+
+    model_config = STRICT
+    first: list[int] = Field(min_length=1, max_length=MAX_PUBLIC_ROWS)
+    second: list[int] = Field(min_length=1, max_length=MAX_PUBLIC_ROWS)
+    weight: dict[str, Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(max_length=MAX_PUBLIC_ROWS)]]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> MixPlan:
+        n = len(self.first)
+        if len(self.second) != n or any(len(w) != n for w in self.weight.values()):
+            raise ValueError(f"mix plan: first, second and every weight list must hold {n} items")
+        return self
 
 
 class RepresentInstruction(Message):
@@ -120,6 +143,15 @@ class RepresentInstruction(Message):
     rows: dict[str, Annotated[list[int], Field(max_length=MAX_PUBLIC_ROWS)]]  # modality -> its rows
     embed_dim: int = Field(ge=1, le=MAX_EMBED_DIM)
     settings: TrainSettings
+    mix: MixPlan | None = None
+    """When set, the sites represent these mixed items (per modality of ``mix.weight``) instead
+    of ``rows``, and no global representations travel."""
+
+    def expected_rows(self) -> dict[str, int]:
+        """Rows of each modality's representations in the reply."""
+        if self.mix is not None:
+            return {m: len(self.mix.first) for m in self.mix.weight}
+        return {m: len(r) for m, r in self.rows.items()}
 
 
 class RepresentReply(Message):

@@ -138,6 +138,13 @@ def check_represent_instruction(
     for modality, rows in instruction.rows.items():
         if not chosen.issuperset(rows):
             raise ProtocolError(f"{modality}: rows outside this round's public indices")
+    mix = instruction.mix
+    if mix is not None:
+        if any(i < 0 or i >= public_rows for i in (*mix.first, *mix.second)):
+            raise ProtocolError(f"mix plan: public index outside 0..{public_rows - 1}")
+        if arrays:
+            raise ProtocolError("global representations sent with a mix plan")
+        return
     check_representations(
         arrays,
         {m: len(r) for m, r in instruction.rows.items()},

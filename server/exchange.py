@@ -97,9 +97,9 @@ def read_represent_reply(
     try:
         check_representations(
             arrays,
-            {m: len(r) for m, r in instruction.rows.items()},
+            instruction.expected_rows(),
             instruction.embed_dim,
-            allowed=set(caps.modalities) & set(instruction.rows),
+            allowed=set(caps.modalities) & set(instruction.expected_rows()),
             max_bytes=max_bytes,
         )
     except ProtocolError as exc:

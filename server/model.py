@@ -9,6 +9,9 @@ Per round (data flow steps 1, 2 and 6 of the design):
    with aggregated targets, weight ``kd_weight`` counted once:
    ``mse`` (the reference): :math:`\\lambda \\cdot \\mathrm{MSE}(f(x_j), \\hat v_j)`;
    ``contrastive``: :math:`\\lambda \\cdot \\mathrm{InfoNCE}(f(x_j), \\hat v / |\\hat v|)` over the batch.
+
+``regress`` (instead of 6): passes over the round's mixed public items toward the sites'
+concatenated representations, through one map per site (:mod:`mmfl.strategies.regression`).
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ import numpy as np
 import torch
 
 from mmfl.config import CreamConfig, ServerConfig
+from mmfl.data.mixing import mixed_inputs
 from mmfl.data.tensors import Tensors
 from mmfl.models.losses import distill_contrastive, distill_mse, multimodal_task_loss
 from mmfl.models.metrics import pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder, batches
 from mmfl.models.optim import adam
+from mmfl.protocols.messages import MixPlan
+from mmfl.strategies.regression import SiteMaps, concatenated_targets, regression_loss
 
 
 class ServerTrainer:
@@ -44,6 +50,8 @@ class ServerTrainer:
         self.device = device
         self.optimizer = adam(self.model.parameters(), lr=config.lr)
         self.velocity: dict[str, np.ndarray] | None = None  # FedAvgM's server momentum
+        self.site_maps: SiteMaps | None = None  # representation regression's per-site maps
+        self.maps_optimizer: torch.optim.Optimizer | None = None
 
     def train_epoch(self, data: Tensors, rng: np.random.Generator) -> float:
         """One epoch of the task loss over ``data``; returns the mean batch loss."""
@@ -118,6 +126,57 @@ class ServerTrainer:
             losses.append(float(loss.detach()))
         return float(np.mean(losses)) if losses else float("nan")
 
+    def regress(
+        self,
+        public: Tensors,
+        plan: MixPlan,
+        contributions: Mapping[str, Mapping[str, torch.Tensor]],
+        weight: float,
+        passes: int,
+        rng: np.random.Generator,
+    ) -> float:
+        """``passes`` passes over the plan's mixed items toward the sites' concatenated
+        representations (:mod:`mmfl.strategies.regression`); ``contributions[site][m]`` holds
+        one row per item. Returns the mean batch loss."""
+        if not contributions:
+            return float("nan")
+        sites = sorted(contributions)
+        if self.site_maps is None:
+            self.site_maps = SiteMaps(self.model.embed_dim)
+        new = self.site_maps.ensure(sites)
+        self.site_maps.to(self.device)
+        for p in new:  # one parameter group per site, in creation order (as load_state_dict rebuilds)
+            if self.maps_optimizer is None:
+                self.maps_optimizer = adam([p], lr=self.config.lr)
+            else:
+                self.maps_optimizer.add_param_group({"params": [p]})
+        by_modality = {
+            m: [s for s in sites if m in contributions[s]] for m in self.model.modalities if m in plan.weight
+        }
+        by_modality = {m: ids for m, ids in by_modality.items() if ids}
+        self.model.train()
+        losses = []
+        for _ in range(passes):
+            for b in batches(len(plan.first), self.config.batch_size, rng):
+                idx = torch.as_tensor(b, dtype=torch.long)
+                own = {
+                    m: self.model(m, mixed_inputs(public.inputs[m], plan, m, b.tolist()).to(self.device))
+                    for m in by_modality
+                }
+                targets = {
+                    m: concatenated_targets([contributions[s][m][idx] for s in ids]).to(self.device)
+                    for m, ids in by_modality.items()
+                }
+                loss = weight * regression_loss(self.site_maps, own, targets, by_modality)
+                self.optimizer.zero_grad(set_to_none=True)
+                assert self.maps_optimizer is not None
+                self.maps_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.maps_optimizer.step()
+                losses.append(float(loss.detach()))
+        return float(np.mean(losses)) if losses else float("nan")
+
     @torch.no_grad()
     def retrieval(self, data: Tensors, pairs: Sequence[tuple[str, str]]) -> dict[str, float]:
         """Retrieval metrics for each modality pair (:func:`~mmfl.models.metrics.pairwise_retrieval`)."""
@@ -131,6 +190,12 @@ class ServerTrainer:
         }
         if self.velocity is not None:
             state["velocity"] = {k: torch.from_numpy(v) for k, v in self.velocity.items()}
+        if self.site_maps is not None and self.maps_optimizer is not None:
+            state["site_maps"] = {
+                "sites": self.site_maps.site_ids(),
+                "maps": self.site_maps.state_dict(),
+                "optimizer": self.maps_optimizer.state_dict(),
+            }
         return state
 
     def load_state_dict(self, state: Mapping[str, object]) -> None:
@@ -138,3 +203,15 @@ class ServerTrainer:
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         velocity = state.get("velocity")
         self.velocity = None if velocity is None else {k: v.numpy() for k, v in velocity.items()}  # type: ignore[union-attr]
+        maps = state.get("site_maps")
+        if maps is not None:
+            self.site_maps = SiteMaps(self.model.embed_dim)
+            for site in maps["sites"]:  # type: ignore[index]
+                self.site_maps.ensure([site])
+            self.site_maps.load_state_dict(maps["maps"])  # type: ignore[index]
+            self.site_maps.to(self.device)
+            groups = [list(m.parameters()) for m in self.site_maps.maps.values()]
+            self.maps_optimizer = adam(groups[0], lr=self.config.lr)
+            for g in groups[1:]:
+                self.maps_optimizer.add_param_group({"params": g})
+            self.maps_optimizer.load_state_dict(maps["optimizer"])  # type: ignore[index]

@@ -10,6 +10,9 @@
    * ``weights``: the sites train the global weights, and their weighted average becomes the
      server model (FedAvg);
    * ``local``: the sites train alone; nothing is merged;
+   * ``regress`` (``method.transfer``): the coordinator draws mixed public items, the sites
+     train (on their rows and the public pairs) and send their representations of them, and
+     the server regresses onto their concatenation; no global representations go down;
 
 3. the server model is evaluated on val and test.
 
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from mmfl.config import CreamConfig, FederationSpec
+from mmfl.data.mixing import draw_mix_plan
 from mmfl.protocols.messages import RepresentInstruction, TrainSettings, WeightsInstruction
 from mmfl.protocols.records import from_wire, to_wire
 from mmfl.server.data import ServerData
@@ -97,6 +101,8 @@ class RoundPipeline:
             record.server.train_loss = losses[-1]
         if self.method.site_work == "weights":
             self._weights(record)
+        elif self.method.transfer == "regress":
+            self._regress(record)
         elif self.method.site_work is not None:
             self._represent(record)
         elif self.method.self_targets:
@@ -128,11 +134,24 @@ class RoundPipeline:
             public_batch_size=t.public_batch_size,
             contrast_temperature=self.cream.contrast_temperature,
             interintra_weight=self.cream.interintra_weight,
-            regularisers=self.method.site_work == "represent",
+            regularisers=self.method.site_work == "represent" and self.method.transfer == "ensemble",
             regulariser_mode=self.cream.regulariser_mode,
             payload_dtype=self.cream.payload_dtype,
             proximal_mu=self.fedavg.proximal_mu if self.method.site_work == "weights" else 0.0,
+            # Control sites already train on the public set (their "private" rows are it).
+            public_pairs=self.method.transfer == "regress" and self.method.site_data == "private",
         )
+
+    def _regress_settings(self, round_: int) -> TrainSettings:
+        """In the first ``regress.teacher_rounds`` the sites train ``regress.teacher_epochs``
+        local epochs; after them they train no more and only represent (a DP site then spends
+        no epsilon: representing with its DP-trained model is post-processing)."""
+        settings, config = self.settings(), self.spec.regress
+        if config.teacher_rounds is not None and round_ > config.teacher_rounds:
+            return settings.model_copy(update={"local_epochs": 0})
+        if config.teacher_epochs is not None:
+            return settings.model_copy(update={"local_epochs": config.teacher_epochs})
+        return settings
 
     def _round_rows(self) -> tuple[list[int], dict[str, list[int]]]:
         """This round's public rows (a random subset when ``cream.public_subset`` is set) and,
@@ -187,6 +206,38 @@ class RoundPipeline:
             rows,
             enough=lambda: self._enough(record, self.spec.server.min_sites),
         )
+
+    def _regress(self, record: RoundRecord) -> None:
+        """Representation regression: the coordinator draws this round's mixed public items,
+        the sampled sites train and send their representations of them, and the server
+        regresses onto their concatenation (:mod:`mmfl.strategies.regression`)."""
+        assert self.exchange is not None
+        public = self.data.public
+        paired = public.complete_rows(self.spec.modalities).tolist()
+        items = self.spec.regress.mix_items or 10 * len(paired)
+        plan = draw_mix_plan(self.rng, paired, items, self.spec.modalities)
+        instruction = RepresentInstruction(
+            run_id=self.run_id,
+            round=record.round,
+            public_fingerprint=self.public_fingerprint,
+            public_indices=[],
+            rows={},
+            embed_dim=self.spec.embed_dim,
+            settings=self._regress_settings(record.round),
+            mix=plan,
+        )
+        registry = self.exchange.registry
+        nodes = self.sampler.sample(registry.online(self.exchange.grid), registry.site_id)
+        with timed(record, "exchange"):
+            record.sites, accepted = self.exchange.represent(nodes, instruction, {})
+        record.contributors = {m: sum(m in reps for reps in accepted.values()) for m in self.spec.modalities}
+        if not self._enough(record, self.spec.server.min_sites) or not accepted:
+            return
+        contributions = {registry.site_id(n): reps for n, reps in accepted.items()}
+        with timed(record, "distil"):
+            record.server.distill_loss = self.trainer.regress(
+                public, plan, contributions, self.spec.regress.weight, self.spec.regress.passes, self.rng
+            )
 
     def _self_distil(self, record: RoundRecord) -> None:
         """The site-free control: the server's own representations, as sites would receive

@@ -208,7 +208,7 @@ def simulate(
     strategy: str | None = typer.Option(
         None,
         "--strategy",
-        help="cream | cream+ | mean | fedavg | fedavg-public | fedprox | fedavgm | server-only | local | centralized | site-free | public-teachers",
+        help="cream | cream+ | mean | fedavg | fedavg-public | fedprox | fedavgm | server-only | local | centralized | site-free | public-teachers | regress | regress-public",
     ),
     engine: str = EngineOpt,
     seed: int | None = typer.Option(None, "--seed"),
@@ -223,7 +223,8 @@ def simulate(
     controls: bool = typer.Option(
         True,
         "--controls/--no-controls",
-        help="also run the site-free controls (server-only, site-free) on the same spec and seed",
+        help="also run the site-free controls (server-only and site-free, or regress-public for regress) "
+        "on the same spec and seed",
     ),
     ray_address: str | None = typer.Option(
         None,
@@ -286,13 +287,15 @@ def simulate(
 
 
 def control_strategies(strategy: str) -> list[str]:
-    """The cheap site-free servers to run beside a federated method (none for the others)."""
+    """The site-free servers to run beside a federated method (none for the others): server-only
+    and the control of the method's transfer (``site-free`` for the ensembles, ``regress-public``
+    for ``regress``); the last one is the reference of the printed difference."""
     from mmfl.strategies.methods import METHODS
 
     method = METHODS[strategy]
-    if not (method.uses_sites and method.has_server_model):
+    if not (method.uses_sites and method.has_server_model) or method.control_of is not None:
         return []
-    return ["server-only", "site-free"]
+    return ["server-only", "regress-public" if method.transfer == "regress" else "site-free"]
 
 
 def print_tracking(backends: tuple[str, ...], root: Path) -> None:
@@ -311,11 +314,10 @@ def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> N
         "test rsum",
         *(f"test {p}" for p in extra),
         "test mAP",
-        "test rsum − site-free",
+        f"test rsum − {controls[-1]['strategy']}",
     ):
         table.add_column(col, justify="right")
-    by_name = {s["strategy"]: s for s in [summary, *controls]}
-    reference = (by_name.get("site-free", {}).get("final", {}).get("retrieval") or {}).get("rsum")
+    reference = (controls[-1]["final"].get("retrieval") or {}).get("rsum")
     for s in [summary, *controls]:
         test = s["final"].get("retrieval") or {}
         val = s["final"].get("val_retrieval") or {}

@@ -19,6 +19,10 @@ centralized      -                -                public + sites' rows    -
 site-free        -                selective ens.   public                  its own reps
 public-teachers  represent,       selective ens.   public                  aggregate
                  public set only
+regress          represent mixed  (concatenates)   -                       regression
+                 public items
+regress-public   the same,        (concatenates)   -                       regression
+                 public set only
 ===============  ===============  ===============  ======================  ==============
 
 The last two are the site-free controls of ``cream+``: the same server, passes, losses and
@@ -27,6 +31,8 @@ epochs, with every site replaced by what the coordinator could build without any
 ``public-teachers``: models of the sites' architectures trained on the public set alone,
 ensembled exactly as the sites would be). Only what a federation gains beyond them comes
 from the sites' private data.
+``regress-public`` is the same control for ``regress``: sites that hold the public set train
+on it alone and send their representations of the same mixed items.
 """
 
 from __future__ import annotations
@@ -65,6 +71,10 @@ class Method:
     """The federated method this site-free control reproduces without any site's data."""
     fedavg_defaults: dict[str, Any] = field(default_factory=dict)
     """Weight-averaging settings this method changes where the spec leaves them at their defaults."""
+    transfer: Literal["ensemble", "regress"] = "ensemble"
+    """How the sites' representations reach the server: ``ensemble``, merged by the rule into
+    one target per row; ``regress``, the server regresses onto their concatenation on mixed
+    public items (:mod:`mmfl.strategies.regression`), the sites training on the public pairs too."""
 
     @property
     def uses_sites(self) -> bool:
@@ -78,7 +88,7 @@ class Method:
     @property
     def has_server_model(self) -> bool:
         """Whether the run ends with a server model to evaluate."""
-        return self.server_data is not None or self.site_work == "weights"
+        return self.server_data is not None or self.site_work == "weights" or self.transfer == "regress"
 
     def cream(self, configured: CreamConfig) -> CreamConfig:
         """The CreamFL settings a run uses: this method's defaults fill fields left unset."""
@@ -156,6 +166,12 @@ METHODS: dict[str, Method] = {
         Method("public-teachers", "control: cream+ with sites that hold the public set instead of private data",
                site_work="represent", ensemble="cream", cream_defaults=CREAM_PLUS_DEFAULTS, site_data="public",
                control_of="cream+"),
+        Method("regress", "sites train on their pairs and the public pairs; the server regresses onto "
+               "their concatenated representations of mixed public items",
+               site_work="represent", server_data=None, transfer="regress"),
+        Method("regress-public", "control: regress with sites that hold the public set instead of private data",
+               site_work="represent", server_data=None, transfer="regress", site_data="public",
+               control_of="regress"),
     )
 }  # fmt: skip
 assert set(METHODS) == set(get_args(StrategyName)), "config.StrategyName and METHODS must agree"

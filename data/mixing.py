@@ -1,0 +1,59 @@
+"""Mixed public items: new inputs built from pairs of public rows, identical at every party.
+
+Item k of modality m, from public rows :math:`i = first_k`, :math:`j = second_k` with weight
+:math:`\\lambda = weight^m_k`:
+
+* dense inputs (features, pixels): :math:`\\lambda x_i + (1 - \\lambda) x_j`;
+* token ids: slot s comes from :math:`x_i` when :math:`\\{(s + 1)\\varphi + k\\psi\\} < \\lambda`
+  (``{.}`` the fractional part, :math:`\\varphi, \\psi` irrational), else from :math:`x_j` — a
+  fixed pattern with a share :math:`\\approx\\lambda` of slots from i, so every site builds the
+  same item without sharing a random state.
+
+Image and text draw their own :math:`\\lambda \\sim U(0, 1)`, so a mixed image is not the
+mixture of its mixed text's pair: the items are new points, which no teacher has memorised.
+Built from the public set alone, they cost no privacy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mmfl.protocols.messages import MixPlan
+
+_PHI = 0.6180339887498949
+_PSI = 0.7548776662466927
+
+
+def draw_mix_plan(
+    rng: np.random.Generator, rows: Sequence[int], items: int, modalities: Sequence[str]
+) -> MixPlan:
+    """``items`` mixed items over public ``rows`` (each row first about equally often)."""
+    rows_ = np.asarray(rows)
+    first = rows_[np.resize(rng.permutation(len(rows_)), items)]
+    second = rows_[rng.integers(0, len(rows_), items)]
+    return MixPlan(
+        first=first.tolist(),
+        second=second.tolist(),
+        weight={m: rng.uniform(0, 1, items).tolist() for m in modalities},
+    )
+
+
+def mixed_inputs(
+    x: torch.Tensor, plan: MixPlan, modality: str, items: Sequence[int] | range | None = None
+) -> torch.Tensor:
+    """The plan's ``items`` (indices into the plan; all when None) of ``modality``, built from
+    the public inputs ``x``. An item is the same whichever batch or chunk it is built in."""
+    k = torch.arange(len(plan.first)) if items is None else torch.as_tensor(list(items), dtype=torch.long)
+    i = torch.as_tensor(plan.first, dtype=torch.long)[k]
+    j = torch.as_tensor(plan.second, dtype=torch.long)[k]
+    lam = torch.as_tensor(plan.weight[modality], dtype=torch.float32)[k]
+    a, b = x[i], x[j]
+    if not torch.is_floating_point(x):
+        slots = torch.arange(1, x.shape[1] + 1, dtype=torch.float64) * _PHI
+        pattern = torch.frac(slots[None, :] + k.double()[:, None] * _PSI) < lam[:, None].double()
+        return torch.where(pattern.view(pattern.shape + (1,) * (x.dim() - 2)), a, b)
+    w = lam.view((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
+    return w * a + (1 - w) * b
