@@ -4,10 +4,10 @@ Every method of a spec under ``benchmarks/specs/`` over the same seeds (5 by def
 
 * the server's test rsum after the last round and at each run's best-val round, mean ± sample
   std (ddof 1), and val rsum;
-* each federated method against its site-free controls (``site-free``: the server's own
-  representations; ``public-teachers``: the sites' architectures trained on the public set
-  alone, ensembled as the sites would be) and against the strongest of them (the one with the
-  highest mean *val* rsum): the paired per-seed difference ``federation - control`` with its
+* each federated method against every site-free run (``server-only``; ``site-free``: the
+  server's own representations; ``public-teachers``: the sites' architectures trained on the
+  public set alone, ensembled as the sites would be; ``regress-public``: ``regress`` with such
+  sites) and against the strongest of them (the one with the highest mean *val* rsum): the paired per-seed difference ``federation - control`` with its
   95 % t interval, and the share of the control-to-``centralized`` gap it closes;
 * the teachers (the sites' final models, evaluated offline by
   :mod:`benchmarks.teachers`): the sites' ensemble against the public-only ensemble (what the
@@ -65,6 +65,8 @@ STRATEGIES = [
     "fedavgm",
     "cream",
     "cream+",
+    "regress-public",
+    "regress",
     "centralized",
 ]
 CEILING = "centralized"
@@ -111,14 +113,51 @@ def _mean(values: dict[int, float]) -> float | None:
     return sum(values.values()) / len(values) if values else None
 
 
+OFFLINE_CONTROL = "offline public teachers, regression"
+"""The strongest site-free server known on ``openclipart-paired``: :mod:`transfer_bound`'s
+student regressed onto the public-only teachers (same partition, public set and test set per
+seed), read from ``results/transfer_bound.json`` and compared like any control."""
+
+
+def offline_control(dataset: str) -> list[dict]:
+    """Per seed, the offline control as a summary (final test and val rsum); none elsewhere."""
+    path = HERE / "results" / "transfer_bound.json"
+    if dataset != "openclipart-paired" or not path.exists():
+        return []
+    results = json.loads(path.read_text())["results"]
+    return [
+        {
+            "strategy": OFFLINE_CONTROL,
+            "seed": int(seed),
+            "final": {
+                "retrieval": {"rsum": r["students"]["public/regress"]["test"]},
+                "val_retrieval": {"rsum": r["students"]["public/regress"]["val"]},
+            },
+        }
+        for seed, r in results.items()
+        if "public/regress" in r["students"]
+    ]
+
+
+def site_free(name: str) -> bool:
+    """A run that uses no site's data: server-only, every control, the offline control."""
+    return name in ("server-only", OFFLINE_CONTROL) or METHODS[name].control_of is not None
+
+
 def paired_rows(summaries: list[dict]) -> list[dict[str, Any]]:
-    """Each federated method against each of its controls and the strongest (by val)."""
+    """Each federated method against every site-free run (its own controls and those of the
+    other methods: any of them is a server the coordinator could build without a site) and
+    the strongest of them by val."""
     ran = {s["strategy"] for s in summaries}
     ceiling = _mean(_by_seed(summaries, CEILING))
+    controls = [c for c in ran if site_free(c)]
     rows = []
     for name in sorted(ran):
-        controls = [c for c in ran if METHODS[c].control_of == name]
-        if not controls or METHODS[name].control_of is not None:
+        if (
+            not controls
+            or site_free(name)
+            or not (METHODS[name].uses_sites and METHODS[name].has_server_model)
+        ):
             continue
         strongest = max(controls, key=lambda c: _mean(_by_seed(summaries, c, "val_retrieval")) or -1.0)
         for control in sorted(controls):
@@ -133,6 +172,17 @@ def paired_rows(summaries: list[dict]) -> list[dict[str, Any]]:
     return rows
 
 
+def cached_teachers(run_dir: Path) -> dict[str, float]:
+    """:func:`teachers.teacher_retrieval` of a finished run, kept in ``RUN/teachers.json`` (a
+    reused run's sites do not change, and evaluating them takes most of a minute)."""
+    cache = run_dir / "teachers.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    teachers = teacher_retrieval(run_dir)
+    cache.write_text(json.dumps(teachers))
+    return teachers
+
+
 def teacher_rows(summaries: list[dict]) -> list[dict[str, Any]]:
     """Per representation-exchange run: the teachers' ensemble and the student, on test."""
     rows = []
@@ -140,7 +190,7 @@ def teacher_rows(summaries: list[dict]) -> list[dict[str, Any]]:
         method = METHODS[s["strategy"]]
         if method.site_work != "represent" or not s["final"].get("retrieval"):
             continue
-        teachers = teacher_retrieval(Path(s["_run_dir"]))
+        teachers = cached_teachers(Path(s["_run_dir"]))
         rows.append(
             {
                 "strategy": s["strategy"],
@@ -255,7 +305,8 @@ def main() -> None:
         summaries = run(dataset, strategies, seeds, runs, args.set, args.reuse)
         write_comparison(summaries, runs)
         rows = comparison_table(summaries)
-        paired = paired_rows(summaries)
+        ran = {s["seed"] for s in summaries}
+        paired = paired_rows(summaries + [o for o in offline_control(dataset) if o["seed"] in ran])
         per_run = teacher_rows(summaries)
         teachers = teacher_summary(per_run)
         result = {

@@ -6,6 +6,7 @@ Test metrics are neither printed nor written: selection never sees them.
 
     python benchmarks/sweep.py fedavg                   # the weight-averaging family on openclipart-paired-same
     python benchmarks/sweep.py cream+                   # cream+'s ensemble temperature and distillation weight
+    python benchmarks/sweep.py regress --seeds 0        # when regress's sites train
     python benchmarks/sweep.py fedavg --seeds 0 --out /tmp/sweep
 """
 
@@ -35,6 +36,16 @@ SWEEPS: dict[str, dict] = {
         "settings": [
             {"strategy": "cream+", "cream.ensemble_temperature": t, "cream.kd_weight": w}
             for t, w in itertools.product([0.05, 0.2, 1.0], [0.3, 1.0])
+        ],
+    },
+    "regress": {
+        # When the sites train: every round (2 local epochs, the spec's) or once, 10 epochs in
+        # round 1, then only representing (a DP site would spend its epsilon once). Each arm
+        # (the federation and its control) is chosen on its own val.
+        "spec": HERE / "specs" / "openclipart-paired.toml",
+        "settings": [
+            {"strategy": s, "regress.teacher_rounds": r, "regress.teacher_epochs": e}
+            for s, (r, e) in itertools.product(["regress", "regress-public"], [(10, 2), (1, 10)])
         ],
     },
     "fedavg": {
