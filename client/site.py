@@ -21,6 +21,7 @@ from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_mixed, encode_rows, public_loss, train_round
 from mmfl.config import SiteConfig
 from mmfl.data.partition import site_seed
+from mmfl.data.tensors import concat
 from mmfl.errors import MmflError
 from mmfl.models.losses import multimodal_task_loss
 from mmfl.models.metrics import accuracy, retrieval_metrics
@@ -186,7 +187,7 @@ class Site:
         if self.private:
             metrics = self._represent_private(model, old, pub, instruction, rng, fresh_from)
         else:
-            train = self.data.train.joined(self.data.public) if settings.public_pairs else self.data.train
+            train = concat([self.data.train, self.data.public]) if settings.public_pairs else self.data.train
             metrics = train_round(
                 model,
                 old,

@@ -46,10 +46,11 @@ def mixed_inputs(
 ) -> torch.Tensor:
     """The plan's ``items`` (indices into the plan; all when None) of ``modality``, built from
     the public inputs ``x``. An item is the same whichever batch or chunk it is built in."""
-    k = torch.arange(len(plan.first)) if items is None else torch.as_tensor(list(items), dtype=torch.long)
-    i = torch.as_tensor(plan.first, dtype=torch.long)[k]
-    j = torch.as_tensor(plan.second, dtype=torch.long)[k]
-    lam = torch.as_tensor(plan.weight[modality], dtype=torch.float32)[k]
+    chosen = range(len(plan.first)) if items is None else list(items)
+    k = torch.as_tensor(chosen, dtype=torch.long)
+    i = torch.as_tensor([plan.first[t] for t in chosen], dtype=torch.long)
+    j = torch.as_tensor([plan.second[t] for t in chosen], dtype=torch.long)
+    lam = torch.as_tensor([plan.weight[modality][t] for t in chosen], dtype=torch.float32)
     a, b = x[i], x[j]
     if not torch.is_floating_point(x):
         slots = torch.arange(1, x.shape[1] + 1, dtype=torch.float64) * _PHI

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,14 +33,6 @@ class Tensors:
             self.labels[idx],
         )
 
-    def joined(self, other: Tensors) -> Tensors:
-        """These rows followed by ``other``'s (same modalities and input shapes)."""
-        return Tensors(
-            {m: torch.cat([x, other.inputs[m]]) for m, x in self.inputs.items()},
-            {m: torch.cat([p, other.present[m]]) for m, p in self.present.items()},
-            torch.cat([self.labels, other.labels]),
-        )
-
     def rows_with(self, modality: str) -> torch.Tensor:
         """Indices of rows holding ``modality``."""
         return torch.nonzero(self.present[modality]).flatten()
@@ -51,6 +43,16 @@ class Tensors:
         for m in modalities:
             mask &= self.present[m]
         return torch.nonzero(mask).flatten()
+
+
+def concat(parts: Iterable[Tensors]) -> Tensors:
+    """The rows of ``parts`` one after another (same modalities and input shapes)."""
+    parts = list(parts)
+    return Tensors(
+        {m: torch.cat([p.inputs[m] for p in parts]) for m in parts[0].inputs},
+        {m: torch.cat([p.present[m] for p in parts]) for m in parts[0].present},
+        torch.cat([p.labels for p in parts]),
+    )
 
 
 def load_tensors(

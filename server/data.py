@@ -14,7 +14,7 @@ from mmfl.config import SiteConfig
 from mmfl.data.manifest import load_manifest
 from mmfl.data.partition import site_holdout
 from mmfl.data.prepared import PreparedDataset
-from mmfl.data.tensors import Tensors, load_tensors
+from mmfl.data.tensors import Tensors, concat, load_tensors
 from mmfl.models.encoders import featurizers_for
 from mmfl.paths import feature_cache_root
 
@@ -74,12 +74,3 @@ def pooled_site_rows(configs: Path, feats: Mapping, dataset: PreparedDataset) ->
                 data.present[m] = torch.zeros_like(data.present[m])
         pooled.append(data)
     return pooled
-
-
-def concat(parts: Iterable[Tensors]) -> Tensors:
-    parts = list(parts)
-    return Tensors(
-        {m: torch.cat([p.inputs[m] for p in parts]) for m in parts[0].inputs},
-        {m: torch.cat([p.present[m] for p in parts]) for m in parts[0].present},
-        torch.cat([p.labels for p in parts]),
-    )
