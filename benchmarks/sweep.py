@@ -7,6 +7,7 @@ Test metrics are neither printed nor written: selection never sees them.
     python benchmarks/sweep.py fedavg                   # the weight-averaging family on openclipart-paired-same
     python benchmarks/sweep.py cream+                   # cream+'s ensemble temperature and distillation weight
     python benchmarks/sweep.py regress --seeds 0        # when regress's sites train
+    python benchmarks/sweep.py regress-mixed --seeds 0 --jobs 2   # which sites regress learns from
     python benchmarks/sweep.py fedavg --seeds 0 --out /tmp/sweep
 """
 
@@ -15,11 +16,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import multiprocessing
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -48,6 +52,16 @@ SWEEPS: dict[str, dict] = {
             for s, (r, e) in itertools.product(["regress", "regress-public"], [(10, 2), (1, 10)])
         ],
     },
+    "regress-mixed": {
+        # The mixed federation (image-only and text-only sites beside two paired ones): regress
+        # onto every site, or only onto the sites that hold both modalities (a uni-modal site's
+        # space has no counterpart in the other modality). Each arm chosen on its own val.
+        "spec": HERE / "specs" / "openclipart.toml",
+        "settings": [
+            {"strategy": s, "regress.sites": sites}
+            for s, sites in itertools.product(["regress", "regress-public"], ["all", "paired"])
+        ],
+    },
     "fedavg": {
         "spec": HERE / "specs" / "openclipart-paired-same.toml",
         "settings": [
@@ -70,25 +84,42 @@ def _override(key: str, value: object) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def run(name: str, seeds: list[int], out: Path) -> dict:
+def _val_rsum(spec_path: Path, overrides: list[str], folder: Path, threads: int) -> tuple[float, float]:
+    """One run's val rsum after the last round and its wall time (the run folder is removed:
+    the test numbers inside are never read)."""
+    torch.set_num_threads(threads)  # runs side by side share the cores
+    spec = load_config(FederationSpec, spec_path, overrides)
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    summary = run_inprocess(build_plan(spec, folder, force=True))
+    shutil.rmtree(folder, ignore_errors=True)
+    return summary["final"]["val_retrieval"]["rsum"], time.perf_counter() - t0
+
+
+def run(name: str, seeds: list[int], out: Path, jobs: int = 1) -> dict:
     sweep = SWEEPS[name]
     console = Console()
+    tasks = {
+        (index, seed): (
+            sweep["spec"],
+            [_override(k, v) for k, v in setting.items()] + [f"seed={seed}"],
+            out / "runs" / f"sweep-{name.replace('+', 'plus')}-{index:02d}-s{seed}",
+            max(1, torch.get_num_threads() // jobs),
+        )
+        for index, setting in enumerate(sweep["settings"])
+        for seed in seeds
+    }
+    done: dict[tuple[int, int], float] = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_val_rsum, *task): key for key, task in tasks.items()}
+        for future in as_completed(futures):
+            index, seed = futures[future]
+            done[index, seed], seconds = future.result()
+            label = ",".join(f"{k}={v}" for k, v in sweep["settings"][index].items())
+            console.print(f"{label} seed {seed}: val rsum {done[index, seed]:.1f} ({seconds:.0f} s)")
     results = []
     for index, setting in enumerate(sweep["settings"]):
-        vals = {}
-        for seed in seeds:
-            overrides = [_override(k, v) for k, v in setting.items()] + [f"seed={seed}"]
-            spec = load_config(FederationSpec, sweep["spec"], overrides)
-            label = ",".join(f"{k}={v}" for k, v in setting.items())
-            folder = out / "runs" / f"sweep-{name.replace('+', 'plus')}-{index:02d}-s{seed}"
-            shutil.rmtree(folder, ignore_errors=True)
-            t0 = time.perf_counter()
-            summary = run_inprocess(build_plan(spec, folder, force=True))
-            vals[seed] = summary["final"]["val_retrieval"]["rsum"]
-            console.print(
-                f"{label} seed {seed}: val rsum {vals[seed]:.1f} ({time.perf_counter() - t0:.0f} s)"
-            )
-            shutil.rmtree(folder, ignore_errors=True)  # the test numbers inside are never read
+        vals = {seed: done[index, seed] for seed in seeds}
         results.append(
             {"setting": setting, "val_rsum": vals, "val_rsum_mean": float(np.mean(list(vals.values())))}
         )
@@ -128,8 +159,9 @@ def main() -> None:
     parser.add_argument("sweep", choices=sorted(SWEEPS))
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side (one thread each)")
     args = parser.parse_args()
-    run(args.sweep, [int(s) for s in args.seeds.split(",") if s], args.out)
+    run(args.sweep, [int(s) for s in args.seeds.split(",") if s], args.out, args.jobs)
 
 
 if __name__ == "__main__":

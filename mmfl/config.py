@@ -206,6 +206,12 @@ class RegressConfig(StrictModel):
     teacher_epochs: int | None = Field(
         None, ge=1, description="local epochs of a teacher round; None: train.local_epochs"
     )
+    sites: Literal["paired", "all"] = Field(
+        "paired",
+        description="paired: only the sites that hold every modality of the spec (the others are "
+        "refused at discovery, so they neither train nor spend); all: every site (a uni-modal "
+        "site's space has no counterpart in the other modality: val -19 on the mixed federation)",
+    )
 
 
 class FedAvgConfig(StrictModel):

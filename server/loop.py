@@ -100,6 +100,16 @@ class FederatedRun:
                     else f"architectures {c.architectures} differ from {common}"
                 )
             )
+        if self.method.transfer == "regress" and self.spec.regress.sites == "paired":
+            wanted = set(self.spec.modalities)
+            self.registry.refuse_unless(
+                lambda c: (
+                    None
+                    if wanted <= set(c.modalities)
+                    else f"holds {', '.join(c.modalities)} only; regress.sites = paired takes sites "
+                    "that hold every modality"
+                )
+            )
         self.registry.refuse_rolled_back(
             lambda caps: self.store.highest_epsilon(caps.site_id, caps.data_fingerprint)
         )

@@ -31,6 +31,7 @@ import torch
 
 from mmfl.config import CreamConfig, FederationSpec
 from mmfl.data.mixing import draw_mix_plan
+from mmfl.errors import ConfigError
 from mmfl.protocols.messages import RepresentInstruction, TrainSettings, WeightsInstruction
 from mmfl.protocols.records import from_wire, to_wire
 from mmfl.server.data import ServerData
@@ -214,6 +215,11 @@ class RoundPipeline:
         assert self.exchange is not None
         public = self.data.public
         paired = public.complete_rows(self.spec.modalities).tolist()
+        if not paired:
+            raise ConfigError(
+                f"strategy regress mixes public rows that hold every modality of the spec "
+                f"({', '.join(self.spec.modalities)}); the public set has none"
+            )
         items = self.spec.regress.mix_items or 10 * len(paired)
         plan = draw_mix_plan(self.rng, paired, items, self.spec.modalities)
         instruction = RepresentInstruction(

@@ -33,6 +33,7 @@ DIGITS_METHODS = [
     "centralized",
     "site-free",
     "public-teachers",
+    "regress",
 ]
 OPENCLIPART_METHODS = ["cream+", "centralized"]
 # The benchmark's openclipart federation on every SLICE-th row of each split (the frozen

@@ -18,6 +18,7 @@ from mmfl.client.site import Site
 from mmfl.config import CreamConfig, ServerConfig, SiteConfig
 from mmfl.data.mixing import draw_mix_plan, mixed_inputs
 from mmfl.data.tensors import Tensors
+from mmfl.errors import ConfigError
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.protocols.messages import MixPlan, RepresentInstruction
 from mmfl.protocols.records import ProtocolError, check_represent_instruction
@@ -218,10 +219,11 @@ def test_a_dp_site_trains_on_the_public_pairs_at_the_same_epsilon(pair_config, t
 
 def test_a_regress_federation_learns_from_its_sites(digits, tmp_path: Path) -> None:
     """Two rounds; the sites train in the first only (``teacher_rounds``), so the DP site spends
-    no epsilon in round 2: representing with a trained DP model is post-processing."""
+    no epsilon in round 2: representing with a trained DP model is post-processing. With
+    ``regress.sites = "all"`` the uni-modal sites take part too (each sends its one modality)."""
     spec = small_spec(
         'strategy="regress"', "regress.mix_items=1500", "regress.teacher_rounds=1",
-        "regress.teacher_epochs=1", "sites.3.privacy.enabled=true",
+        "regress.teacher_epochs=1", "sites.3.privacy.enabled=true", 'regress.sites="all"',
     )  # fmt: skip
     summary = run_inprocess(build_plan(spec, tmp_path / "run"))
     for r in summary["rounds"]:
@@ -235,3 +237,46 @@ def test_a_regress_federation_learns_from_its_sites(digits, tmp_path: Path) -> N
     assert 0 < spent[0] == spent[1]
     val = [r["server_metrics"]["val"]["rsum"] for r in summary["rounds"]]
     assert val[1] > val[0] + 15  # 90.0 -> 120.0 at this commit
+
+
+def test_regress_refuses_a_spec_whose_public_set_has_no_row_with_every_modality(
+    digits, tmp_path: Path
+) -> None:
+    """A copy of digits whose public rows hold image and text, or text and audio, never all
+    three: there is no item to mix, and the run stops with one line naming why."""
+    data = tmp_path / "digits-split-public"
+    data.mkdir()
+    for name in ("images", "audio"):
+        (data / name).symlink_to(digits.root / name)
+    for name in ("dataset.json", "val.jsonl", "test.jsonl", "private.jsonl"):
+        (data / name).write_bytes((digits.root / name).read_bytes())
+    rows = [json.loads(line) for line in (digits.root / "public.jsonl").read_text().splitlines()]
+    for row in rows:
+        if "audio" in row:
+            del row["image"]
+    (data / "public.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = small_spec(
+        'strategy="regress"', 'modalities=["image", "text", "audio"]', "rounds=1", f'data_dir="{data}"',
+        'server.architectures={image = "cnn-small", text = "bag", audio = "mfcc-mlp"}',
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^strategy regress mixes public rows that hold every modality"):
+        run_inprocess(build_plan(spec, tmp_path / "run"))
+
+
+def test_regress_on_paired_sites_refuses_the_uni_modal_ones_before_they_train(digits, tmp_path: Path) -> None:
+    """``regress.sites = "paired"``: the image-only and text-only sites are refused at discovery
+    with the reason, so they neither train nor send; the two paired sites carry the round."""
+    spec = small_spec(
+        'strategy="regress"', 'regress.sites="paired"', "rounds=1", "regress.mix_items=300",
+        "regress.teacher_epochs=1",
+    )  # fmt: skip
+    summary = run_inprocess(build_plan(spec, tmp_path / "run"))
+    (only,) = summary["rounds"]
+    assert only["status"] == "completed"
+    assert sorted(s["site_id"] for s in only["sites"]) == ["pair-a", "pair-b"]
+    events = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+    refused = sorted(e["message"] for e in events if e.get("event") == "site-refused")
+    assert refused == [
+        "site img: holds image only; regress.sites = paired takes sites that hold every modality",
+        "site txt: holds text only; regress.sites = paired takes sites that hold every modality",
+    ]
