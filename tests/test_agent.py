@@ -65,9 +65,11 @@ def test_the_supernode_entry_point_caps_flowers_idle_wait() -> None:
         inflatable_utils.pull_objects.__kwdefaults__.update(saved)
 
 
-def test_objects_not_yet_uploaded_are_retried_within_a_tenth_of_a_second() -> None:
-    """Flower waits 1 s, then 2 s, before pulling an object again; after the patch the third
-    try comes within 0.15 s (0.05 + 0.1 s, +-20 % jitter). Fails if Flower renames the knobs."""
+def test_objects_not_yet_uploaded_are_retried_within_a_fraction_of_a_second() -> None:
+    """Flower waits 1 s, then 2 s, before pulling an object again (the third try 3 s after the
+    first); after the patch the third try comes about 0.15 s after it (0.05 + 0.1 s, +-20 %
+    jitter), asserted under 0.4 s to leave room for a loaded machine. Fails if Flower renames
+    the knobs."""
     from flwr.supercore.constant import PULL_INITIAL_BACKOFF
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError

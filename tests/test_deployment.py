@@ -2,7 +2,7 @@
 authentication) and three site agents (image-only, text-only, paired) run CreamFL.
 
 The tests run in order on one federation: connect, probe the public address, refuse an
-unregistered key, run 4 rounds, crash the coordinator in round 2 of 4 and resume. Faults at the
+unregistered key, run 3 rounds, crash the coordinator in round 2 of 3 and resume. Faults at the
 proxy are in ``test_deployment_faults.py``.
 """
 
@@ -201,11 +201,11 @@ def test_register_site_reports_the_superlinks_refusal(federation: Federation) ->
 
 
 def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> None:
-    run_id = federation.submit(4)
+    run_id = federation.submit(3)
     federation.runs["reference"] = run_id
-    wait_for("the 4-round run", lambda: federation.summary(run_id).exists(), 900)
+    wait_for("the 3-round run", lambda: federation.summary(run_id).exists(), 900)
     summary = json.loads(federation.summary(run_id).read_text())
-    assert [r["status"] for r in summary["rounds"]] == ["completed"] * 4
+    assert [r["status"] for r in summary["rounds"]] == ["completed"] * 3
     assert all(
         sorted(s["site_id"] for s in r["sites"] if s["accepted"]) == ["img", "pair", "txt"]
         for r in summary["rounds"]
@@ -215,9 +215,9 @@ def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> Non
         run = s.get(Run, run_id)
         assert run is not None and run.status == "completed"
         rounds = s.scalars(select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)).all()
-        assert [r.round for r in rounds] == [1, 2, 3, 4]
+        assert [r.round for r in rounds] == [1, 2, 3]
         ids = [r.id for r in rounds]
-        assert len(s.scalars(select(SiteRoundRow).where(SiteRoundRow.round_id.in_(ids))).all()) == 12
+        assert len(s.scalars(select(SiteRoundRow).where(SiteRoundRow.round_id.in_(ids))).all()) == 9
     evidence = json.loads((federation.server / "runs" / run_id / "evidence.json").read_text())
     assert {x["id"] for x in evidence["sites"]} == set(SITES) and all(
         len(x["data_fingerprint"]) == 64 for x in evidence["sites"]
@@ -230,7 +230,7 @@ def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> Non
         mmfl("client", "audit", "--state", str(federation.root / "state-pair"), "--json").stdout
     )
     mine = [e for e in audit if e["run_id"] == run_id]
-    assert [e["message_type"] for e in mine] == ["query.capabilities"] + ["train.represent"] * 4 + [
+    assert [e["message_type"] for e in mine] == ["query.capabilities"] + ["train.represent"] * 3 + [
         "evaluate.task"
     ]
     assert all(
@@ -249,7 +249,7 @@ def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> Non
 
 def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation) -> None:
     reference = json.loads(federation.summary(federation.runs["reference"]).read_text())
-    run_id = federation.submit(4)
+    run_id = federation.submit(3)
     progress = federation.server / "runs" / run_id / "rounds.jsonl"
 
     def in_round_two() -> bool:
@@ -277,7 +277,7 @@ def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation)
     mmfl("server", "resume", run_id, "--dir", str(federation.server))
     wait_for("the resumed run", lambda: federation.summary(run_id).exists(), 900)
     resumed = json.loads(federation.summary(run_id).read_text())
-    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3, 4]
+    assert [r["round"] for r in resumed["rounds"]] == [1, 2, 3]
     for a, b in zip(resumed["rounds"], reference["rounds"], strict=True):
         assert a["status"] == "completed"
         for split in ("val", "test"):
@@ -288,5 +288,5 @@ def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation)
     assert resumed["final"]["retrieval"] == pytest.approx(reference["final"]["retrieval"], abs=1e-6)
     with Session(open_store(federation.server / "runs.sqlite")) as s:
         rounds = s.scalars(select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)).all()
-        assert [r.round for r in rounds] == [1, 2, 3, 4]  # none lost, none repeated
+        assert [r.round for r in rounds] == [1, 2, 3]  # none lost, none repeated
         assert s.get(Run, run_id).status == "completed"
