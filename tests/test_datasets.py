@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -87,3 +91,60 @@ def test_dataset_info_problems_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(MmflError, match="pairing: ") as bad_field:
         read_dataset_info(tmp_path)
     assert "\n" not in str(bad_json.value) and "\n" not in str(bad_field.value)
+
+
+OPEN_AND_READ_DIGITS = """
+from mmfl.data.builtin import open_dataset
+from mmfl.data.manifest import load_manifest
+from mmfl.data.prepared import SPLITS
+ds = open_dataset("digits")
+print(sum(len(load_manifest(ds.root / f"{s}.jsonl", check_files=True)) for s in SPLITS))
+"""
+
+
+def test_digits_appears_whole_or_not_at_all_while_two_processes_prepare_it(tmp_path: Path) -> None:
+    """Two first runs on one fresh MMFL_HOME, the second half a second after the first: each
+    prepares digits on first use, then reads every file of every split. Watched every few
+    milliseconds meanwhile, the data set's folder is absent or complete (dataset.json written
+    last), never partial; the second process waits for the first; both read the whole set.
+    (Before, files appeared one by one in place, and a run read a recording another run was
+    still rewriting: EOFError.)"""
+    env = {**os.environ, "MMFL_HOME": str(tmp_path / "home")}
+    root = tmp_path / "home" / "data" / "digits"
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", OPEN_AND_READ_DIGITS],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    procs = [start()]
+    seen: set[str] = set()
+    started = time.monotonic()
+    while any(p.poll() is None for p in procs) or len(procs) < 2:
+        if len(procs) < 2 and time.monotonic() - started > 0.5:
+            procs.append(start())
+        seen.add(
+            "absent" if not root.exists() else "whole" if (root / "dataset.json").exists() else "partial"
+        )
+        time.sleep(0.005)
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-500:] for _, err in results]
+    assert [out.split()[-1] for out, _ in results] == ["5000", "5000"]
+    assert seen == {"absent", "whole"}
+    leftovers = sorted(p.name for p in root.parent.iterdir())
+    assert leftovers == [".digits.lock", "digits"]  # no staging folder left behind
+
+
+def test_a_failed_preparation_leaves_nothing_at_the_target(tmp_path: Path) -> None:
+    with pytest.raises(DataSetMissing):
+        prepare("openclipart", tmp_path / "oc", source=tmp_path / "nothing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".oc.lock"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(MmflError, match="mine exists and is not a prepared data set"):
+        prepare("digits", tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from mmfl.data.prepared import INFO_FILE, PreparedDataset, has_dataset_info
+from mmfl.data.prepared import PreparedDataset, has_dataset_info
 from mmfl.errors import DataSetMissing, MmflError
 from mmfl.paths import data_root
 
@@ -21,17 +26,65 @@ BUILTIN = ("digits", "openclipart")
 
 
 def prepare(name: str, out: Path | None = None, force: bool = False, **kwargs: object) -> PreparedDataset:
-    """Prepare built-in data set ``name`` into ``out`` (default: the data cache)."""
+    """Prepare built-in data set ``name`` into ``out`` (default: the data cache).
+
+    The files are written into a staging folder beside ``out`` and moved into place in one
+    rename, under a lock: a reader never sees a half-written set, a failed or killed preparation
+    leaves nothing at ``out``, and processes preparing the same set at once wait for the first."""
     preparers = _preparers()
     if name not in preparers:
         raise MmflError(f"unknown data set {name!r} (built-in: {', '.join(BUILTIN)})")
     root = Path(out) if out else data_root() / name
     if has_dataset_info(root) and not force:
         return PreparedDataset(root)
-    if has_dataset_info(root):
-        (root / INFO_FILE).unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    return preparers[name](root, **kwargs)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        if has_dataset_info(root) and not force:  # another process prepared it while we waited
+            return PreparedDataset(root)
+        if root.exists() and not has_dataset_info(root) and any(root.iterdir()):
+            raise MmflError(f"{root} exists and is not a prepared data set: give an empty or a new folder")
+        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
+        try:
+            staging.chmod(0o777 & ~_umask())
+            preparers[name](staging, **kwargs)
+            _move_into_place(staging, root)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return PreparedDataset(root)
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``root``'s preparation (a lock file beside it)."""
+    with (root.parent / f".{root.name}.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _move_into_place(staging: Path, root: Path) -> None:
+    """Rename ``staging`` to ``root``; a previous set there (``force``) is moved aside first and
+    removed after."""
+    if not root.exists():
+        staging.rename(root)
+        return
+    if not any(root.iterdir()):
+        root.rmdir()
+        staging.rename(root)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
+    old.rmdir()
+    root.rename(old)
+    staging.rename(root)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def open_dataset(name_or_path: str | Path, auto_prepare: bool = True) -> PreparedDataset:
