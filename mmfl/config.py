@@ -240,7 +240,7 @@ class FederationSpec(StrictModel):
     embed_dim: int = Field(256, ge=2)
     rounds: int = Field(4, ge=1)
     seed: int = 0
-    strategy: StrategyName = "cream+"
+    strategy: StrategyName = "regress"
     sites: list[SiteSpec] = Field(default_factory=lambda: default_digits_sites())
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -241,8 +241,9 @@ def simulate(
     ),
     console_port: int = typer.Option(8787, "--console-port", min=1, max=65535),
 ) -> None:
-    """Run one federation (the default: cream+ on digits, six sites of three kinds), and beside
-    it the servers that use no site at all, so that the table shows what the sites added."""
+    """Run one federation (the default: regress on digits, six sites of three kinds, of which the
+    two paired ones take part), and beside it the servers that use no site at all, so that the
+    table shows what the sites added."""
     if ctx.invoked_subcommand is not None:
         return
     backends = parse_backends(tracking)

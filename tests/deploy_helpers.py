@@ -19,6 +19,7 @@ SITES = {"img": ["image"], "txt": ["text"], "pair": ["image", "text"]}
 RUN_SPEC = """\
 name = "deployed"
 rounds = {rounds}
+strategy = "cream+"
 sites = []
 
 [train]
