@@ -6,7 +6,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,9 +42,10 @@ def prepare(name: str, out: Path | None = None, force: bool = False, **kwargs: o
             return PreparedDataset(root)
         if root.exists() and not has_dataset_info(root) and any(root.iterdir()):
             raise MmflError(f"{root} exists and is not a prepared data set: give an empty or a new folder")
-        staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.staging-", dir=root.parent))
+        staging = root.parent / f".{root.name}.staging-{os.getpid()}"  # unique: we hold the lock
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         try:
-            staging.chmod(0o777 & ~_umask())
             preparers[name](staging, **kwargs)
             _move_into_place(staging, root)
         finally:
@@ -67,24 +67,16 @@ def _locked(root: Path) -> Iterator[None]:
 def _move_into_place(staging: Path, root: Path) -> None:
     """Rename ``staging`` to ``root``; a previous set there (``force``) is moved aside first and
     removed after."""
+    if root.exists() and not any(root.iterdir()):
+        root.rmdir()
     if not root.exists():
         staging.rename(root)
         return
-    if not any(root.iterdir()):
-        root.rmdir()
-        staging.rename(root)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-    old.rmdir()
+    old = root.parent / f".{root.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
     root.rename(old)
     staging.rename(root)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def open_dataset(name_or_path: str | Path, auto_prepare: bool = True) -> PreparedDataset:
