@@ -193,10 +193,7 @@ class RoundPipeline:
             embed_dim=self.spec.embed_dim,
             settings=self.settings(),
         )
-        registry = self.exchange.registry
-        nodes = self.sampler.sample(registry.online(self.exchange.grid), registry.site_id)
-        with timed(record, "exchange"):
-            record.sites, accepted = self.exchange.represent(nodes, instruction, wire)
+        accepted = self._exchange_represent(record, instruction, wire)
         if self.rule is None:
             self._enough(record, self.spec.server.min_sites)
             return
@@ -232,18 +229,27 @@ class RoundPipeline:
             settings=self._regress_settings(record.round),
             mix=plan,
         )
-        registry = self.exchange.registry
-        nodes = self.sampler.sample(registry.online(self.exchange.grid), registry.site_id)
-        with timed(record, "exchange"):
-            record.sites, accepted = self.exchange.represent(nodes, instruction, {})
+        accepted = self._exchange_represent(record, instruction, {})
         record.contributors = {m: sum(m in reps for reps in accepted.values()) for m in self.spec.modalities}
         if not self._enough(record, self.spec.server.min_sites) or not accepted:
             return
-        contributions = {registry.site_id(n): reps for n, reps in accepted.items()}
+        contributions = {self.exchange.registry.site_id(n): reps for n, reps in accepted.items()}
         with timed(record, "distil"):
             record.server.distill_loss = self.trainer.regress(
                 public, plan, contributions, self.spec.regress.weight, self.spec.regress.passes, self.rng
             )
+
+    def _exchange_represent(
+        self, record: RoundRecord, instruction: RepresentInstruction, wire: dict[str, np.ndarray]
+    ) -> dict[int, dict[str, torch.Tensor]]:
+        """Send ``instruction`` (and the global arrays ``wire``) to this round's sampled online
+        sites; record their reports; the accepted sites' representations by node."""
+        assert self.exchange is not None
+        registry = self.exchange.registry
+        nodes = self.sampler.sample(registry.online(self.exchange.grid), registry.site_id)
+        with timed(record, "exchange"):
+            record.sites, accepted = self.exchange.represent(nodes, instruction, wire)
+        return accepted
 
     def _self_distil(self, record: RoundRecord) -> None:
         """The site-free control: the server's own representations, as sites would receive
