@@ -55,7 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,12 +85,16 @@ Features = dict[str, torch.Tensor]  # featurizer key -> inputs of the paired row
 
 
 class Setup:
-    """The spec's data for one seed: featurized public, val, test and private pairs."""
+    """The spec's data for one seed: featurized public, val, test and private pairs.
 
-    def __init__(self, seed: int) -> None:
-        self.spec = load_config(FederationSpec, SPEC, [f"seed={seed}"])
+    ``overrides`` are spec overrides (``data_dir=...`` for a re-split copy); ``sites`` keeps the
+    spec's first ``sites`` sites, as :mod:`scaling` does for its federations."""
+
+    def __init__(self, seed: int, overrides: Sequence[str] = (), sites: int | None = None) -> None:
+        spec = load_config(FederationSpec, SPEC, [*overrides, f"seed={seed}"])
+        self.spec = spec.model_copy(update={"sites": spec.sites[:sites]}) if sites else spec
         self.seed = seed
-        ds = open_dataset(self.spec.dataset)
+        ds = open_dataset(self.spec.data_dir or self.spec.dataset)
         self.info = ds.info
         self.server_arch = dict(self.spec.server.architectures)
         self.site_archs = [dict(s.architectures) for s in self.spec.sites]
@@ -280,13 +284,25 @@ def train_student(
     return summarise_history(history)
 
 
-def teacher_sets(setup: Setup, epochs: int) -> dict[str, list[MultiEncoder]]:
-    """The three teacher sets of the module docstring, each frozen."""
+def public_teachers(setup: Setup, epochs: int) -> list[MultiEncoder]:
+    """The sites' architectures trained by the coordinator on the public pairs alone, frozen."""
     s = setup.seed
-    public = [
+    return [
         train_contrastive(setup, setup.model(a, 100 * s + k), setup.public, epochs, 1e-3, 64, 100 * s + k)
         for k, a in enumerate(setup.site_archs)
     ]
+
+
+def offline_control(setup: Setup, teacher_epochs: int, epochs: int, weight: float) -> dict[str, Any]:
+    """The strongest site-free server known: the ``regress`` student of the public teachers."""
+    history = train_regression_student(setup, public_teachers(setup, teacher_epochs), epochs, weight)
+    return {**summarise_history(history), "history": history}
+
+
+def teacher_sets(setup: Setup, epochs: int) -> dict[str, list[MultiEncoder]]:
+    """The three teacher sets of the module docstring, each frozen."""
+    s = setup.seed
+    public = public_teachers(setup, epochs)
     sites = [
         train_contrastive(
             setup,
