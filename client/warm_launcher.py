@@ -49,7 +49,9 @@ def _warm_up(site_config: str | None) -> int:
     import torch._dynamo  # noqa: F401 - imported lazily by the first optimizer (about 1 s)
 
     from mmfl.client.app import preload
+    from mmfl.flower_runtime import shorten_pull_backoff
 
+    shorten_pull_backoff()  # inherited by every fork: arrays still arriving are retried within 0.05 s
     threads = torch.get_num_threads()
     if site_config:
         torch.set_num_threads(1)

@@ -52,13 +52,17 @@ def shorten_pull_backoff(
 
     A reply's header reaches the SuperLink before its arrays; Flower 1.42's ``pull_objects``
     then waits 1 s, 2 s, 4 s ... (up to 10 s) between tries, so a reply that was short of its
-    arrays by a millisecond costs a second. Flower has no setting for it; its keyword defaults
-    are shared by every caller in this process (the ServerApp's grid, the SuperNode), so they
-    are changed here, in the processes mmfl starts.
+    arrays by a millisecond costs a second. The same holds one hop later: a ClientApp starts
+    while its SuperNode is still pulling the message's arrays from the SuperLink, and its
+    ``pull_and_inflate_object_from_tree`` (which passes its own defaults on) waited a second
+    for them in about one message of three. Flower has no setting for it; these keyword
+    defaults are shared by every caller in the process (the ServerApp's grid, the SuperNode,
+    the ClientApps a warm launcher forks), so they are changed here, in the processes mmfl starts.
     """
     from flwr.supercore.inflatable import inflatable_utils
 
-    defaults = inflatable_utils.pull_objects.__kwdefaults__
-    if defaults is None or not {"initial_backoff", "backoff_cap"} <= defaults.keys():
-        raise RuntimeError("flwr's pull_objects no longer takes initial_backoff/backoff_cap")
-    defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
+    for pull in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        defaults = pull.__kwdefaults__
+        if defaults is None or not {"initial_backoff", "backoff_cap"} <= defaults.keys():
+            raise RuntimeError(f"flwr's {pull.__name__} no longer takes initial_backoff/backoff_cap")
+        defaults["initial_backoff"], defaults["backoff_cap"] = initial, cap
