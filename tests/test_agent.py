@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from helpers import mmfl_cli
@@ -42,6 +44,20 @@ def launchers_of(state: Path) -> list[int]:
     return [p for p in found if alive(p)]
 
 
+@contextlib.contextmanager
+def flower_pull_defaults_kept() -> Iterator[None]:
+    """Put Flower's pull back-off defaults back after a test that patches them in this process."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
+    saved = [dict(f.__kwdefaults__) for f in functions]
+    try:
+        yield
+    finally:
+        for f, defaults in zip(functions, saved, strict=True):
+            f.__kwdefaults__.update(defaults)
+
+
 def test_the_supernode_entry_point_caps_flowers_idle_wait() -> None:
     """mmfl.client.supernode shortens the SuperNode's 3 s idle sleep; this fails if Flower
     stops sleeping through its module's ``time`` (then the patch would do nothing)."""
@@ -52,20 +68,19 @@ def test_the_supernode_entry_point_caps_flowers_idle_wait() -> None:
 
     source = Path(internal.__file__).read_text()
     assert "time.sleep(3)" in source and "time.sleep(0.5)" in source and internal.time is time
-    saved = dict(inflatable_utils.pull_objects.__kwdefaults__)
     try:
-        supernode.patch(0.05)
-        started = time.monotonic()
-        internal.time.sleep(3)
-        assert time.monotonic() - started < 0.5
-        started = time.monotonic()
-        internal.time.sleep(0.5)  # waiting on its own state for a reply: at most LOCAL_WAIT
-        assert time.monotonic() - started < 0.1
-        assert internal.time.monotonic() > 0  # the rest of time is there
-        assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] < 0.1
+        with flower_pull_defaults_kept():
+            supernode.patch(0.05)
+            started = time.monotonic()
+            internal.time.sleep(3)
+            assert time.monotonic() - started < 0.5
+            started = time.monotonic()
+            internal.time.sleep(0.5)  # waiting on its own state for a reply: at most LOCAL_WAIT
+            assert time.monotonic() - started < 0.1
+            assert internal.time.monotonic() > 0  # the rest of time is there
+            assert inflatable_utils.pull_objects.__kwdefaults__["initial_backoff"] < 0.1
     finally:
         internal.time = time
-        inflatable_utils.pull_objects.__kwdefaults__.update(saved)
 
 
 def test_objects_not_yet_uploaded_are_retried_within_a_fraction_of_a_second() -> None:
@@ -79,7 +94,6 @@ def test_objects_not_yet_uploaded_are_retried_within_a_fraction_of_a_second() ->
 
     from mmfl.flower_runtime import shorten_pull_backoff
 
-    saved = dict(inflatable_utils.pull_objects.__kwdefaults__)
     tries: list[float] = []
 
     def pull(object_id: str) -> bytes:
@@ -88,13 +102,11 @@ def test_objects_not_yet_uploaded_are_retried_within_a_fraction_of_a_second() ->
             raise ObjectUnavailableError(object_id)
         return b"arrays"
 
-    try:
+    with flower_pull_defaults_kept():
         shorten_pull_backoff()
         started = time.monotonic()
         assert inflatable_utils.pull_objects(["a"], pull) == {"a": b"arrays"}
         assert len(tries) == 3 and tries[-1] - started < 0.4
-    finally:
-        inflatable_utils.pull_objects.__kwdefaults__.update(saved)
     assert PULL_INITIAL_BACKOFF == 1  # Flower's own: the first retry a second later
 
 
@@ -126,17 +138,12 @@ def test_a_clientapp_forked_by_the_warm_launcher_retries_arrays_still_arriving_w
                 raise ObjectUnavailableError(object_id)
         return objects[object_id]
 
-    functions = (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
-    saved = [dict(f.__kwdefaults__) for f in functions]
-    try:
+    with flower_pull_defaults_kept():
         _warm_up(None)
         started = time.monotonic()
         got = inflatable_utils.pull_and_inflate_object_from_tree(get_object_tree(sent), pull, lambda _: None)
         assert len(tries) == 3 and tries[-1] - started < 0.4
         assert np.array_equal(got["arrays"].to_numpy_ndarrays()[0], np.arange(6.0))
-    finally:
-        for f, defaults in zip(functions, saved, strict=True):
-            f.__kwdefaults__.update(defaults)
 
 
 def test_a_killed_agent_takes_its_supernode_and_stop_ends_an_orphan(digits, tmp_path: Path) -> None:
