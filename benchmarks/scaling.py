@@ -104,17 +104,21 @@ def spec_sites() -> int:
     return len(load_config(FederationSpec, SPEC).sites)
 
 
+def as_run(strategy: str, sites: int) -> tuple[str, int]:
+    """``offline-6`` is the six-site offline control's run, whatever the number of sites (the
+    coordinator may train teachers of all six architectures)."""
+    return (OFFLINE, spec_sites()) if strategy == OFFLINE_ALL else (strategy, sites)
+
+
 def run_dir(out: Path, public: int, sites: int, strategy: str, seed: int) -> Path:
-    if strategy == OFFLINE_ALL:  # one run with the six-site offline control
-        sites, strategy = spec_sites(), OFFLINE
+    strategy, sites = as_run(strategy, sites)
     return out / f"public-{public}-sites-{sites}" / f"{strategy.replace('+', 'plus')}-s{seed}"
 
 
 def run_setting(
     public: int, sites: int, strategy: str, seed: int, out: Path, rounds: int | None, reuse: bool
 ) -> dict[str, Any]:
-    if strategy == OFFLINE_ALL:  # the coordinator may train teachers of all six architectures
-        return run_setting(public, spec_sites(), OFFLINE, seed, out, rounds, reuse)
+    strategy, sites = as_run(strategy, sites)
     # the offline control is no strategy of the spec: its folder records the spec it read
     overrides = [f'strategy="{"regress" if strategy == OFFLINE else strategy}"', f"seed={seed}"]
     if public != BUILTIN_PUBLIC:
@@ -148,13 +152,9 @@ def run_setting(
 def published_offline(seed: int) -> dict[str, Any] | None:
     """The offline control of the prepared split with all six architectures, as
     ``transfer_bound.py`` computed it (``public/regress``: the same function, settings and seed)."""
-    bound = HERE / "results" / "transfer_bound.json"
-    result = json.loads(bound.read_text())["results"].get(str(seed), {}) if bound.exists() else {}
-    student = result.get("students", {}).get("public/regress")
-    if student is None:
-        return None
-    final = {"retrieval": {"rsum": student["test"]}, "val_retrieval": {"rsum": student["val"]}}
-    return {"strategy": OFFLINE, "seed": seed, "final": final, "from": bound.name}
+    import quality  # a sibling script: it reads transfer_bound.json for its own tables
+
+    return next((o for o in quality.offline_control("openclipart-paired") if o["seed"] == seed), None)
 
 
 def run_offline(overrides: list[str], sites: int, seed: int) -> dict[str, Any]:
@@ -178,12 +178,11 @@ def published_row(federation: str) -> dict[str, Any] | None:
     bound_file = HERE / "results" / "transfer_bound.json"
     if federation != "regress" or not quality_file.exists() or not bound_file.exists():
         return None
-    quality = json.loads(quality_file.read_text())
+    published = json.loads(quality_file.read_text())
     offline = [
-        r["students"]["public/regress"]["test"]
-        for r in json.loads(bound_file.read_text())["results"].values()
+        o["final"]["retrieval"]["rsum"] for o in (published_offline(seed) for seed in published["seeds"]) if o
     ]
-    rows = {r["strategy"]: r for r in quality["rows"]}
+    rows = {r["strategy"]: r for r in published["rows"]}
     test = {
         k: {"mean": rows[k]["test_rsum_mean"], "std": rows[k]["test_rsum_std"]}
         for k in ("regress", "site-free", CEILING)
@@ -193,11 +192,11 @@ def published_row(federation: str) -> dict[str, Any] | None:
         "std": float(np.std(offline, ddof=1)),
     }
     diff = next(
-        d for d in quality["paired"] if d["treated"] == "regress" and d["control"].startswith("offline")
+        d for d in published["paired"] if d["treated"] == "regress" and d["control"].startswith("offline")
     )
     return {
         "public": BUILTIN_PUBLIC,
-        "sites": 6,
+        "sites": spec_sites(),
         "test": test,
         "strongest_control": OFFLINE,
         "difference": {
