@@ -414,6 +414,20 @@ def table(results: dict[int, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines) + "\n", diffs
 
 
+def merged_results(path: Path, settings: Mapping[str, Any]) -> dict[int, dict[str, Any]]:
+    """The per-seed results of an earlier run's JSON; refused unless it ran with ``settings``
+    (every option but the seeds, the threads and the output)."""
+    try:
+        record = json.loads(path.read_text())
+        theirs, results = record["settings"], record["results"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--merge {path}: not a transfer_bound result file ({exc})") from None
+    differ = sorted(k for k in settings if theirs.get(k) != settings[k])
+    if differ:
+        raise SystemExit(f"--merge {path}: ran with other settings ({', '.join(differ)}); rerun or drop it")
+    return {int(k): v for k, v in results.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
@@ -426,20 +440,32 @@ def main() -> None:
     parser.add_argument("--regress-weight", type=float, default=10.0, help="w of the regress transfer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "transfer_bound")
+    parser.add_argument(
+        "--merge",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="result files (--out's .json) of runs of other seeds, run side by side, to merge in",
+    )
     args = parser.parse_args()
     args.transfers = args.transfers.split(",")
     torch.set_num_threads(args.threads)
     console = Console()
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "merge", "seeds", "threads")}
     results: dict[int, dict[str, Any]] = {}
+    for path in args.merge:
+        results.update(merged_results(path, settings))
     partial = args.out.with_suffix(".partial.json")
     if partial.exists():
-        results = {int(k): v for k, v in json.loads(partial.read_text()).items()}
-    for seed in (int(s) for s in args.seeds.split(",")):
+        results.update({int(k): v for k, v in json.loads(partial.read_text()).items()})
+    for seed in (int(s) for s in args.seeds.split(",") if s):
         if seed not in results:
             results[seed] = run_seed(seed, args, console)
             partial.write_text(json.dumps(results, indent=1))
+    if not results:
+        parser.error("no seed to run or merge")
     md, diffs = table(results)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings["seeds"] = sorted(results)
     args.out.with_suffix(".json").write_text(
         json.dumps({"settings": settings, "results": results, "differences": diffs}, indent=1)
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import load_benchmark
 from mmfl.adaptation.pseudo_labels import (
     IGNORE,
     agreement_filter,
@@ -252,18 +253,6 @@ def test_adapt_refuses_mismatched_models_and_unpaired_data(
     assert res.returncode == 2 and "encodes" in res.stderr
 
 
-def _benchmark():
-    """``benchmarks/adapt.py`` as a module (benchmarks are scripts, not installed)."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "adapt.py"
-    spec = importlib.util.spec_from_file_location("adapt_benchmark", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_switch_threshold_minimises_regret_on_the_calibration_points() -> None:
     from mmfl.adaptation.switch import CalibrationPoint, calibrate_threshold
 
@@ -300,7 +289,7 @@ def fake_runs() -> list[dict]:
 def test_switch_threshold_never_reads_evaluation_rows_nor_its_own_scenario() -> None:
     """Changing every evaluation accuracy changes neither thresholds nor choices; changing a
     scenario's own adaptation-row accuracies does not change that scenario's threshold."""
-    bench = _benchmark()
+    bench = load_benchmark("adapt")
     runs = fake_runs()
     base = bench.apply_switch(runs)
     choices = [r["switch_choice"] for r in runs]
@@ -369,7 +358,7 @@ def test_trivial_baseline_trains_the_uncertain_model_on_the_confident_ones_label
 
 
 def test_benchmark_rows_never_share_an_image_or_a_recording_between_adaptation_and_evaluation() -> None:
-    bench = _benchmark()
+    bench = load_benchmark("adapt")
     images = [(f"img{i}", i % 10) for i in range(500)]
     recs = [(f"rec{i}", i % 10) for i in range(200)]
     pools = {
