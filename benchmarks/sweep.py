@@ -8,6 +8,7 @@ Test metrics are neither printed nor written: selection never sees them.
     python benchmarks/sweep.py cream+                   # cream+'s ensemble temperature and distillation weight
     python benchmarks/sweep.py regress --seeds 0        # when regress's sites train
     python benchmarks/sweep.py regress-mixed --seeds 0 --jobs 2   # which sites regress learns from
+    python benchmarks/sweep.py regress-passes --seeds 0 --jobs 2  # server passes a round
     python benchmarks/sweep.py fedavg --seeds 0 --out /tmp/sweep
 """
 
@@ -50,6 +51,16 @@ SWEEPS: dict[str, dict] = {
         "settings": [
             {"strategy": s, "regress.teacher_rounds": r, "regress.teacher_epochs": e}
             for s, (r, e) in itertools.product(["regress", "regress-public"], [(10, 2), (1, 10)])
+        ],
+    },
+    "regress-passes": {
+        # Server passes over each round's mixed items: the transfer bound's students were still
+        # rising after 100 passes (benchmarks/results/transfer_bound-passes.md); 3 passes a round
+        # give the protocol's server the 300 the bound settled on. Each arm chosen on its own val.
+        "spec": HERE / "specs" / "openclipart-paired.toml",
+        "settings": [
+            {"strategy": s, "regress.passes": p}
+            for s, p in itertools.product(["regress", "regress-public"], [1, 3])
         ],
     },
     "regress-mixed": {

@@ -48,6 +48,11 @@ If the oracle's student is no better than the public teachers' student, no metho
 from teachers' outputs on this public set can make the sites' private pairs reach the server.
 
     python benchmarks/transfer_bound.py --seeds 0,1,2
+
+The students are trained for the protocol's budget by default (100 passes: 10 rounds of 15,000
+mixed items); ``results/transfer_bound-300.*`` is the bound at 300 passes, chosen on val
+(``results/transfer_bound-passes.md``, with the commands: seeds run side by side, then
+``--merge``d into one table).
 """
 
 from __future__ import annotations
