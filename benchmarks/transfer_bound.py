@@ -424,7 +424,7 @@ def merged_results(path: Path, settings: Mapping[str, Any]) -> dict[int, dict[st
     (every option but the seeds, the threads and the output)."""
     try:
         record = json.loads(path.read_text())
-        theirs, results = record["settings"], record["results"]
+        theirs, results = dict(record["settings"]), dict(record["results"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SystemExit(f"--merge {path}: not a transfer_bound result file ({exc})") from None
     differ = sorted(k for k in settings if theirs.get(k) != settings[k])

@@ -33,7 +33,8 @@ def test_merge_refuses_a_run_with_other_settings_naming_them(tmp_path: Path) -> 
 
 def test_merge_refuses_a_file_that_is_not_a_result(tmp_path: Path) -> None:
     tb = load_benchmark("transfer_bound")
-    bad = tmp_path / "c.json"
-    bad.write_text('{"rows": []}')
-    with pytest.raises(SystemExit, match=r"c\.json: not a transfer_bound result file"):
-        tb.merged_results(bad, SETTINGS)
+    for name, text in (("c.json", '{"rows": []}'), ("d.json", '{"settings": [1], "results": {}}')):
+        bad = tmp_path / name
+        bad.write_text(text)
+        with pytest.raises(SystemExit, match=rf"{name[0]}\.json: not a transfer_bound result file"):
+            tb.merged_results(bad, SETTINGS)
