@@ -24,7 +24,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from mmfl.data.prepared import read_dataset_info
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_bytes, atomic_write_text
 from mmfl.flower_runtime import flower_bin, flower_env
+from mmfl.ports import free_port
 
 MAX_BACKOFF = 60.0
 LAUNCHERS = ("warm", "flower")
@@ -109,12 +109,6 @@ def stop_process_group(pid: int, timeout: float = 15) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Agent:

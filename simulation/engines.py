@@ -34,6 +34,7 @@ from flwr.serverapp import Grid
 from mmfl.config import RunPlan
 from mmfl.errors import MmflError
 from mmfl.flower_runtime import flower_bin, flower_env
+from mmfl.ports import free_port
 from mmfl.server.loop import FederatedRun
 
 STATUS_EVERY_SECONDS = 15.0
@@ -159,12 +160,6 @@ def run_inprocess(
     finally:
         if grid is not None:
             grid.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float) -> None:

@@ -15,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from mmfl.ports import free_port
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SHOTS_ENV = "MMFL_CONSOLE_SCREENSHOTS"
 """A folder to copy the tests' screenshots into (e.g. ``docs/console``); unset: tmp only."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -4,7 +4,6 @@ loopback, driven through the ``mmfl`` CLI as an operator and a site's IT would."
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 from helpers import small_spec
 from mmfl.paths import mmfl_home
+from mmfl.ports import free_port
 from mmfl.simulation.plan import build_plan
 
 SITES = {"img": ["image"], "txt": ["text"], "pair": ["image", "text"]}
@@ -34,12 +34,6 @@ round_timeout = {round_timeout}
 [cream]
 public_subset = 200
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mmfl(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:

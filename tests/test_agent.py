@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from helpers import mmfl_cli
-from mmfl.client.agent import Agent, free_port, supernode_of
+from mmfl.client.agent import Agent, supernode_of
 from mmfl.flower_runtime import flower_env
+from mmfl.ports import free_port
 
 
 def alive(pid: int) -> bool:

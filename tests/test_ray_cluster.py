@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from mmfl.flower_runtime import interpreter_bin
-from mmfl.simulation.engines import free_port
+from mmfl.ports import free_port
 
 SPEC = """\
 name = "on-ray"
