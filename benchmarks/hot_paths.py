@@ -1,7 +1,7 @@
 """Hot paths of the default simulation (issue 14, item 6): where the time goes, profiled.
 
-Runs the default federation (``mmfl simulate``'s spec with cream+: digits, six sites, the
-in-process engine, no controls) once and reports
+Runs the default federation (``mmfl simulate``'s spec: digits, six sites, the in-process engine,
+no controls; ``--strategy`` regress, the default, or cream+, profiled first) once and reports
 
 * the run's own clocks per phase (``phase_seconds`` of every round, summed; the sites work in
   the in-process grid's threads, so their time is the server's wait, ``exchange``), and
@@ -10,6 +10,7 @@ in-process engine, no controls) once and reports
 
     python benchmarks/hot_paths.py --label before   # at the code before a fix
     python benchmarks/hot_paths.py --label after    # after it; both land in results/hot_paths.*
+    python benchmarks/hot_paths.py --label before --strategy cream+   # the first profiles' strategy
 
 Each label is one run at the checked-out code (its commit is recorded); the table puts the runs
 side by side. On a shared machine compare CPU seconds as well as wall seconds.
@@ -64,10 +65,9 @@ def frame_seconds(root: Frame) -> dict[str, float]:
     return out
 
 
-def profile(rounds: int) -> dict[str, Any]:
+def profile(rounds: int, strategy: str) -> dict[str, Any]:
     """One profiled run of the default federation: phase and frame seconds, wall and CPU time."""
-    # cream+, as profiled and reported (the default strategy is now regress)
-    spec = load_config(FederationSpec, overrides=[f"rounds={rounds}", 'strategy="cream+"'])
+    spec = load_config(FederationSpec, overrides=[f"rounds={rounds}", f'strategy="{strategy}"'])
     with tempfile.TemporaryDirectory() as tmp:
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
@@ -99,10 +99,10 @@ def profile(rounds: int) -> dict[str, Any]:
 
 
 def table(runs: list[dict[str, Any]]) -> str:
-    labels = [f"{r['label']} ({r['commit'][:7]})" for r in runs]
+    labels = [f"{r['label']}, {r.get('strategy', 'cream+')} ({r['commit'][:7]})" for r in runs]
     lines = ["| phase | " + " | ".join(labels) + " |", "|---|" + "---|" * len(runs)]
     for group in ("phases", "frames"):
-        for name in runs[0]["profile"][group]:
+        for name in dict.fromkeys(n for r in runs for n in r["profile"][group]):
             cells = [f"{r['profile'][group].get(name, 0.0):.1f}" for r in runs]
             prefix = "" if group == "phases" else "of which: "
             lines.append(f"| {prefix}{name} | " + " | ".join(cells) + " |")
@@ -124,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", required=True, help="e.g. before / after")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--strategy", default="regress", help="regress (the default's) or cream+")
     parser.add_argument("--out", type=Path, default=RESULTS / "hot_paths")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -134,11 +135,16 @@ def main() -> None:
     )
     run = {
         "label": args.label,
+        "strategy": args.strategy,
         "commit": commit + ("+changes" if dirty else ""),
-        "profile": profile(args.rounds),
+        "profile": profile(args.rounds, args.strategy),
     }
     path = args.out.with_suffix(".json")
-    runs = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["label"] != args.label]
+    runs = [
+        r
+        for r in (json.loads(path.read_text()) if path.exists() else [])
+        if (r["label"], r.get("strategy", "cream+")) != (args.label, args.strategy)
+    ]
     runs.append(run)
     path.write_text(json.dumps(runs, indent=1))
     md = table(runs)
