@@ -122,24 +122,38 @@ and seed, so it is a control of the mixed federation too."""
 OFFLINE_CONTROL_SPECS = ("openclipart", "openclipart-paired")
 
 
-def offline_control(dataset: str) -> list[dict]:
-    """Per seed, the offline control as a summary (final test and val rsum); none elsewhere."""
-    path = HERE / "results" / "transfer_bound.json"
-    if dataset not in OFFLINE_CONTROL_SPECS or not path.exists():
+OFFLINE_CONTROL_FILE = HERE / "results" / "transfer_bound.json"
+
+
+def offline_control(dataset: str, path: Path = OFFLINE_CONTROL_FILE, required: bool = False) -> list[dict]:
+    """Per seed, the offline control as a summary (final test and val rsum) from a
+    :mod:`transfer_bound` result file; none for specs other than OpenClipart's, or when the
+    default file is absent. A file named by the user (``required``) must exist and be a result."""
+    if dataset not in OFFLINE_CONTROL_SPECS:
         return []
-    results = json.loads(path.read_text())["results"]
-    return [
-        {
-            "strategy": OFFLINE_CONTROL,
-            "seed": int(seed),
-            "final": {
-                "retrieval": {"rsum": r["students"]["public/regress"]["test"]},
-                "val_retrieval": {"rsum": r["students"]["public/regress"]["val"]},
-            },
-        }
-        for seed, r in results.items()
-        if "public/regress" in r["students"]
-    ]
+    if not path.exists():
+        if required:
+            raise SystemExit(f"{path}: no such transfer_bound result file")
+        return []
+    try:
+        data = json.loads(path.read_text())
+        results = data["results"]
+        passes = data["settings"]["regress_epochs"]
+        return [
+            {
+                "strategy": OFFLINE_CONTROL,
+                "seed": int(seed),
+                "passes": passes,
+                "final": {
+                    "retrieval": {"rsum": r["students"]["public/regress"]["test"]},
+                    "val_retrieval": {"rsum": r["students"]["public/regress"]["val"]},
+                },
+            }
+            for seed, r in results.items()
+            if "public/regress" in r["students"]
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise SystemExit(f"{path}: not a transfer_bound result file") from None
 
 
 def site_free(name: str) -> bool:
@@ -225,6 +239,14 @@ def _pm(mean: float | None, std: float | None) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it (as the committed logs name files)."""
+    try:
+        return str(path.resolve().relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
 def markdown(
     name: str,
     seeds: list[int],
@@ -232,11 +254,21 @@ def markdown(
     teachers: list[dict],
     rows: list[dict],
     overrides: list[str],
+    offline: tuple[Path, int] | None = None,
 ) -> str:
     lines = [
         f"# Quality on `{name}` (seeds {', '.join(map(str, seeds))})",
         "",
         *([f"Every run with {', '.join(f'`{o}`' for o in overrides)}.", ""] if overrides else []),
+        *(
+            [
+                f"The offline control ({OFFLINE_CONTROL}, {offline[1]} passes) is read from "
+                f"`{_shown(offline[0])}`.",
+                "",
+            ]
+            if offline is not None
+            else []
+        ),
         "Server test rsum after the last round and at each run's best-val round, mean ± sample std.",
         "",
         "| strategy | seeds | test rsum, last round | test rsum, best-val round | val rsum | MB per round |",
@@ -296,11 +328,18 @@ def main() -> None:
         "--reuse", action="store_true", help="keep finished runs whose spec is unchanged; run only the rest"
     )
     parser.add_argument(
+        "--offline-control",
+        type=Path,
+        default=OFFLINE_CONTROL_FILE,
+        help="the transfer_bound result file to read the offline control from (e.g. at 300 passes)",
+    )
+    parser.add_argument(
         "--tag", default="", help="suffix of the result files (quality-<spec>-<tag>.*), e.g. for --set runs"
     )
     args = parser.parse_args()
     strategies = [s for s in args.strategies.split(",") if s]
     seeds = [int(s) for s in args.seeds.split(",") if s]
+    required = args.offline_control != OFFLINE_CONTROL_FILE
     console = Console()
     for dataset in [d for d in args.datasets.split(",") if d]:
         name = f"{dataset}-{args.tag}" if args.tag else dataset
@@ -309,13 +348,18 @@ def main() -> None:
         write_comparison(summaries, runs)
         rows = comparison_table(summaries)
         ran = {s["seed"] for s in summaries}
-        paired = paired_rows(summaries + [o for o in offline_control(dataset) if o["seed"] in ran])
+        offline_runs = [
+            o for o in offline_control(dataset, args.offline_control, required) if o["seed"] in ran
+        ]
+        offline = (args.offline_control, offline_runs[0]["passes"]) if offline_runs else None
+        paired = paired_rows(summaries + offline_runs)
         per_run = teacher_rows(summaries)
         teachers = teacher_summary(per_run)
         result = {
             "dataset": dataset,
             "seeds": seeds,
             "overrides": args.set,
+            "offline_control_file": _shown(offline[0]) if offline else None,
             "rows": rows,
             "paired": paired,
             "teachers": teachers,
@@ -324,7 +368,9 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"quality-{name}.json").write_text(json.dumps(result, indent=2))
         shutil.copyfile(runs / "rsum.png", args.out / f"quality-{name}-rsum.png")
-        (args.out / f"quality-{name}.md").write_text(markdown(name, seeds, paired, teachers, rows, args.set))
+        (args.out / f"quality-{name}.md").write_text(
+            markdown(name, seeds, paired, teachers, rows, args.set, offline)
+        )
         table = Table(title=f"{dataset}: server test rsum, mean ± sample std over seeds {seeds}")
         for col in ("strategy", "last round", "best-val round", "val rsum", "MB/round"):
             table.add_column(col, justify="right")
