@@ -304,11 +304,10 @@ def offline_control(setup: Setup, teacher_epochs: int, epochs: int, weight: floa
     return {**summarise_history(history), "history": history}
 
 
-def teacher_sets(setup: Setup, epochs: int) -> dict[str, list[MultiEncoder]]:
-    """The three teacher sets of the module docstring, each frozen."""
+def site_teachers(setup: Setup, epochs: int) -> list[MultiEncoder]:
+    """The sites' architectures, each trained on the public pairs and its site's private pairs."""
     s = setup.seed
-    public = public_teachers(setup, epochs)
-    sites = [
+    return [
         train_contrastive(
             setup,
             setup.model(a, 100 * s + k),
@@ -320,6 +319,13 @@ def teacher_sets(setup: Setup, epochs: int) -> dict[str, list[MultiEncoder]]:
         )
         for k, a in enumerate(setup.site_archs)
     ]
+
+
+def teacher_sets(setup: Setup, epochs: int) -> dict[str, list[MultiEncoder]]:
+    """The three teacher sets of the module docstring, each frozen."""
+    s = setup.seed
+    public = public_teachers(setup, epochs)
+    sites = site_teachers(setup, epochs)
     everything = setup.public
     for part in setup.private:
         everything = joined(everything, part)
