@@ -19,7 +19,12 @@ Target pools (nothing in them is seen by a source model):
 * images, half inverted: the held-out MNIST images, every other one with its grey levels inverted
   (255 - x), as a scanner that writes DICOM's MONOCHROME1 instead of MONOCHROME2 stores them;
 * recordings, unshifted: the 30 % of the four source speakers' recordings held out;
-* recordings, shifted: all recordings of the two target speakers.
+* recordings, shifted: all recordings of the two target speakers;
+* recordings, telephone: the held-out source-speaker recordings as heard through a telephone
+  band (300-3400 Hz, 4th-order Butterworth-like, floored at -30 dB). The packaged data holds
+  MFCCs, not waveforms; a linear channel adds ``10 log10 |H(f)|^2`` dB to each mel band's
+  power, so every frame's MFCCs move by that vector's DCT (:func:`telephone_offset`; exact up
+  to the mel bands' width and librosa's 80 dB floor).
 
 Scenarios (rows pair an image and a recording of the same digit):
 
@@ -33,7 +38,11 @@ Scenarios (rows pair an image and a recording of the same digit):
   ``error_phi`` column: phi coefficient of the source models' errors on the evaluation rows);
 * ``inverted-half``: half-inverted images + unshifted recordings. The image model is *confidently*
   wrong on the inverted half, so entropy weighting trusts it there, while agreement filtering
-  drops those rows (the audio model disagrees): the scenario in which AF should win.
+  drops those rows (the audio model disagrees): the scenario in which AF should win;
+* ``inverted-both``: half-inverted images + the target speakers' recordings;
+* ``crossed``: half the rows inverted images + unshifted recordings, the other half unshifted
+  images + telephone recordings: each half has one shifted modality and the two halves shift
+  different ones (negatively correlated errors), another case built for AF.
 
 Pairing and split, per digit: images and recordings are shuffled, each is used in at most one
 row, and rows 70/30 go to adaptation (no labels) and evaluation. So no image and no recording
@@ -65,6 +74,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
+from pydantic import ValidationError
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
@@ -72,7 +82,8 @@ from torch.nn import functional as F
 
 from mmfl.adaptation import baselines
 from mmfl.adaptation.adapt import FeaturizerSpec, UnimodalMeta, adapt, featurize, train_unimodal
-from mmfl.adaptation.switch import CalibrationPoint, leave_one_out
+from mmfl.adaptation.pseudo_labels import IGNORE
+from mmfl.adaptation.switch import CalibrationPoint, calibrate_threshold, leave_one_out
 from mmfl.config import AdaptConfig
 from mmfl.data.builtin import open_dataset
 from mmfl.data.builtin.digits import load_fsdd_mfcc
@@ -93,6 +104,7 @@ SCENARIOS = (
     "degraded-both",
     "inverted-half",
     "inverted-both",
+    "crossed",
 )
 ADAPT_SHARE = 0.7
 BASELINES = ("source_image", "source_audio", "naive_fusion", "trivial")
@@ -142,6 +154,51 @@ def inverted(path: Path) -> Image.Image:
     """Grey levels inverted (255 - x): the same digit stored the other way round, as a scanner
     writing DICOM's MONOCHROME1 instead of MONOCHROME2 does."""
     return Image.fromarray(255 - np.asarray(Image.open(path).convert("L"), dtype=np.uint8), mode="L")
+
+
+def slaney_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=float)
+    return np.where(hz < 1000, hz / (200 / 3), 15 + np.log(np.maximum(hz, 1e-9) / 1000) / (np.log(6.4) / 27))
+
+
+def slaney_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=float)
+    return np.where(mel < 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
+
+
+def telephone_offset(
+    low: float = 300.0,
+    high: float = 3400.0,
+    order: int = 4,
+    floor_db: float = -30.0,
+    sample_rate: int = 8000,
+    n_mels: int = 128,
+    n_mfcc: int = 13,
+) -> np.ndarray:
+    """MFCC offset of a telephone-band recording chain (Butterworth-like band-pass ``low``-``high``
+    Hz of ``order``), for MFCCs computed as librosa does (``n_mels`` Slaney mel bands up to
+    Nyquist, power in dB, orthonormal DCT-II). A linear channel multiplies each band's power by
+    ``|H(f_k)|^2``, i.e. adds ``10 log10 |H(f_k)|^2`` dB (floored at ``floor_db``, the
+    recording's noise floor) to band ``k``, so every frame's MFCCs move by the DCT of that."""
+    from scipy.fft import dct
+
+    centres = slaney_hz(np.linspace(0, slaney_mel(sample_rate / 2), n_mels + 2)[1:-1])
+    power = 1 / (1 + (low / np.maximum(centres, 1e-9)) ** (2 * order)) / (1 + (centres / high) ** (2 * order))
+    gain_db = np.maximum(10 * np.log10(power), floor_db)
+    return dct(gain_db, type=2, norm="ortho")[:n_mfcc].astype(np.float32)
+
+
+def transformed_recordings(items: list[Item], root: Path, folder: str, offset: np.ndarray) -> list[Item]:
+    """Each MFCC sequence plus ``offset`` on every frame, written once under ``root / folder``."""
+    (root / folder).mkdir(parents=True, exist_ok=True)
+    out = []
+    for path, y in items:
+        dest = root / folder / Path(path).name
+        if not dest.exists():
+            np.save(dest, np.load(path) + offset)
+        out.append((str(dest), y))
+    return out
 
 
 def infer_speakers(seqs: list[np.ndarray], labels: np.ndarray, k: int = 6) -> np.ndarray:
@@ -196,6 +253,10 @@ def build_scenario(
         return pair_split(pools["image_half_inverted"], pools["audio_clean"], rng, name)
     if name == "inverted-both":
         return pair_split(pools["image_half_inverted"], pools["audio_shift"], rng, name)
+    if name == "crossed":
+        a1, e1 = pair_split(pools["image_inverted_odd"], pools["audio_clean_even"], rng, "inv", per_class=30)
+        a2, e2 = pair_split(pools["image_clean_even"], pools["audio_telephone_odd"], rng, "tel", per_class=30)
+        return a1 + a2, e1 + e2
     if name == "degraded-both":
         return pair_split(pools["image_degraded"], pools["audio_shift"], rng, name)
     img = "image_shift" if name in ("image-shift", "both-shift") else "image_clean"
@@ -206,6 +267,14 @@ def build_scenario(
 def accuracy(probs: np.ndarray, samples: list[Sample]) -> float:
     truth = np.array([int(s.label) for s in samples])
     return 100.0 * float((probs.argmax(1) == truth).mean())
+
+
+def label_precision(pseudo: np.ndarray, samples: list[Sample]) -> float:
+    """% of the kept pseudo-labels that equal the true label (a diagnostic; adaptation never
+    reads these labels)."""
+    truth = np.array([int(s.label) for s in samples])
+    kept = pseudo != IGNORE
+    return 100.0 * float((pseudo[kept] == truth[kept]).mean()) if kept.any() else 0.0
 
 
 def error_phi(p_a: np.ndarray, p_b: np.ndarray, samples: list[Sample]) -> float:
@@ -256,8 +325,10 @@ def run_scenario(
     adapt_rows: list[Sample],
     eval_rows: list[Sample],
     epochs: int,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Every row of the table for one scenario and seed (the switch is filled in later)."""
+    """Every row of the table for one scenario and seed (the switch is filled in later);
+    ``settings`` are further :class:`AdaptConfig` fields for AF and EW."""
     if shared_items(adapt_rows, eval_rows):
         raise AssertionError(f"{name}: an evaluation item also appears in adaptation")
     xa = {m: featurize(adapt_rows, sources[m][1]).inputs[m] for m in MODALITIES}
@@ -282,7 +353,10 @@ def run_scenario(
     manifest = Manifest(None, adapt_rows, ("audio", "image"))
     for fusion in ("af", "ew"):
         fresh = {m: (copy.deepcopy(sources[m][0]), sources[m][1]) for m in MODALITIES}
-        adapted, report = adapt(fresh, manifest, AdaptConfig(fusion=fusion, epochs=epochs, seed=seed))
+        config = AdaptConfig.model_validate(
+            {**(settings or {}), "fusion": fusion, "epochs": epochs, "seed": seed}
+        )
+        adapted, report = adapt(fresh, manifest, config)
         adapted_models = {m: adapted[m][0] for m in MODALITIES}
         row[fusion] = accuracy(baselines.fused(adapted_models, xe), eval_rows)
         # For calibrating the switch on *other* scenarios: accuracy on this one's adaptation rows.
@@ -290,6 +364,9 @@ def run_scenario(
         for m in MODALITIES:
             row[f"{fusion}_{m}"] = accuracy(baselines.probabilities(adapted_models[m], m, xe[m]), eval_rows)
         row[f"{fusion}_coverage"] = report["rounds"][0]["coverage"]
+        pseudo = np.array(report["pseudo_labels"])
+        row[f"{fusion}_label_precision"] = label_precision(pseudo, adapt_rows)
+        row[f"{fusion}_label_classes"] = len(np.unique(pseudo[pseudo != IGNORE]))
         row["gap"] = report["gap"]["mean"]
         row["gap_per_modality"] = report["gap"]["per_modality"]
     y = torch.tensor([int(s.label) for s in adapt_rows])
@@ -309,6 +386,7 @@ def apply_switch(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for s in dict.fromkeys(r["scenario"] for r in runs)
     }
     thresholds = leave_one_out(points)
+    everywhere = calibrate_threshold(list(points.values()))
     for r in runs:
         r["switch_threshold"] = thresholds[r["scenario"]]
         r["switch_choice"] = "af" if r["gap"] > r["switch_threshold"] else "ew"
@@ -316,6 +394,7 @@ def apply_switch(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "points": {s: p.model_dump() for s, p in points.items()},
         "thresholds": thresholds,
+        "all_scenarios": everywhere,
         "source": "leave-one-scenario-out: the other scenarios' mean gap and AF/EW fused accuracy "
         "on their adaptation rows (their labels); no evaluation row of any scenario",
     }
@@ -333,8 +412,14 @@ KEYS = (
     "oracle",
     "ew_image",
     "ew_audio",
+    "af_adapt_rows",
+    "ew_adapt_rows",
     "af_coverage",
     "ew_coverage",
+    "af_label_precision",
+    "ew_label_precision",
+    "af_label_classes",
+    "ew_label_classes",
     "error_phi",
     "gap",
 )
@@ -369,11 +454,13 @@ def summarise(runs: list[dict[str, Any]], switch: dict[str, Any]) -> dict[str, A
     return summary
 
 
-def markdown(summary: dict[str, Any], seeds: list[int]) -> str:
+def markdown(summary: dict[str, Any], seeds: list[int], switch: dict[str, Any], config: AdaptConfig) -> str:
     scen = list(summary)
     fmt = lambda v: f"{v['mean']:.1f} ± {v['sd']:.1f}" if v["sd"] is not None else f"{v['mean']:.1f}"  # noqa: E731
     lines = [
         f"Target accuracy % on evaluation rows (fused predictor unless named), mean ± sample std over seeds {seeds}.",
+        f"AF and EW: {config.epochs} epochs, class weights `{config.class_weights}`, consistency weight "
+        f"{config.consistency_weight}, certainty cap {config.certainty_cap}.",
         "",
         "| method | " + " | ".join(scen) + " |",
         "|---|" + "---:|" * len(scen),
@@ -390,8 +477,14 @@ def markdown(summary: dict[str, Any], seeds: list[int]) -> str:
         "oracle": "oracle (target labels)",
         "ew_image": "EW, adapted image model alone",
         "ew_audio": "EW, adapted audio model alone",
+        "af_adapt_rows": "AF on the adaptation rows (calibrates the switch)",
+        "ew_adapt_rows": "EW on the adaptation rows (calibrates the switch)",
         "af_coverage": "AF pseudo-label coverage",
         "ew_coverage": "EW pseudo-label coverage",
+        "af_label_precision": "AF pseudo-labels correct (%)",
+        "ew_label_precision": "EW pseudo-labels correct (%)",
+        "af_label_classes": "classes among AF's pseudo-labels",
+        "ew_label_classes": "classes among EW's pseudo-labels",
         "error_phi": "error correlation of the sources (phi)",
         "gap": "gap estimate (label-free)",
     }
@@ -400,7 +493,11 @@ def markdown(summary: dict[str, Any], seeds: list[int]) -> str:
         for s in scen:
             v = summary[s][k]
             cells.append(
-                f"{v['mean']:.3f}" if k in ("gap", "error_phi", "af_coverage", "ew_coverage") else fmt(v)
+                f"{v['mean']:.3f}"
+                if k in ("gap", "error_phi", "af_coverage", "ew_coverage")
+                else f"{v['mean']:.1f}"
+                if k.endswith("_classes")
+                else fmt(v)
             )
         lines.append(f"| {names[k]} | " + " | ".join(cells) + " |")
     lines.append(
@@ -423,6 +520,10 @@ def markdown(summary: dict[str, Any], seeds: list[int]) -> str:
             ci = f" [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]" if d["ci_low"] is not None else ""
             cells.append(f"{d['mean']:+.1f}{ci}")
         lines.append(f"| {method} − strongest baseline (paired, 95 % t) | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Threshold calibrated on every scenario above (adaptation rows only): {switch['all_scenarios']:.3f}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -434,10 +535,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="self-training epochs")
     parser.add_argument("--source-epochs", type=int, default=15)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an adaptation setting for AF and EW (AdaptConfig field), e.g. class_weights=pseudo",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "adapt.json")
     args = parser.parse_args()
     if len(args.scenarios.split(",")) < 2:
         parser.error("give at least 2 scenarios: the switch for one is calibrated on the others")
+    settings = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(settings) != len(args.set):
+        parser.error("--set takes KEY=VALUE")
+    try:  # a wrong key or value fails here, before any training
+        AdaptConfig.model_validate(settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        parser.error(f"--set {'.'.join(map(str, first['loc']))}: {first['msg']}")
     torch.set_num_threads(2)
     ds = open_dataset("digits")
     classes = ds.info.classes
@@ -477,13 +593,19 @@ def main() -> None:
             "image_half_inverted": img_held[0::2]
             + transformed_files(img_held[1::2], work, "mnist-inverted", inverted),
             "audio_clean": aud_held,
+            "image_inverted_odd": transformed_files(img_held[1::2], work, "mnist-inverted", inverted),
+            "image_clean_even": img_held[0::2],
+            "audio_clean_even": aud_held[0::2],
+            "audio_telephone_odd": transformed_recordings(
+                aud_held[1::2], work, "fsdd-telephone", telephone_offset()
+            ),
             "audio_shift": target_spk,
         }
         for name in args.scenarios.split(","):
             adapt_rows, eval_rows = build_scenario(
                 name, pools, np.random.default_rng([seed, SCENARIOS.index(name)])
             )
-            row = run_scenario(name, seed, sources, adapt_rows, eval_rows, args.epochs)
+            row = run_scenario(name, seed, sources, adapt_rows, eval_rows, args.epochs, settings)
             runs.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "gap_per_modality"}), flush=True)
     switch = apply_switch(runs)
@@ -495,6 +617,7 @@ def main() -> None:
                 "seeds": seeds,
                 "epochs": args.epochs,
                 "source_epochs": args.source_epochs,
+                "settings": settings,
                 "speaker_clusters": np.bincount(speakers).tolist(),
                 "switch": switch,
                 "summary": summary,
@@ -503,7 +626,7 @@ def main() -> None:
             indent=2,
         )
     )
-    table = markdown(summary, seeds)
+    table = markdown(summary, seeds, switch, AdaptConfig.model_validate({**settings, "epochs": args.epochs}))
     args.out.with_suffix(".md").write_text(table)
     print(table)
 

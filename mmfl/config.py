@@ -348,12 +348,26 @@ class DaemonConfig(StrictModel):
 class AdaptConfig(StrictModel):
     """Source-free adaptation (SUMMIT) of uni-modal models to a multimodal target site."""
 
-    fusion: Literal["switch", "af", "ew"] = "switch"
-    gap_threshold: float = Field(0.5, ge=0)
+    fusion: Literal["switch", "af", "ew"] = Field(
+        "ew",
+        description="pseudo-label fusion; EW is the default because AF won no scenario of "
+        "benchmarks/adapt.py by a margin (README, 'Source-free adaptation')",
+    )
+    gap_threshold: float = Field(
+        0.936,
+        ge=0,
+        description="the switch picks AF above this gap; the default is calibrated on every "
+        "scenario of benchmarks/adapt.py from their adaptation rows (results/adapt.md)",
+    )
     certainty_cap: float = Field(0.9, gt=0, le=1)
     hypothesis_test: bool = False
     ht_k: float = Field(0.5, gt=0)
     consistency_weight: float = Field(0.1, ge=0)
+    class_weights: Literal["uniform", "pseudo"] = Field(
+        "pseudo",
+        description="cross-entropy class weights: uniform, or inverse to each class's share of the "
+        "pseudo-labels (SUMMIT's 'estimated from pseudo-labels')",
+    )
     refresh_rounds: int = Field(1, ge=1)
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)

@@ -368,6 +368,10 @@ def test_benchmark_rows_never_share_an_image_or_a_recording_between_adaptation_a
         "image_half_inverted": images[400:],
         "audio_clean": recs[:100],
         "audio_shift": recs[100:],
+        "image_inverted_odd": images[300:400],
+        "image_clean_even": images[400:],
+        "audio_clean_even": recs[:100],
+        "audio_telephone_odd": recs[100:],
     }
     for name in bench.SCENARIOS:
         adapt_rows, eval_rows = bench.build_scenario(name, pools, np.random.default_rng(1))
@@ -383,3 +387,66 @@ def test_benchmark_rows_never_share_an_image_or_a_recording_between_adaptation_a
     # The old construction (recordings drawn with replacement, rows split afterwards) shared items.
     rows = [bench.Sample(f"r{i}", {"image": f"i{i}", "audio": f"rec{i % 7}"}, "0") for i in range(20)]
     assert bench.shared_items(rows[:14], rows[14:]) > 0
+
+
+def test_pseudo_label_class_weights_equalise_the_classes_kept() -> None:
+    from mmfl.adaptation.adapt import pseudo_label_weights
+
+    labels = np.array([0, 0, 0, 1, IGNORE, IGNORE])
+    w = pseudo_label_weights(labels, 3).numpy()
+    assert w == pytest.approx([4 / 6, 2.0, 1.0])  # n / (K n_c): 4 kept, 2 classes present
+    counts = np.bincount(labels[labels != IGNORE], minlength=3)
+    assert w[0] * counts[0] == pytest.approx(w[1] * counts[1])  # each present class weighs the same
+
+
+def test_telephone_channel_is_an_additive_cepstral_offset(tmp_path: Path) -> None:
+    bench = load_benchmark("adapt")
+    flat = bench.telephone_offset(low=1e-6, high=1e9)  # a channel that passes every band
+    assert np.abs(flat).max() < 1e-3
+    tel = bench.telephone_offset()
+    assert tel.shape == (13,) and tel[0] < -10  # energy lost below 300 Hz lowers c0
+    # c0 of an orthonormal DCT is sqrt(n_mels) times the mean band gain in dB; -30 dB at worst.
+    assert -30 * np.sqrt(128) < tel[0] < 0
+    seq = np.random.default_rng(0).normal(size=(20, 13)).astype(np.float32)
+    np.save(tmp_path / "rec.npy", seq)
+    (out,) = bench.transformed_recordings([(str(tmp_path / "rec.npy"), 3)], tmp_path, "tel", tel)
+    assert out[1] == 3 and np.allclose(np.load(out[0]), seq + tel)
+
+
+def test_benchmark_refuses_an_unknown_adaptation_setting_in_one_line() -> None:
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "adapt.py"
+    for bad, said in (("class_weights=often", "--set class_weights:"), ("epochs", "--set takes KEY=VALUE")):
+        res = subprocess.run(
+            [sys.executable, str(bench), "--set", bad], capture_output=True, text=True, timeout=120
+        )
+        assert res.returncode == 2 and said in res.stderr.strip().splitlines()[-1]
+
+
+def test_default_switch_threshold_is_the_one_calibrated_on_every_benchmark_scenario() -> None:
+    from mmfl.config import AdaptConfig
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "adapt.json"
+    switch = json.loads(results.read_text())["switch"]
+    assert AdaptConfig().gap_threshold == pytest.approx(switch["all_scenarios"], abs=5e-4)
+    assert AdaptConfig().fusion == "ew"
+
+
+def test_pseudo_label_class_weights_lift_a_class_few_rows_keep() -> None:
+    """Self-training on 110 rows of class 0 and 10 of class 1: with weights from the
+    pseudo-labels, the class-1 rows end up more likely class 1 than with uniform weights."""
+    import copy
+
+    from mmfl.adaptation import baselines
+    from mmfl.adaptation.adapt import pseudo_label_weights, self_train
+    from mmfl.config import AdaptConfig
+
+    models, x = _tiny_models(1)
+    labels = np.array([0] * 110 + [1] * 10)
+    minority = {}
+    for weights in ("uniform", "pseudo"):
+        trained = copy.deepcopy(models)
+        config = AdaptConfig(epochs=2, lr=1e-3, consistency_weight=0.0, class_weights=weights)
+        w = pseudo_label_weights(labels, 4) if weights == "pseudo" else None
+        self_train(trained, x, labels, config, seed=0, weight=w)
+        minority[weights] = baselines.probabilities(trained["image"], "image", x["image"])[110:, 1].mean()
+    assert minority["pseudo"] > minority["uniform"] * 1.5
