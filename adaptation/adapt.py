@@ -297,6 +297,7 @@ def adapt(
         "mean_entropy": {m: float(pl.entropy(p).mean()) for m, p in probs.items()},
         "fusion": fusion,
         "fusion_requested": config.fusion,
+        "settings": config.model_dump(),
         "privacy": "the adapted models are " + NOT_PRIVATE,
         "rounds": [],
     }

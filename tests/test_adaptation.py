@@ -197,7 +197,9 @@ def test_adapt_writes_models_and_a_report(source_models: dict[str, Path], digits
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "out" / "adapt_report.json").read_text())
     assert (
-        report["fusion"] in ("af", "ew")
+        report["fusion"] == report["fusion_requested"] == "ew"
+        and report["settings"]["class_weights"] == "pseudo"
+        and report["settings"]["epochs"] == 2
         and report["gap"]["mean"] >= 0
         and 0 < report["rounds"][0]["coverage"] <= 1
     )
