@@ -163,6 +163,7 @@ def slaney_mel(hz: np.ndarray) -> np.ndarray:
 
 
 def slaney_hz(mel: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`slaney_mel`."""
     mel = np.asarray(mel, dtype=float)
     return np.where(mel < 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
 
@@ -586,14 +587,14 @@ def main() -> None:
             rows = [Sample(f"{m}{i}", {m: p}, str(y)) for i, (p, y) in enumerate(items)]
             data = featurize(rows, _meta(m, arch, classes, spec))
             sources[m] = train_unimodal(data, m, arch, classes, spec, args.source_epochs, seed=seed)
+        inverted_odd = transformed_files(img_held[1::2], work, "mnist-inverted", inverted)
         pools = {
             "image_clean": img_held,
             "image_shift": sk,
             "image_degraded": transformed_files(img_held, work, "mnist-degraded", degraded),
-            "image_half_inverted": img_held[0::2]
-            + transformed_files(img_held[1::2], work, "mnist-inverted", inverted),
+            "image_half_inverted": img_held[0::2] + inverted_odd,
             "audio_clean": aud_held,
-            "image_inverted_odd": transformed_files(img_held[1::2], work, "mnist-inverted", inverted),
+            "image_inverted_odd": inverted_odd,
             "image_clean_even": img_held[0::2],
             "audio_clean_even": aud_held[0::2],
             "audio_telephone_odd": transformed_recordings(
