@@ -25,9 +25,11 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from deploy_helpers import RUN_SPEC, SITES, Federation, start_federation, wait_for  # noqa: E402
+from gpu_round import PHASES  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -93,16 +95,15 @@ def steady(rows: list[dict]) -> float:
 
 def table(results: dict[str, list[dict]]) -> str:
     base = steady(results["simulation (flower engine)"])
-    phases = ["server-train", "encode", "exchange", "merge", "distil", "evaluate"]
     lines = [
         "| how the round ran | round 1 s | later rounds s (mean) | × flower simulation | "
-        + " | ".join(f"{p} s" for p in phases)
+        + " | ".join(f"{p} s" for p in PHASES)
         + " | site training s |",
-        "|---" * (5 + len(phases)) + "|",
+        "|---" * (5 + len(PHASES)) + "|",
     ]
     for name, rows in results.items():
         later = rows[1:] or rows
-        phase = [statistics.fmean(r["phase_seconds"].get(p, 0.0) for r in later) for p in phases]
+        phase = [statistics.fmean(r["phase_seconds"].get(p, 0.0) for r in later) for p in PHASES]
         site = statistics.fmean(r["site_train_seconds"] for r in later)
         lines.append(
             f"| {name} | {rows[0]['wall_seconds']:.1f} | {steady(rows):.1f} | {steady(rows) / base:.2f} | "
