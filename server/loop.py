@@ -3,8 +3,8 @@
 Everything a method changes is read from its :class:`~mmfl.strategies.methods.Method`; the
 round itself is :class:`~mmfl.server.rounds.RoundPipeline`. After each round the run
 checkpoints (model, optimizer, random states, records), records the round in the run store and
-appends it to ``rounds.jsonl``; at the end it writes ``summary.json``, ``evidence.json`` and
-``final_model.pt``.
+appends it to ``rounds.jsonl``; at the end it writes ``final_model.pt``, ``evidence.json``, the
+store's final status and, last, ``summary.json`` (the mark that the run is done).
 """
 
 from __future__ import annotations
@@ -213,7 +213,6 @@ class FederatedRun:
             final,
             wall,
         )
-        atomic_write_text(self.out / "summary.json", to_json(summary))
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in pipeline.trainer.model.state_dict().items()}, buffer)
         atomic_write_bytes(self.out / "final_model.pt", buffer.getvalue())
@@ -221,6 +220,9 @@ class FederatedRun:
         atomic_write_text(self.out / "evidence.json", to_json(evidence))
         failed = sum(1 for rec in self.records if rec.status != "completed")
         self.store.finish("completed" if not failed else "completed-with-failed-rounds", final)
+        # summary.json last: whoever sees it (CLI, console, tests) may rely on the model, the
+        # evidence and the store's final status being there already.
+        atomic_write_text(self.out / "summary.json", to_json(summary))
         self._emit({"event": "finish", "wall_seconds": wall, "final": final})
         return json.loads(to_json(summary))
 
