@@ -354,7 +354,7 @@ class AdaptConfig(StrictModel):
         "benchmarks/adapt.py by a margin (README, 'Source-free adaptation')",
     )
     gap_threshold: float = Field(
-        0.936,
+        0.906,
         ge=0,
         description="the switch picks AF above this gap; the default is calibrated on every "
         "scenario of benchmarks/adapt.py from their adaptation rows (results/adapt.md)",
