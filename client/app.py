@@ -144,6 +144,8 @@ def audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Cont
     meta = json.loads(str(reply.content["meta"]["json"]))
     privacy = meta.get("privacy") or {}
     status = meta.get("status", "ok")
+    # A refusal releases nothing: it records no spend (whatever its status declares).
+    spent = privacy.get("epsilon_spent") if privacy.get("enabled") and status == "ok" else None
     audit.append(
         site.config.state_dir,
         kind,
@@ -151,7 +153,7 @@ def audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Cont
         int(meta.get("round", round_)),
         status,
         reply.content,
-        privacy.get("epsilon_spent") if privacy.get("enabled") else None,
+        spent,
         list(site.spec.modalities) if kind == MSG_WEIGHTS and status == "ok" else None,
     )
     return reply

@@ -124,7 +124,9 @@ def summary(entries: list[AuditEntry]) -> dict[str, Any]:
 
 
 def largest_epsilon(state_dir: Path) -> float | None:
-    """The largest epsilon the site reported in any message (None: it never reported one).
+    """The largest positive epsilon the site declared in a reply it sent as ``ok`` (None: no
+    such reply). Refusals and errors release nothing, so what they declared is no evidence of
+    a spend (logs of older versions hold refusals declaring a locked site's whole budget).
     Lines that do not parse are skipped: this is a floor, not an account."""
     path = Path(state_dir) / "audit.jsonl"
     if not path.exists():
@@ -132,9 +134,10 @@ def largest_epsilon(state_dir: Path) -> float | None:
     found = None
     for line in path.read_bytes().splitlines():
         try:
-            eps = AuditEntry.model_validate_json(line).epsilon_after
+            entry = AuditEntry.model_validate_json(line)
         except ValueError:
             continue
-        if eps is not None:
+        eps = entry.epsilon_after
+        if entry.status == "ok" and eps is not None and eps > 0:
             found = eps if found is None else max(found, eps)
     return found

@@ -119,8 +119,9 @@ class PrivacyBudget:
 
     # -- reading -------------------------------------------------------------------------------
     def _reported(self) -> float | None:
-        """What the site's other records say it spent: the largest epsilon in its audit log (0
-        if only its model snapshot says it trained with DP), None if they show no DP use."""
+        """What the site's other records say it spent: the largest epsilon its audit log shows
+        it released with (0 if only its model snapshot says it trained with DP), None if they
+        show no spend."""
         eps = largest_epsilon(self.state_dir)
         if eps is None and SiteState(self.state_dir).trained_with_dp():
             return 0.0
@@ -136,7 +137,9 @@ class PrivacyBudget:
         return self._spent[1]
 
     def status(self, data_key: str | None = None) -> PrivacyStatus:
-        """What the site declares; an unverifiable ledger counts as an exhausted budget."""
+        """What the site declares. An unverifiable ledger is *locked*: its spend is unknown, so
+        none is declared (declaring the whole budget would be recorded, and later taken for a
+        real spend); the site refuses to train until an operator recovers it."""
         p = self.config
         if not p.enabled:
             return PrivacyStatus(enabled=False)
@@ -145,7 +148,7 @@ class PrivacyBudget:
         except LedgerError:
             return PrivacyStatus(
                 enabled=True, unit=p.unit, target_epsilon=p.target_epsilon, delta=p.delta,
-                epsilon_spent=p.target_epsilon, noise_multiplier=p.noise_multiplier,
+                epsilon_spent=None, ledger_locked=True, noise_multiplier=p.noise_multiplier,
             )  # fmt: skip
         if ledger is None:
             return PrivacyStatus(

@@ -13,9 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfl.client.budget import PrivacyBudget, PrivacyRefusal
+from mmfl.client.budget import PrivacyBudget
 from mmfl.client.dp_round import public_negatives, train_private
-from mmfl.client.ledger import LedgerError
 from mmfl.client.site_data import SiteData
 from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_mixed, encode_rows, public_loss, train_round
@@ -33,6 +32,7 @@ from mmfl.protocols.messages import (
     PrivacyStatus,
     RepresentInstruction,
     RepresentReply,
+    TrainSettings,
     WeightsInstruction,
     WeightsReply,
     positions,
@@ -64,6 +64,13 @@ def describe_device(device: torch.device) -> DeviceInfo:
             kind="cuda", name=props.name, index=index, memory_gb=round(props.total_memory / 2**30, 1)
         )
     return DeviceInfo(kind="cpu", name="cpu")
+
+
+def check_finite(metrics: dict[str, float]) -> None:
+    """A round whose metrics are not finite has trained nothing worth sending."""
+    bad = sorted(k for k, v in metrics.items() if not np.isfinite(v))
+    if bad:
+        raise MmflError(f"training produced a non-finite {bad[0]}; nothing is sent")
 
 
 class Site:
@@ -118,14 +125,10 @@ class Site:
         return self.budget.status(key)
 
     def capabilities(self) -> Capabilities:
-        """What the site is; with DP on, its size only as the ledger's noisy count."""
+        """What the site is; with DP on, no size at all: its noisy count leaves with the first
+        round it trains (answering a query spends nothing, so a site refused at discovery has
+        spent nothing)."""
         train = self.data.train
-        if self.private:
-            try:
-                with self.budget.exclusive():
-                    self.budget.open(self.data.data_key, self.data.training_units)  # the one noisy count
-            except (LedgerError, PrivacyRefusal):
-                pass  # the status below says the budget cannot be spent
         mods = self.spec.modalities
         return Capabilities(
             site_id=self.spec.id,
@@ -167,13 +170,31 @@ class Site:
                 if not bool(public.present[m][used].all()):
                     raise ProtocolError(f"mix plan: an item of {m} mixes a public row without {m}")
 
+    def check_settings(self, settings: TrainSettings, public_rows: int | None) -> None:
+        """Refuse settings this site cannot train with (before any work or charge);
+        ``public_rows``: how many public rows the round holds (None: the message has none)."""
+        if settings.local_epochs and len(self.spec.modalities) > 1 and settings.batch_size < 2:
+            raise ProtocolError(
+                f"settings.batch_size {settings.batch_size}: a paired site's contrastive task loss "
+                "needs at least 2 rows a batch"
+            )
+        if public_rows == 0 and settings.regularisers and settings.local_epochs:
+            raise ProtocolError(
+                "settings.regularisers is on but the round's public subset is empty: nothing to "
+                "regularise toward"
+            )
+
     def represent(
         self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]
     ) -> tuple[RepresentReply, dict[str, np.ndarray]]:
-        """Train one round, persist the model, encode the public rows the instruction asks for
-        (none when the method trains sites alone)."""
+        """Check everything the instruction asks (before any work, read of private rows or
+        privacy charge), train one round, persist the model, encode the public rows (or the
+        mixed items) the instruction asks for."""
         started = time.perf_counter()
         pub = self._public_round(instruction, arrays)
+        if instruction.mix is not None:
+            self._check_mix(instruction.mix)
+        self.check_settings(instruction.settings, len(instruction.public_indices))
         model, meta = self.load_model(instruction.run_id, before_round=instruction.round)
         fresh_from = None
         if self.private and meta is not None and not meta.get("dp"):
@@ -199,9 +220,9 @@ class Site:
                 rng,
                 self.device,
             )
+        check_finite(metrics)
         self._save(model, instruction.run_id, instruction.round)
         if instruction.mix is not None:
-            self._check_mix(instruction.mix)
             reps = encode_mixed(model, self.data.public, instruction.mix)
         else:
             rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
@@ -301,14 +322,15 @@ class Site:
         rows contrast against the global model's representations of the public set), the
         round is accounted, and the number is the ledger's noisy count."""
         check_weights(weights, self._weight_shapes)
-        model = self.new_model()
-        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
-        model.to(self.device)
         settings = instruction.settings.model_copy(update={"regularisers": False})
         if self.private and settings.proximal_mu > 0:
             raise ProtocolError(
                 "FedProx's proximal term is not available with DP-SGD; use fedavg-public or fedavgm"
             )
+        self.check_settings(settings, None)
+        model = self.new_model()
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
+        model.to(self.device)
         if self.private:
             negatives, labels = public_negatives(model, self.data)
             metrics, plan = train_private(
@@ -339,6 +361,7 @@ class Site:
                 anchor={n: p.detach().clone() for n, p in model.named_parameters()},
             )
             examples = len(self.data.train)
+        check_finite(metrics)
         self._save(model, instruction.run_id, instruction.round)
         out = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
         reply = WeightsReply(

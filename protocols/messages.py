@@ -69,6 +69,8 @@ class PrivacyStatus(BaseModel):
 
     Every field is a setting or a function of what the site released under DP; with DP on, the
     site's size appears only as ``noisy_units``, its epsilon-DP count of training units.
+    ``ledger_locked``: the site's ledger failed verification, so its spend is unknown (None)
+    until an operator recovers it; the site trains and releases nothing meanwhile.
     """
 
     model_config = STRICT
@@ -77,9 +79,16 @@ class PrivacyStatus(BaseModel):
     unit: Literal["sample", "group"] = "sample"
     target_epsilon: float | None = Field(None, gt=0)
     delta: float | None = Field(None, ge=0, lt=1)
-    epsilon_spent: float = Field(0.0, ge=0)
+    epsilon_spent: float | None = Field(0.0, ge=0)
     noise_multiplier: float | None = Field(None, ge=0)
     noisy_units: int | None = Field(None, ge=1)
+    ledger_locked: bool = False
+
+    @model_validator(mode="after")
+    def _spend_known_unless_locked(self) -> PrivacyStatus:
+        if (self.epsilon_spent is None) != self.ledger_locked:
+            raise ValueError("epsilon_spent is unknown (None) exactly when the ledger is locked")
+        return self
 
 
 class Capabilities(Message):

@@ -96,6 +96,9 @@ class SiteRegistry:
         or re-made, and every release since then would be unaccounted."""
         if status is None or not status.enabled:
             return None
+        if status.epsilon_spent is None:  # a locked ledger: no spend declared, none released
+            self.event("privacy-locked", f"site {self.site_id(node)}: its privacy ledger is locked {where}")
+            return None
         floor = self.spent.get(node)
         if floor is not None and status.epsilon_spent < floor[0] - SPEND_TOLERANCE:
             reason = (

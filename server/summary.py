@@ -51,6 +51,12 @@ def privacy_statement(status: PrivacyStatus) -> str:
     """One sentence a governance reviewer can quote for a site (``status`` as last reported)."""
     if not status.enabled:
         return "no differential privacy: what this site sent is not protected by any epsilon"
+    if status.epsilon_spent is None:
+        return (
+            f"{status.unit}-level DP at delta {status.delta:g}, budget {status.target_epsilon:g}: the site's "
+            "privacy ledger is locked (it failed verification), so the site released nothing since; its "
+            "spend is stated by its operator's ledger reset"
+        )
     return (
         f"{status.unit}-level DP with add-or-remove-one adjacency at delta {status.delta:g}: epsilon "
         f"{status.epsilon_spent:.4f} spent of a budget of {status.target_epsilon:g}, covering every "

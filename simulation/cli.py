@@ -89,7 +89,7 @@ class RoundProgress:
             parts.append(f"{mb:.1f} MB")
             self.progress.update(self.task, advance=1, status=", ".join(parts))
             self._line(", ".join(parts) + f" ({event['round']}/{self.total})")
-        elif kind in ("site-refused", "site-error", "round-failed"):
+        elif kind in ("site-refused", "site-error", "round-failed", "privacy-rollback", "privacy-locked"):
             self.progress.console.print(f"[yellow]{event['message']}[/yellow]")
         elif kind == "finish":
             self._line(f"finished in {event['wall_seconds']:.1f} s")

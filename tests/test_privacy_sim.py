@@ -197,9 +197,10 @@ def test_what_a_dp_site_sends(site_configs, tmp_path: Path) -> None:
     assert caps.samples is None and caps.paired_samples is None
     assert caps.data_fingerprint != site.data.private_manifest.fingerprint()  # keyed, not the content hash
     assert caps.data_fingerprint == site.data.data_key and len(caps.data_fingerprint) == 64
-    units = caps.privacy.noisy_units
-    assert units is not None and caps.privacy.epsilon_spent == pytest.approx(0.05)  # the count release
+    assert caps.privacy.noisy_units is None and caps.privacy.epsilon_spent == 0.0  # no size at all yet
     reply, _ = site.represent(*instruction(site, 1))
+    units = reply.privacy.noisy_units  # the count leaves with the first round
+    assert units is not None and site.budget.load().count_releases[0].epsilon == pytest.approx(0.05)
     assert reply.train_seconds == 0.0 and "train_seconds" not in reply.metrics
     assert reply.metrics["sample_rate"] == 32 / units  # from the noisy count, not the exact size
     assert reply.metrics["dp_steps"] == round(units / 32)
@@ -222,6 +223,7 @@ RELEASED_FIELDS = {
     "(public data through the DP model); evaluate.task: nothing",
     "architecture": "configuration",
     "privacy": "budget, delta, epsilon spent, noisy count: settings and functions of DP releases",
+    "ledger_locked": "whether the site's own ledger failed verification: no function of its data",
     "train_seconds": "0 for a DP site",
     "modalities": "configuration",
     "architectures": "configuration",
@@ -399,7 +401,9 @@ def test_a_ledger_restored_from_a_backup_is_refused_by_the_coordinator(
 
     site = site_like(site_configs[2], tmp_path / "state", enabled=True, target_epsilon=8.0)
     budget, key = site.budget, site.data.data_key
-    caps = site.capabilities()  # opens the ledger: the noisy count is its first spend
+    with budget.exclusive():  # the noisy count is the first spend (it leaves with round 1)
+        budget.open(key, site.data.training_units)
+    caps = site.capabilities()
     backup = tmp_path / "backup"
     shutil.copytree(tmp_path / "state" / "privacy", backup)
     ledger = budget.load()

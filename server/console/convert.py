@@ -97,11 +97,12 @@ def privacy_of(rounds: list[RoundView], budgets: dict[str, float | None]) -> lis
 
 
 def privacy_refusals(run_id: str, rounds: list[RoundView], events: list[EventView]) -> list[EventView]:
-    """Refusals that concern privacy: a ledger that went back, a budget that would be exceeded."""
+    """Refusals that concern privacy: a ledger that went back or is locked, a budget that would be
+    exceeded."""
     out = [
         e
         for e in events
-        if e.kind == "privacy-rollback"
+        if e.kind in ("privacy-rollback", "privacy-locked")
         or (e.kind.endswith(("refused", "error")) and PRIVACY_WORDS.search(e.message))
     ]
     for r in rounds:
