@@ -15,9 +15,10 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def mmfl_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One MMFL_HOME for the session (prepared data and feature caches are shared)."""
+    """One MMFL_HOME for the session (prepared data and feature caches are shared), set for
+    every test whatever the selection: a command a test starts never falls back to ~/.mmfl."""
     home = Path(os.environ.get("MMFL_TEST_HOME") or tmp_path_factory.mktemp("mmfl-home"))
     os.environ["MMFL_HOME"] = str(home)
     return home

@@ -33,6 +33,9 @@ round_timeout = {round_timeout}
 
 [cream]
 public_subset = 200
+
+[delivery]
+select = {select}
 """
 
 
@@ -59,14 +62,14 @@ class Federation:
         self.root = root
         self.server = root / "server"
         self.public_port = public_port
-        self.runs: dict[str, str] = {}
 
     def status(self) -> dict:
         return json.loads(mmfl("server", "status", "--dir", str(self.server), "--json").stdout)
 
-    def submit(self, rounds: int, round_timeout: float = 600) -> str:
-        spec = self.root / f"run-{rounds}.toml"
-        spec.write_text(RUN_SPEC.format(rounds=rounds, round_timeout=round_timeout))
+    def submit(self, rounds: int, round_timeout: float = 600, select: bool = False) -> str:
+        """Submit a run; ``select``: build the site-free controls and deliver the better."""
+        spec = self.root / f"run-{rounds}-{'select' if select else 'plain'}.toml"
+        spec.write_text(RUN_SPEC.format(rounds=rounds, round_timeout=round_timeout, select=str(select).lower()))
         return (
             mmfl("server", "run", "submit", str(spec), "--dir", str(self.server))
             .stdout.strip()

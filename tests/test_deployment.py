@@ -188,22 +188,32 @@ def test_register_site_reports_the_superlinks_refusal(federation: Federation) ->
     mmfl("client", "keygen", "--out", str(keys), "--name", "spare")
     mmfl("server", "register-site", "spare", str(keys / "spare.pub"), "--dir", server)
     sites_file = federation.server / "sites.json"
-    before = json.loads(sites_file.read_text())
-    again = mmfl("server", "register-site", "spare-2", str(keys / "spare.pub"), "--dir", server, check=False)
-    assert again.returncode == 2
-    (line,) = again.stderr.strip().splitlines()
-    assert line.startswith("mmfl: error: the SuperLink refused the key of spare-2:")
-    assert json.loads(sites_file.read_text()) == before  # no phantom site recorded
-    mmfl("server", "revoke-site", "spare", "--dir", server)
+    try:
+        before = json.loads(sites_file.read_text())
+        again = mmfl(
+            "server", "register-site", "spare-2", str(keys / "spare.pub"), "--dir", server, check=False
+        )
+        assert again.returncode == 2
+        (line,) = again.stderr.strip().splitlines()
+        assert line.startswith("mmfl: error: the SuperLink refused the key of spare-2:")
+        assert json.loads(sites_file.read_text()) == before  # no phantom site recorded
+    finally:  # a registered site that never connects would hold every later run's start
+        mmfl("server", "revoke-site", "spare", "--dir", server)
     back = mmfl("server", "register-site", "spare", str(keys / "spare.pub"), "--dir", server, check=False)
     assert back.returncode == 2 and "mmfl client keygen" in back.stderr
     assert json.loads(sites_file.read_text())["spare"]["revoked"] is True
 
 
-def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> None:
-    run_id = federation.submit(3)
-    federation.runs["reference"] = run_id
+@pytest.fixture(scope="module")
+def reference_run(federation: Federation) -> str:
+    """A three-round run of the whole federation, completed, with its delivery chosen."""
+    run_id = federation.submit(3, select=True)
     wait_for("the 3-round run", lambda: federation.summary(run_id).exists(), 900)
+    return run_id
+
+
+def test_a_deployed_run_completes_and_is_recorded(federation: Federation, reference_run: str) -> None:
+    run_id = reference_run
     summary = json.loads(federation.summary(run_id).read_text())
     assert [r["status"] for r in summary["rounds"]] == ["completed"] * 3
     assert all(
@@ -211,6 +221,13 @@ def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> Non
         for r in summary["rounds"]
     )
     assert summary["final"]["retrieval"]["rsum"] > 0
+    # The coordinator built its site-free controls beside the federation and delivered the
+    # better on val (in a child process: the ServerApp does not import the site runtime).
+    delivery = summary["delivery"]
+    assert [c["strategy"] for c in delivery["candidates"]] == ["cream+", "server-only", "site-free"]
+    best = max(delivery["candidates"], key=lambda c: c["val_rsum"])
+    assert delivery["selection"] and delivery["delivered"] == best["strategy"]
+    assert delivery["line"].startswith(f"delivered: {best['strategy']}")
     with Session(open_store(federation.server / "runs.sqlite")) as s:
         run = s.get(Run, run_id)
         assert run is not None and run.status == "completed"
@@ -247,8 +264,8 @@ def test_a_deployed_run_completes_and_is_recorded(federation: Federation) -> Non
     assert state.stat().st_mode & 0o077 == 0 and (state / "audit.jsonl").stat().st_mode & 0o077 == 0
 
 
-def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation) -> None:
-    reference = json.loads(federation.summary(federation.runs["reference"]).read_text())
+def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation, reference_run: str) -> None:
+    reference = json.loads(federation.summary(reference_run).read_text())
     run_id = federation.submit(3)
     progress = federation.server / "runs" / run_id / "rounds.jsonl"
 
@@ -267,8 +284,10 @@ def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation)
         lambda: subprocess.run(["pgrep", "-g", str(pid)], capture_output=True).returncode != 0,
         30,
     )
-    assert not federation.summary(run_id).exists()
-    mmfl("server", "start", "--dir", str(federation.server), timeout=120)
+    try:
+        assert not federation.summary(run_id).exists()
+    finally:  # the module's federation gets its coordinator back whatever happens here
+        mmfl("server", "start", "--dir", str(federation.server), timeout=120)
     wait_for(
         "sites back online",
         lambda: sum(s["status"] == "online" for s in federation.status()["sites"]) == 3,

@@ -39,30 +39,43 @@ def federation(digits, tmp_path_factory: pytest.TempPathFactory):
 FAILED = "0 sites accepted, fewer than the minimum of 1"
 
 
-def test_a_round_with_uploads_blocked_at_the_proxy_is_failed(federation: Federation) -> None:
+@pytest.fixture(scope="module")
+def blocked_run(federation: Federation) -> str:
+    """A one-round run whose representation uploads nginx refuses (its body limit lowered to
+    16 KiB with a reload; uploads of 200 x 256 floats exceed it, capability replies do not).
+    The SuperLink and the sites stay up; the limit is restored afterwards."""
     config = federation.server / "server.toml"
     original = config.read_text()
-    # Representation uploads (200 x 256 floats) exceed 16 KiB; capability replies do not.
-    # Applied with a reload: nginx reloads in place, the SuperLink and the sites stay up.
     config.write_text(original.replace('max_body_size = "64m"', 'max_body_size = "16k"'))
     try:
         mmfl("server", "reload", "--dir", str(federation.server))
         assert "client_max_body_size 16k" in (federation.server / "nginx" / "nginx.conf").read_text()
         run_id = federation.submit(1, round_timeout=15)
-        federation.runs["blocked"] = run_id
         wait_for("the blocked run", lambda: federation.summary(run_id).exists(), 600)
-        summary = json.loads(federation.summary(run_id).read_text())
-        r1 = summary["rounds"][0]
-        assert r1["status"] == "failed" and FAILED in r1["reason"]
-        # The cut upload holds the round no longer than its deadline (Flower alone waits 180 s).
-        assert [s["reason"] for s in r1["sites"]] == ["no reply within 15 s"]
-        with Session(open_store(federation.server / "runs.sqlite")) as s:
-            assert s.scalars(select(RoundRow).where(RoundRow.run_id == run_id)).one().status == "failed"
-            assert s.get(Run, run_id).status == "completed-with-failed-rounds"
-        assert " 413 " in (federation.server / "logs" / "nginx-access.log").read_text()
-    finally:
+    finally:  # restored before anything is asserted: the module's other tests need 64m
         config.write_text(original)
-    # A config the daemon cannot apply in place is refused, and the running one is kept.
+        mmfl("server", "reload", "--dir", str(federation.server))
+        assert "client_max_body_size 64m" in (federation.server / "nginx" / "nginx.conf").read_text()
+    return run_id
+
+
+def test_a_round_with_uploads_blocked_at_the_proxy_is_failed(
+    federation: Federation, blocked_run: str
+) -> None:
+    summary = json.loads(federation.summary(blocked_run).read_text())
+    r1 = summary["rounds"][0]
+    assert r1["status"] == "failed" and FAILED in r1["reason"]
+    # The cut upload holds the round no longer than its deadline (Flower alone waits 180 s).
+    assert [s["reason"] for s in r1["sites"]] == ["no reply within 15 s"]
+    with Session(open_store(federation.server / "runs.sqlite")) as s:
+        assert s.scalars(select(RoundRow).where(RoundRow.run_id == blocked_run)).one().status == "failed"
+        assert s.get(Run, blocked_run).status == "completed-with-failed-rounds"
+    assert " 413 " in (federation.server / "logs" / "nginx-access.log").read_text()
+
+
+def test_a_config_that_cannot_be_applied_in_place_is_refused(federation: Federation) -> None:
+    config = federation.server / "server.toml"
+    original = config.read_text()
     port = int(re.search(r"superlink_port = (\d+)", original).group(1))
     config.write_text(original.replace(f"superlink_port = {port}", f"superlink_port = {port + 1}"))
     try:
@@ -74,10 +87,10 @@ def test_a_round_with_uploads_blocked_at_the_proxy_is_failed(federation: Federat
     assert "client_max_body_size 64m" in (federation.server / "nginx" / "nginx.conf").read_text()
 
 
-def test_the_console_follows_the_federation(federation: Federation, tmp_path) -> None:  # noqa: ANN001
+def test_the_console_follows_the_federation(federation: Federation, blocked_run: str, tmp_path) -> None:  # noqa: ANN001
     from selenium.webdriver.common.by import By
 
-    blocked = federation.runs["blocked"]
+    blocked = blocked_run
     ca = federation.server / "tls" / "ca.crt"
     fleet = f"https://127.0.0.1:{federation.public_port}"
     for path in ("/", f"/runs/{blocked}", "/partials/overview", "/api/overview", "/static/console.js"):

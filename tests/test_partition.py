@@ -17,7 +17,7 @@ def assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
     assert len(joined) == n and np.array_equal(np.sort(joined), np.arange(n))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, database=None)
 @given(
     n=st.integers(10, 400),
     shares=st.lists(st.floats(0.1, 5.0), min_size=1, max_size=8),
@@ -30,7 +30,7 @@ def test_iid_assigns_every_sample_once_in_proportion(n: int, shares: list[float]
     assert np.all(np.abs(np.array([len(p) for p in parts]) - expected) < 1.0 + 1e-9)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(alpha=st.sampled_from([0.05, 0.3, 1.0, 10.0]), k=st.integers(2, 8), seed=st.integers(0, 10**6))
 def test_dirichlet_assigns_every_sample_once(alpha: float, k: int, seed: int) -> None:
     parts = partition_dirichlet(LABELS, [1.0] * k, alpha, np.random.default_rng(seed), min_samples=5)
