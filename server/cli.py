@@ -33,7 +33,7 @@ from mmfl.server.daemon import (
     stop_daemon,
 )
 from mmfl.server.runs_cli import read_store
-from mmfl.server.store import RunStore
+from mmfl.server.store import RunStore, open_store
 from mmfl.strategies.methods import method_of
 
 app = typer.Typer(help="The coordinator daemon and its runs (operators).", no_args_is_help=True)
@@ -65,6 +65,7 @@ def init_cmd(
         store_url=store,
     )
     layout = init_server(dir_, config, force)
+    open_store(layout.store())  # the store is born here; read commands never create one
     console.print(
         f"server folder {layout.root}: give sites {layout.tls / 'ca.crt'} and the address {name[0]}:{public_port}"
     )

@@ -53,7 +53,7 @@ def stores_of(source: str | None) -> list[str]:
 def read_store(url: str, fn):  # noqa: ANN001, ANN202
     """``fn(engine)`` on the store at ``url``; a damaged or unreachable store is one line."""
     try:
-        return fn(open_store(url))
+        return fn(open_store(url, create=False))
     except SQLAlchemyError as exc:
         raise MmflError(
             f"cannot read run store {url}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"

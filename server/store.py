@@ -3,6 +3,7 @@ events. SQLAlchemy 2 ORM; a SQLite file by default, PostgreSQL by URL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -141,21 +142,68 @@ def migrate(engine: Engine) -> None:
 _migrated: set[str] = set()
 
 
-def open_store(url: str | Path) -> Engine:
+def open_store(url: str | Path, create: bool = True) -> Engine:
     """Connect and migrate the schema (once per URL and process). SQLite waits for locks
-    instead of failing, since a simulation and a status command may share the file."""
+    instead of failing, since a simulation and a status command may share the file.
+
+    A SQLite store is born whole: made and migrated under a temporary name, then linked into
+    place, so that no reader ever sees a file without its schema. A store file that exists but
+    is empty or holds no mmfl schema is therefore damage (truncated, overwritten): it is
+    refused, never silently recreated, since it held the runs and each site's privacy record.
+    ``create=False`` (read commands): a missing SQLite store is refused too."""
     full = store_url(url)
     if full.startswith("sqlite:///"):
-        # Owner-only from its first byte: run results and sites' reports are the operator's.
         path = Path(full.removeprefix("sqlite:///"))
+        if not path.exists() and not create:
+            raise MmflError(
+                f"no run store at {path} (a coordinator's is made by `mmfl server init`, a simulation's "
+                "by its run); if one was there, restore it from a backup"
+            )
         if path.parent.is_dir() and not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            _create_sqlite(path)
+        elif path.exists():
+            _check_sqlite(path)
     connect_args = {"timeout": 60} if full.startswith("sqlite") else {}
     engine = create_engine(full, future=True, connect_args=connect_args)
     if full not in _migrated:
         migrate(engine)
         _migrated.add(full)
     return engine
+
+
+def _create_sqlite(path: Path) -> None:
+    """A new, migrated store at ``path`` (owner-only from its first byte); if another process
+    made it meanwhile, theirs is kept."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    os.close(os.open(temporary, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600))
+    try:
+        engine = create_engine(f"sqlite:///{temporary}", future=True)
+        migrate(engine)
+        engine.dispose()
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            if not path.exists():
+                os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _check_sqlite(path: Path) -> None:
+    restore = "restore it from a backup, or move it aside to start an empty store on purpose"
+    if path.stat().st_size == 0:
+        raise MmflError(f"run store {path} is empty (0 bytes): it was truncated; {restore}")
+    with path.open("rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            raise MmflError(f"run store {path} is not a SQLite database; {restore}")
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:  # (tables without a migration record: refused by migrate())
+        raise MmflError(f"run store {path} holds no tables (its schema is gone); {restore}")
 
 
 @dataclass(frozen=True)

@@ -120,8 +120,14 @@ def build_plan(
     missing = [m for m in spec.modalities if m not in ds.info.modalities]
     if missing:
         raise MmflError(f"data set {ds.info.name} has no {missing[0]} modality (it has {ds.info.modalities})")
-    out.mkdir(parents=True, exist_ok=True)
     method = method_of(spec.strategy)
+    private = [s.id for s in spec.sites if s.privacy.enabled]
+    if method.server_data == "public+sites" and private:
+        raise MmflError(
+            f"{spec.strategy} pools the sites' rows at the server, outside any DP guarantee, but site "
+            f"{private[0]} has privacy.enabled: a DP site's rows never leave it (run the federation instead)"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     site_configs: list[SiteConfig] = []
     if method.needs_site_data and spec.sites:
         public_root = folder_holding(ds.manifest("public").samples, ds.root)

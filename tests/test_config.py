@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,14 @@ def test_cream_plus_fills_only_what_the_spec_leaves_unset(tmp_path: Path) -> Non
     )
     plain = load_config(FederationSpec, overrides=['strategy="cream"'])
     assert effective_cream(plain).ensemble_temperature == 1.0  # plain cream untouched
+
+
+@pytest.mark.parametrize("name", ["a b", "<script>alert(1)</script>", "-x", ""])
+def test_a_bad_spec_name_is_one_line_naming_the_key(name: str) -> None:
+    """Issue 35, defect 12: a name the run's folder and id cannot carry was a 52-line traceback."""
+    from helpers import mmfl_cli
+
+    done = mmfl_cli("simulate", "--engine", "inprocess", "--set", f"name={json.dumps(name)}")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("mmfl: error:") and "name: String should match pattern" in line

@@ -189,3 +189,13 @@ def test_schema_valid_instructions_that_cannot_train_are_refused_with_a_reason(
     reply = send_represent(site, context, message, arrays)
     assert reply.status == "refused" and expected in reply.reason
     assert not (tmp_path / "state" / "models").exists()  # refused before any work
+
+
+def test_centralized_refuses_to_pool_a_dp_sites_rows(digits, tmp_path: Path) -> None:
+    """Defect 6: ``centralized`` pooled a DP site's rows without DP and recorded nothing."""
+    from mmfl.errors import MmflError
+
+    spec = small_spec('strategy="centralized"', "sites.1.privacy.enabled=true")
+    with pytest.raises(MmflError, match="site txt has privacy.enabled: a DP site's rows never leave it"):
+        build_plan(spec, tmp_path / "pooled")
+    assert not (tmp_path / "pooled").exists()  # refused before anything was written

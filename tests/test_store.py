@@ -128,3 +128,33 @@ def test_a_store_made_before_migrations_is_refused_untouched(tmp_path: Path) -> 
         assert db.execute("SELECT id FROM runs").fetchall() == [("r1",)]
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert tables == {"runs"}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tables dropped", "deleted"])
+def test_a_damaged_store_is_refused_never_recreated(tmp_path: Path, damage: str) -> None:
+    """Issue 35, defect 5: ``runs.sqlite`` truncated to 0 bytes was silently rebuilt by a read
+    command (exit 0, an empty history, every site's epsilon record gone)."""
+    import sqlite3
+
+    from helpers import mmfl_cli
+    from mmfl.errors import MmflError
+
+    path = tmp_path / "runs.sqlite"
+    RunStore(open_store(path), "r1").start("a", "cream", "digits", 0, {}, str(tmp_path))
+    if damage == "truncated":
+        path.write_bytes(b"")
+    elif damage == "tables dropped":
+        with sqlite3.connect(path) as db:
+            for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+                db.execute(f"DROP TABLE {name}")
+    else:
+        path.unlink()
+    before = path.read_bytes() if path.exists() else None
+    done = mmfl_cli("runs", "list", str(path))
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert str(path) in line and ("restore it from a backup" in line or damage == "deleted")
+    assert (path.read_bytes() if path.exists() else None) == before  # nothing written
+    if damage != "deleted":  # a writer refuses the damaged file too; a missing one it creates
+        with pytest.raises(MmflError, match="restore it from a backup"):
+            open_store(f"sqlite:///{path}")
