@@ -67,7 +67,9 @@ def frame_seconds(root: Frame) -> dict[str, float]:
 
 def profile(rounds: int, strategy: str) -> dict[str, Any]:
     """One profiled run of the default federation: phase and frame seconds, wall and CPU time."""
-    spec = load_config(FederationSpec, overrides=[f"rounds={rounds}", f'strategy="{strategy}"'])
+    spec = load_config(
+        FederationSpec, overrides=[f"rounds={rounds}", f'strategy="{strategy}"', "delivery.select=false"]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()

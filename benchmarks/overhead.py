@@ -128,7 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-    spec = load_config(FederationSpec, overrides=[f"rounds={args.rounds}", 'strategy="cream"'])
+    spec = load_config(
+        FederationSpec, overrides=[f"rounds={args.rounds}", 'strategy="cream"', "delivery.select=false"]
+    )
     rows: dict[str, list[float]] = {
         "plain loop": [],
         "inprocess": [],

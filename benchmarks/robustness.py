@@ -85,7 +85,7 @@ def one_run(attack: str, defences: str, seed: int, rounds: int, root: Path) -> f
         FederationSpec,
         overrides=[
             'strategy="cream+"', f"seed={seed}", f"rounds={rounds}", f"server.round_timeout={ROUND_TIMEOUT}",
-            *DEFENCES[defences],
+            "delivery.select=false", *DEFENCES[defences],
         ],
     )  # fmt: skip
     plan = build_plan(spec, root / f"{attack}-{defences}-s{seed}")

@@ -230,10 +230,40 @@ class FedAvgConfig(StrictModel):
     proximal_mu: float = Field(0.0, ge=0, description="FedProx's mu (sites without DP only)")
 
 
+class DeliveryConfig(StrictModel):
+    """What a run hands over. By default the coordinator also builds the models it can make
+    without any site (its site-free controls) and delivers the better on val of those and the
+    federation's model, saying which and with what gain (``summary.json``'s ``delivery``)."""
+
+    select: bool = Field(
+        True,
+        description="build the site-free controls and deliver the better on val; false: deliver "
+        "the federation's model without comparison (research runs that compare methods themselves)",
+    )
+    controls: list[StrategyName] | None = Field(
+        None,
+        description="the site-free runs to build; None: server-only and the method's offline "
+        "control (site-free for the ensembles, regress-public for regress)",
+    )
+
+    @field_validator("controls")
+    @classmethod
+    def _site_free_only(cls, value: list[str] | None) -> list[str] | None:
+        allowed = ("server-only", "site-free", "public-teachers", "regress-public")
+        for name in value or []:
+            if name not in allowed:
+                raise ValueError(f"delivery.controls: {name!r} is not a site-free control {allowed}")
+        return value
+
+
 class FederationSpec(StrictModel):
     """A whole federation for ``mmfl simulate``: data set, sites, partition, server, strategy."""
 
-    name: str = "digits-default"
+    name: str = Field(
+        "digits-default",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="names the run's folder and id: letters, digits, '.', '_', '-' (no spaces)",
+    )
     dataset: str = "digits"
     data_dir: Path | None = Field(None, description="prepared data; None uses the default cache")
     modalities: list[Modality] = Field(default_factory=lambda: ["image", "text"], min_length=2)
@@ -248,6 +278,7 @@ class FederationSpec(StrictModel):
     cream: CreamConfig = Field(default_factory=CreamConfig)
     fedavg: FedAvgConfig = Field(default_factory=FedAvgConfig)
     regress: RegressConfig = Field(default_factory=RegressConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @model_validator(mode="after")
     def _sites_fit_federation(self) -> FederationSpec:

@@ -3,8 +3,10 @@
 Everything a method changes is read from its :class:`~mmfl.strategies.methods.Method`; the
 round itself is :class:`~mmfl.server.rounds.RoundPipeline`. After each round the run
 checkpoints (model, optimizer, random states, records), records the round in the run store and
-appends it to ``rounds.jsonl``; at the end it writes ``final_model.pt``, ``evidence.json``, the
-store's final status and, last, ``summary.json`` (the mark that the run is done).
+appends it to ``rounds.jsonl``; at the end it builds the site-free controls and chooses what to
+deliver (:mod:`mmfl.server.delivery`), then writes ``final_model.pt`` (the delivered model),
+``evidence.json``, the store's final status and, last, ``summary.json`` (the mark that the run
+is done).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from mmfl.config import RunPlan
 from mmfl.data.prepared import PreparedDataset
 from mmfl.files import atomic_write_bytes, atomic_write_text
 from mmfl.models.multimodal import MultiEncoder
+from mmfl.protocols.delivery import Candidate, Delivery
 from mmfl.protocols.messages import CapabilitiesQuery
 from mmfl.server.checkpoint import load_checkpoint, save_checkpoint
 from mmfl.server.data import load_server_data
+from mmfl.server.delivery import ControlRunner, candidate, control_spec, control_strategies, run_in_child
 from mmfl.server.exchange import SiteExchange
 from mmfl.server.model import ServerTrainer
 from mmfl.server.records import RoundRecord
@@ -38,14 +42,23 @@ from mmfl.server.store import RunStore, open_store
 from mmfl.server.summary import build_evidence, build_summary, to_json
 from mmfl.strategies.methods import method_of
 
+FEDERATION_MODEL = "federation_model.pt"
+"""The federation's own model, kept beside ``final_model.pt`` when a control was delivered."""
+
 
 class FederatedRun:
-    """One run of a plan on a grid (``grid`` may be None for methods that use no site)."""
+    """One run of a plan on a grid (``grid`` may be None for methods that use no site).
+    ``controls`` runs the site-free controls of the delivery (default: in a child process)."""
 
     def __init__(
-        self, plan: RunPlan, grid: Grid | None, progress: Callable[[dict[str, Any]], None] | None = None
+        self,
+        plan: RunPlan,
+        grid: Grid | None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        controls: ControlRunner | None = None,
     ) -> None:
         self.plan = plan
+        self.controls = controls or run_in_child
         self.spec = plan.spec
         self.method = method_of(self.spec.strategy)
         self.cream = self.method.cream(self.spec.cream)
@@ -215,8 +228,12 @@ class FederatedRun:
         )
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in pipeline.trainer.model.state_dict().items()}, buffer)
-        atomic_write_bytes(self.out / "final_model.pt", buffer.getvalue())
-        evidence = build_evidence(summary, sites, self.records, buffer.getvalue())
+        delivery, model_bytes = self._deliver(summary, buffer.getvalue())
+        summary["delivery"] = delivery.model_dump()
+        if delivery.source != "federation":  # the federation's own model stays beside it
+            atomic_write_bytes(self.out / FEDERATION_MODEL, buffer.getvalue())
+        atomic_write_bytes(self.out / "final_model.pt", model_bytes)
+        evidence = build_evidence(summary, sites, self.records, model_bytes)
         atomic_write_text(self.out / "evidence.json", to_json(evidence))
         failed = sum(1 for rec in self.records if rec.status != "completed")
         self.store.finish("completed" if not failed else "completed-with-failed-rounds", final)
@@ -225,6 +242,43 @@ class FederatedRun:
         atomic_write_text(self.out / "summary.json", to_json(summary))
         self._emit({"event": "finish", "wall_seconds": wall, "final": final})
         return json.loads(to_json(summary))
+
+    # -- delivery ----------------------------------------------------------------------------------
+    def _deliver(self, summary: dict[str, Any], federation_model: bytes) -> tuple[Delivery, bytes]:
+        """Build the site-free controls (a finished one is reused on resume), choose on val, and
+        return the choice with the delivered model's bytes (:mod:`mmfl.server.delivery`)."""
+        federation = candidate(summary, "federation", ".")
+        names = control_strategies(self.method, self.spec.delivery)
+        if not names:
+            return Delivery.only(
+                federation, "it is a site-free run itself, or has no server model"
+            ), federation_model
+        if not self.spec.delivery.select:
+            why = "selection is off (delivery.select = false), nothing was compared"
+            return Delivery.only(federation, why), federation_model
+        registered = None if self.plan.site_configs else list(self.registry.sites.values())
+        found: list[Candidate] = []
+        models: dict[str, Path] = {}
+        for name in names:
+            folder = self.out / "controls" / name.replace("+", "plus")
+            self._emit({"event": "control-start", "strategy": name})
+            try:
+                done = folder / "summary.json"
+                if done.exists() and (folder / "final_model.pt").exists():
+                    control = json.loads(done.read_text(encoding="utf-8"))
+                else:
+                    control = self.controls(control_spec(self.spec, self.method, name, registered), folder)
+            except Exception as exc:  # noqa: BLE001 - a failed control never costs the run
+                self._event("control-failed", f"{name}: {exc}")
+                continue
+            found.append(candidate(control, "control", str(folder.relative_to(self.out))))
+            models[name] = folder / "final_model.pt"
+            self._emit({"event": "control-done", **found[-1].model_dump()})
+        delivery = Delivery.choose(federation, found)
+        self._event("delivered", delivery.line)
+        if delivery.source == "federation":
+            return delivery, federation_model
+        return delivery, models[delivery.delivered].read_bytes()
 
     def _checkpoint(self, pipeline: RoundPipeline, record: RoundRecord) -> None:
         """Checkpoint, then record the round (a crash in between is healed by :meth:`_resume`)."""

@@ -22,7 +22,7 @@ from mmfl.data.prepared import DatasetInfo
 from mmfl.protocols.messages import Capabilities, PrivacyStatus
 from mmfl.server.records import RoundRecord
 
-SUMMARY_SCHEMA_VERSION = 2
+SUMMARY_SCHEMA_VERSION = 3
 
 
 def versions() -> dict[str, str]:
@@ -144,7 +144,12 @@ def build_evidence(
             "completed": sum(1 for r in records if r.status == "completed"),
             "failed": sum(1 for r in records if r.status != "completed"),
         },
-        "final_model": {"path": "final_model.pt", "sha256": hashlib.sha256(model_bytes).hexdigest()},
+        "final_model": {
+            "path": "final_model.pt",
+            "sha256": hashlib.sha256(model_bytes).hexdigest(),
+            "delivered": (summary.get("delivery") or {}).get("delivered", summary["strategy"]),
+        },
+        "delivery": summary.get("delivery"),
         "final_metrics": summary["final"],
     }
 

@@ -91,6 +91,19 @@ class RoundProgress:
             self._line(", ".join(parts) + f" ({event['round']}/{self.total})")
         elif kind in ("site-refused", "site-error", "round-failed", "privacy-rollback", "privacy-locked"):
             self.progress.console.print(f"[yellow]{event['message']}[/yellow]")
+        elif kind == "control-start":
+            status = f"building the site-free control {event['strategy']}"
+            self.progress.update(self.task, status=status)
+            self._line(status)
+        elif kind == "control-done":
+            val, test = event.get("val_rsum"), event.get("test_rsum")
+            fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
+            self._line(f"control {event['strategy']}: val rsum {fmt(val)}, test rsum {fmt(test)}")
+        elif kind == "control-failed":
+            self.progress.console.print(f"[yellow]{event['message']}[/yellow]")
+        elif kind == "delivered":
+            self.progress.update(self.task, status=event["message"])
+            self._line(event["message"])
         elif kind == "finish":
             self._line(f"finished in {event['wall_seconds']:.1f} s")
 
@@ -223,8 +236,8 @@ def simulate(
     controls: bool = typer.Option(
         True,
         "--controls/--no-controls",
-        help="also run the site-free controls (server-only and site-free, or regress-public for regress) "
-        "on the same spec and seed",
+        help="also build the site-free controls (server-only and site-free, or regress-public for "
+        "regress) and deliver the better on val (--no-controls: delivery.select = false)",
     ),
     ray_address: str | None = typer.Option(
         None,
@@ -248,6 +261,8 @@ def simulate(
         return
     backends = parse_backends(tracking)
     spec = _spec(config, set_, strategy=strategy, seed=seed, rounds=rounds)
+    if not controls:
+        spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(update={"select": False})})
     served: list[Any] = []
 
     def open_console(folder: Path) -> None:
@@ -260,26 +275,11 @@ def simulate(
         summary, run_dir = run_one(
             spec, engine, out, store, force, progress, ray_address, open_console, tracking=backends
         )
-        others = []
-        if controls:
-            for name in control_strategies(spec.strategy):
-                control = spec.model_copy(update={"strategy": name})
-                others.append(
-                    run_one(
-                        control,
-                        engine,
-                        run_dir / "controls" / name,
-                        None,
-                        force,
-                        progress,
-                        ray_address,
-                        tracking=backends,
-                        tracking_root=run_dir / "tracking",
-                    )[0]
-                )
     print_summary(summary, run_dir)
+    others = control_summaries(summary, run_dir)
     if others:
         print_controls(summary, others)
+    Console().print((summary.get("delivery") or {}).get("line", ""), highlight=False, soft_wrap=True)
     print_tracking(backends, run_dir / "tracking")
     if served:
         from mmfl.server.console.cli import keep_serving
@@ -287,16 +287,15 @@ def simulate(
         keep_serving(served[0])
 
 
-def control_strategies(strategy: str) -> list[str]:
-    """The site-free servers to run beside a federated method (none for the others): server-only
-    and the control of the method's transfer (``site-free`` for the ensembles, ``regress-public``
-    for ``regress``); the last one is the reference of the printed difference."""
-    from mmfl.strategies.methods import METHODS
-
-    method = METHODS[strategy]
-    if not (method.uses_sites and method.has_server_model) or method.control_of is not None:
-        return []
-    return ["server-only", "regress-public" if method.transfer == "regress" else "site-free"]
+def control_summaries(summary: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+    """The summaries of the site-free controls the run built for its delivery."""
+    candidates = (summary.get("delivery") or {}).get("candidates") or []
+    out = []
+    for c in candidates:
+        path = run_dir / c["folder"] / "summary.json"
+        if c["source"] == "control" and path.exists():
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+    return out
 
 
 def print_tracking(backends: tuple[str, ...], root: Path) -> None:
@@ -356,6 +355,8 @@ def compare(
         for name in [s.strip() for s in strategies.split(",") if s.strip()]:
             for seed in [int(x) for x in seeds.split(",") if x.strip()]:
                 spec = _spec(config, set_, strategy=name, seed=seed)
+                # a comparison runs the site-free servers it names itself: no per-run selection
+                spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(update={"select": False})})
                 run_dir = out / f"{name.replace('+', 'plus')}-s{seed}"
                 summaries.append(
                     run_one(

@@ -31,7 +31,7 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 
-from mmfl.config import RunPlan
+from mmfl.config import FederationSpec, RunPlan
 from mmfl.errors import MmflError
 from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.ports import free_port
@@ -133,6 +133,14 @@ def _set_task_identity() -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
+def run_control(spec: FederationSpec, folder: Path) -> dict[str, Any]:
+    """A site-free control of a run's delivery (:mod:`mmfl.server.delivery`), in this process,
+    with its output in ``folder``."""
+    from mmfl.simulation.plan import build_plan
+
+    return run_inprocess(build_plan(spec, folder, force=True))
+
+
 def run_inprocess(
     plan: RunPlan, progress: Progress | None = None, grid_class: type[InProcessGrid] | None = None
 ) -> dict[str, Any]:
@@ -156,7 +164,7 @@ def run_inprocess(
     }
     grid = (grid_class or InProcessGrid)(contexts) if n else None
     try:
-        return FederatedRun(plan, grid, progress).run()
+        return FederatedRun(plan, grid, progress, controls=run_control).run()
     finally:
         if grid is not None:
             grid.close()

@@ -76,6 +76,22 @@ def plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: 
     plt.close(fig)
 
 
+def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
+    """What the run delivered, and the candidates it chose from (val decides, test reported)."""
+    if not delivery:
+        return []
+    lines = ["## Delivered", "", f"**{delivery['line']}**", ""]
+    if len(delivery["candidates"]) > 1:
+        fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
+        lines += ["| candidate | built by | val rsum | test rsum | delivered |", "|---|---|---:|---:|---|"]
+        for c in delivery["candidates"]:
+            mark = "yes" if c["strategy"] == delivery["delivered"] else ""
+            who = "the federation" if c["source"] == "federation" else "the coordinator alone"
+            lines.append(f"| {c['strategy']} | {who} | {fmt(c['val_rsum'])} | {fmt(c['test_rsum'])} | {mark} |")
+        lines.append("")
+    return lines
+
+
 def write_report(summary: dict[str, Any], out: Path) -> Path:
     """``report.md``, ``rsum.png`` and ``bytes.png`` in ``out``."""
     rounds = summary["rounds"]
@@ -117,6 +133,7 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         f"{summary['wall_seconds']:.1f} s; modalities {', '.join(summary['modalities'])}, "
         f"representations of dimension {summary['embed_dim']}; public set `{summary['dataset']['public_fingerprint'][:16]}`.",
         "",
+        *delivery_lines(summary.get("delivery")),
         "## Sites",
         "",
         "| site | modalities | architectures | private samples | device | DP |",

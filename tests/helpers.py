@@ -15,6 +15,8 @@ from mmfl.protocols.messages import RepresentInstruction, TrainSettings
 
 SMALL = [
     'strategy="cream"',
+    # the site-free controls are built by the tests of delivery itself (test_delivery.py)
+    "delivery.select=false",
     "rounds=2",
     "train.local_epochs=1",
     "server.epochs_per_round=1",

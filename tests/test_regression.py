@@ -151,11 +151,15 @@ def test_regress_and_its_control_say_who_trains_on_what() -> None:
     assert regress.transfer == control.transfer == "regress" and control.control_of == "regress"
     assert regress.has_server_model and regress.server_data is None  # the server learns by regression alone
     assert regress.site_data == "private" and control.site_data == "public"
-    from mmfl.simulation.cli import control_strategies
+    from mmfl.config import DeliveryConfig
+    from mmfl.server.delivery import control_strategies
 
-    assert control_strategies("regress") == ["server-only", "regress-public"]  # beside `mmfl simulate`
-    assert control_strategies("cream+") == ["server-only", "site-free"]
-    assert control_strategies("regress-public") == []
+    default = DeliveryConfig()
+    assert control_strategies(regress, default) == ["server-only", "regress-public"]  # every run's delivery
+    assert control_strategies(METHODS["cream+"], default) == ["server-only", "site-free"]
+    assert control_strategies(METHODS["fedavgm"], default) == ["server-only"]
+    assert control_strategies(control, default) == []
+    assert control_strategies(regress, DeliveryConfig(controls=["site-free"])) == ["site-free"]
 
 
 @pytest.fixture(scope="module")

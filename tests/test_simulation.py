@@ -229,6 +229,8 @@ def test_cli_simulate_and_init(digits, tmp_path: Path) -> None:
             "1",
             "--out",
             str(tmp_path / "run"),
+            "--set",
+            "delivery.select=true",
         ],
         capture_output=True,
         text=True,
@@ -237,8 +239,11 @@ def test_cli_simulate_and_init(digits, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "final test retrieval" in out.stdout and "rsum" in out.stdout
     assert (tmp_path / "run" / "report.md").exists()
-    # beside the federation, the servers that use no site, on the same seed
+    # beside the federation, the servers that use no site, on the same seed; the better on
+    # val is delivered, and the run says which
     assert "what the sites added" in out.stdout
+    delivery = json.loads((tmp_path / "run" / "summary.json").read_text())["delivery"]
+    assert delivery["line"] in out.stdout.replace("\n", " ") or delivery["line"][:60] in out.stdout
     for control in ("server-only", "site-free"):
         done = json.loads((tmp_path / "run" / "controls" / control / "summary.json").read_text())
         assert done["strategy"] == control and done["seed"] == 0 and done["sites"] == []

@@ -127,6 +127,12 @@ class RunDetail(BaseModel):
     events: list[EventView] = Field(default_factory=list)
 
     @property
+    def delivered(self) -> str | None:
+        """What the run delivered and the federation's gain (its ``delivered`` event), if over."""
+        lines = [e.message for e in self.events if e.kind == "delivered"]
+        return lines[-1] if lines else None
+
+    @property
     def pairs(self) -> list[str]:
         """The modality pairs measured, in the order they first appear."""
         return list(dict.fromkeys(p for r in self.rounds for split in (r.val, r.test) for p in split))
