@@ -30,15 +30,19 @@ from flwr.clientapp import ClientApp
 from mmfl.client import audit
 from mmfl.client.budget import PrivacyRefusal
 from mmfl.client.ledger import LedgerError
+from mmfl.client.policy import PolicyRefusal
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig, load_config
 from mmfl.errors import MmflError
 from mmfl.protocols.messages import (
+    MSG_RELEASE,
     MSG_REPRESENT,
     MSG_WEIGHTS,
     CapabilitiesQuery,
     EvaluateInstruction,
     EvaluateReply,
+    ReleaseInstruction,
+    ReleaseReply,
     RepresentInstruction,
     RepresentReply,
     WeightsInstruction,
@@ -146,6 +150,13 @@ def audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Cont
     status = meta.get("status", "ok")
     # A refusal releases nothing: it records no spend (whatever its status declares).
     spent = privacy.get("epsilon_spent") if privacy.get("enabled") and status == "ok" else None
+    note = ""
+    if kind in (MSG_WEIGHTS, MSG_RELEASE) and status == "ok":
+        note = (
+            "model weights left the site: post-processing of a DP-trained model (epsilon unchanged)"
+            if privacy.get("enabled")
+            else "model weights left the site WITHOUT differential privacy: they are the site's model itself"
+        )
     audit.append(
         site.config.state_dir,
         kind,
@@ -154,21 +165,22 @@ def audit_mod(msg: Message, context: Context, call_next: Callable[[Message, Cont
         status,
         reply.content,
         spent,
-        list(site.spec.modalities) if kind == MSG_WEIGHTS and status == "ok" else None,
+        list(site.spec.modalities) if kind in (MSG_WEIGHTS, MSG_RELEASE) and status == "ok" else None,
+        note,
     )
     return reply
 
 
 app = ClientApp(mods=[audit_mod])
 
-PUBLIC_ERRORS = (ProtocolError, LedgerError, PrivacyRefusal)
+PUBLIC_ERRORS = (ProtocolError, LedgerError, PrivacyRefusal, PolicyRefusal)
 GENERIC_REASON = "the site could not take part in this round (details in the site's log)"
 
 
 def _failure_reason(site: Site, exc: Exception) -> str:
     """What may be said about a failure. A DP site says only what rests on public facts (the
-    protocol, its ledger, its budget); anything else could describe its data, so it stays in
-    the site's log."""
+    protocol, its ledger, its budget, its policy); anything else could describe its data, so it
+    stays in the site's log."""
     if not site.private or isinstance(exc, PUBLIC_ERRORS):
         return str(exc)
     log.warning("site %s: %s", site.spec.id, exc, exc_info=not isinstance(exc, MmflError))
@@ -198,6 +210,8 @@ def refusal(site: Site, msg: Message, exc: Exception) -> Message:
         return Message(encode(RepresentReply(**common)), reply_to=msg)
     if kind == MSG_WEIGHTS:
         return Message(encode(WeightsReply(**common, architecture="")), reply_to=msg)
+    if kind == MSG_RELEASE:
+        return Message(encode(ReleaseReply(**common)), reply_to=msg)
     raise MmflError(reason) from None
 
 
@@ -238,6 +252,18 @@ def train_weights(msg: Message, context: Context) -> Message:
     if not site.private:
         metrics["task_loss"] = float(reply.metrics.get("task_loss", float("nan")))
     return Message(encode(reply, weights, metrics), reply_to=msg)
+
+
+@app.query("release")
+def release(msg: Message, context: Context) -> Message:
+    """The final model, once at the end of a run, where the site's policy consents."""
+    site = site_for(context)
+    try:
+        instruction = decode(msg.content, ReleaseInstruction)
+        reply, weights = site.release(instruction)
+    except _expected(site) as exc:
+        return refusal(site, msg, exc)
+    return Message(encode(reply, weights), reply_to=msg)
 
 
 @app.evaluate("task")

@@ -38,6 +38,46 @@ def _site_budget(config: Path) -> tuple[SiteConfig, PrivacyBudget]:
     return site, PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
 
 
+policy_app = typer.Typer(
+    help="The site's own policy: what no coordinator can ask of it.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("show")
+def policy_show_cmd(
+    state: Path | None = typer.Option(None, "--state", help="a started site's state folder (its site.toml)"),
+    config: Path | None = typer.Option(None, "--config", help="a site configuration (TOML)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Print the policy this site enforces, every key with its value (defaults included)."""
+    from mmfl.config import SitePolicy
+
+    if (state is None) == (config is None):
+        raise MmflError("give either --state (a started site) or --config (a site configuration)")
+    path = config if config is not None else state / "site.toml"  # type: ignore[operator]
+    if not path.is_file():
+        raise MmflError(f"{path} does not exist" + (" (start the site first)" if config is None else ""))
+    policy = load_config(SiteConfig, path).site.policy
+    if as_json:
+        print(policy.model_dump_json(indent=2))
+        return
+    table = Table(title=f"site policy ({path})")
+    for col in ("key", "value", "meaning"):
+        table.add_column(col)
+    for name, field in SitePolicy.model_fields.items():
+        value = getattr(policy, name)
+        shown = (
+            ", ".join(value)
+            if isinstance(value, list)
+            else str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+        )
+        table.add_row(name, shown, field.description or "")
+    console.print(table)
+
+
 @app.command("ledger")
 def ledger_cmd(state: Path = typer.Option(..., "--state", help="the site's state folder")) -> None:
     """Print the site's privacy ledger: every round, count release, budget change and reset."""
@@ -207,6 +247,11 @@ def start_cmd(
         except ValueError as exc:
             raise MmflError(str(exc)) from None
     console.print(f"site {site.site.id}: " + validate_inputs(site))
+    if site.site.policy.release_final_model and not site.site.privacy.enabled:
+        console.print(
+            f"site {site.site.id}: policy.release_final_model is true WITHOUT DP: at the end of each run "
+            "this site's final model weights leave it (its audit log records each release)"
+        )
     if site.site.privacy.enabled:
         budget = PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
         budget.check_configuration(budget.load())
@@ -299,6 +344,7 @@ def audit_cmd(
         "bytes",
         "sha256",
         "epsilon",
+        "note",
     ):
         table.add_column(col)
     for e in entries:
@@ -314,6 +360,7 @@ def audit_cmd(
             str(e.bytes),
             e.sha256[:16],
             "—" if e.epsilon_after is None else f"{e.epsilon_after:.3f}",
+            e.note,
         )
     console.print(table)
     total = audit.summary(entries)

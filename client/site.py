@@ -15,6 +15,8 @@ import torch
 
 from mmfl.client.budget import PrivacyBudget
 from mmfl.client.dp_round import public_negatives, train_private
+from mmfl.client.ledger import LedgerError
+from mmfl.client.policy import PolicyCheck
 from mmfl.client.site_data import SiteData
 from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_mixed, encode_rows, public_loss, train_round
@@ -30,6 +32,8 @@ from mmfl.protocols.messages import (
     DeviceInfo,
     MixPlan,
     PrivacyStatus,
+    ReleaseInstruction,
+    ReleaseReply,
     RepresentInstruction,
     RepresentReply,
     TrainSettings,
@@ -84,6 +88,7 @@ class Site:
         self.device = choose_device(self.spec.device)
         self.seed = site_seed(config.seed, self.spec.id)
         self.budget = PrivacyBudget(config.state_dir, self.spec.id, self.spec.privacy, config.ledger_key)
+        self.policy = PolicyCheck(self.spec.policy)
 
     @property
     def private(self) -> bool:
@@ -143,6 +148,7 @@ class Site:
             public_fingerprint=self.data.public_manifest.fingerprint(),
             data_fingerprint=self.data.data_key,
             privacy=self.privacy_status(),
+            releases_final_model=self.spec.policy.release_final_model,
         )
 
     def _public_round(self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]) -> PublicRound:
@@ -191,10 +197,15 @@ class Site:
         privacy charge), train one round, persist the model, encode the public rows (or the
         mixed items) the instruction asks for."""
         started = time.perf_counter()
+        self.policy.represent(instruction, list(self.spec.modalities))
+        settings = instruction.settings
+        self.check_settings(settings, len(instruction.public_indices))
+        if not self.private and settings.local_epochs:  # see mmfl.client.policy: not with DP
+            public = len(self.data.public_manifest) if settings.public_pairs else 0
+            self.policy.steps_of(settings, len(self.data.rows[0]) + public)
         pub = self._public_round(instruction, arrays)
         if instruction.mix is not None:
             self._check_mix(instruction.mix)
-        self.check_settings(instruction.settings, len(instruction.public_indices))
         model, meta = self.load_model(instruction.run_id, before_round=instruction.round)
         fresh_from = None
         if self.private and meta is not None and not meta.get("dp"):
@@ -203,7 +214,6 @@ class Site:
         old = copy.deepcopy(model).eval()
         for p in old.parameters():
             p.requires_grad_(False)
-        settings = instruction.settings
         rng = np.random.default_rng([self.seed, instruction.round])
         if self.private:
             metrics = self._represent_private(model, old, pub, instruction, rng, fresh_from)
@@ -323,11 +333,14 @@ class Site:
         round is accounted, and the number is the ledger's noisy count."""
         check_weights(weights, self._weight_shapes)
         settings = instruction.settings.model_copy(update={"regularisers": False})
+        self.policy.weights(settings, sum(int(np.asarray(w).nbytes) for w in weights.values()))
         if self.private and settings.proximal_mu > 0:
             raise ProtocolError(
                 "FedProx's proximal term is not available with DP-SGD; use fedavg-public or fedavgm"
             )
         self.check_settings(settings, None)
+        if not self.private and settings.local_epochs:
+            self.policy.steps_of(settings, len(self.data.rows[0]))
         model = self.new_model()
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         model.to(self.device)
@@ -372,6 +385,40 @@ class Site:
             privacy=self.privacy_status(),
         )
         return reply, out, examples
+
+    def release(self, instruction: ReleaseInstruction) -> tuple[ReleaseReply, dict[str, np.ndarray]]:
+        """The run's final model, once, where the site's policy consents (else refused before
+        anything is read). A DP site releases only a DP-trained model: post-processing, nothing
+        spent, recorded in its ledger; a site without DP releases its model itself (its audit
+        log says so)."""
+        self.policy.release(self.private)
+        model, meta = self.load_model(instruction.run_id)
+        if meta is None:
+            raise ProtocolError(f"this site holds no model of run {instruction.run_id} to release")
+        if self.private:
+            if not meta.get("dp"):
+                raise MmflError(
+                    f"the model of run {instruction.run_id} round {meta['round']} was not trained with DP; "
+                    "a DP site releases only DP-trained models"
+                )
+            with self.budget.exclusive():
+                ledger = self.budget.load()
+                if ledger is None:
+                    raise LedgerError("a DP-trained model with no privacy ledger: nothing is released")
+                self.budget.note(
+                    ledger,
+                    "model-released",
+                    f"run {instruction.run_id}: the final model (round {meta['round']}) released to the "
+                    "coordinator; post-processing of a DP-trained model, nothing spent",
+                )
+        weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        reply = ReleaseReply(
+            site_id=self.spec.id,
+            round=int(meta["round"]),
+            architectures=dict(self.spec.architectures),
+            privacy=self.privacy_status(),
+        )
+        return reply, weights
 
     @torch.no_grad()
     def evaluate(self, run_id: str) -> dict[str, float]:

@@ -81,6 +81,50 @@ class TrainConfig(StrictModel):
     task_temperature: float = Field(0.1, gt=0, description="paired sites' InfoNCE temperature")
 
 
+WorkKind = Literal["represent", "regress", "weights"]
+
+
+class SitePolicy(StrictModel):
+    """A site's own limits (``[site.policy]`` in its configuration), which it enforces before any
+    work, any read of its data and any privacy charge; no coordinator can raise them. The
+    defaults are safe for a small site and admit every built-in benchmark. Every refusal names the
+    key and the value asked for (:mod:`mmfl.client.policy`)."""
+
+    accept: list[WorkKind] = Field(
+        default_factory=lambda: ["represent", "regress", "weights"],
+        description="the work the site takes: represent (representation exchange), regress (mixed "
+        "public items), weights (weight averaging: its weights leave it every round)",
+    )
+    max_local_epochs: int = Field(5, ge=0, le=1000, description="local epochs a round may ask for")
+    max_steps_per_round: int = Field(
+        20_000,
+        ge=1,
+        description="optimizer steps on private rows per round (epochs x batches); not for a DP "
+        "site, whose refusal would depend on its exact size: it bounds its work by "
+        "max_local_epochs and min_batch_size",
+    )
+    min_batch_size: int = Field(1, ge=1)
+    max_batch_size: int = Field(4096, ge=1)
+    max_public_items: int = Field(20_000, ge=0, description="public rows a round may name")
+    max_mixed_items: int = Field(20_000, ge=0, description="mixed public items a regress round may ask for")
+    max_reply_mb: float = Field(64.0, gt=0, description="size of the representations or weights sent back")
+    require_dp: bool = Field(False, description="refuse to start without DP (privacy.enabled)")
+    release_final_model: bool = Field(
+        False,
+        description="consent to release the final model once at the end of a run (its ensemble "
+        "with the other consenting sites' is then a deliverable); with DP the release is "
+        "post-processing of a DP-trained model, without DP the weights leave the site",
+    )
+
+    @model_validator(mode="after")
+    def _batch_range(self) -> SitePolicy:
+        if self.min_batch_size > self.max_batch_size:
+            raise ValueError(
+                f"min_batch_size {self.min_batch_size} is above max_batch_size {self.max_batch_size}"
+            )
+        return self
+
+
 class SiteSpec(StrictModel):
     """One site of a federation: what it holds and which architecture encodes each modality."""
 
@@ -98,6 +142,7 @@ class SiteSpec(StrictModel):
         None, description="this site's training settings; None = the spec's [train]"
     )
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    policy: SitePolicy = Field(default_factory=SitePolicy)
 
     @field_validator("modalities")
     @classmethod
@@ -114,6 +159,8 @@ class SiteSpec(StrictModel):
             raise ValueError(f"no architecture for modality {missing[0]!r}")
         if extra:
             raise ValueError(f"architecture given for modality {extra[0]!r} the site does not hold")
+        if self.policy.require_dp and not self.privacy.enabled:
+            raise ValueError("policy.require_dp is true but privacy.enabled is false")
         return self
 
 
