@@ -33,6 +33,8 @@ class AuditEntry(BaseModel):
     bytes: int
     sha256: str
     epsilon_after: float | None
+    note: str = ""
+    """What a reader must know about this message (e.g. a model's weights left the site)."""
 
 
 def payload_digest(content: RecordDict) -> tuple[str, int, dict[str, list[int]]]:
@@ -68,6 +70,7 @@ def append(
     content: RecordDict,
     epsilon: float | None,
     modalities: list[str] | None = None,
+    note: str = "",
 ) -> AuditEntry:
     sha, size, shapes = payload_digest(content)
     entry = AuditEntry(
@@ -81,6 +84,7 @@ def append(
         bytes=size,
         sha256=sha,
         epsilon_after=epsilon,
+        note=note,
     )
     path = Path(state_dir) / "audit.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)

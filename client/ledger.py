@@ -92,7 +92,9 @@ class CarriedSpend(_Record):
 
 class LedgerEvent(_Record):
     at: str
-    kind: Literal["created", "budget-lowered", "budget-raised", "reset", "data-changed", "fresh-model"]
+    kind: Literal[
+        "created", "budget-lowered", "budget-raised", "reset", "data-changed", "fresh-model", "model-released"
+    ]
     detail: str
 
 

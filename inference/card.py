@@ -44,18 +44,33 @@ class SitePrivacyCard(BaseModel):
 
     site: str
     enabled: bool
-    epsilon_spent: float
+    epsilon_spent: float | None = Field(description="None: the site's ledger was locked")
     delta: float | None = None
     target_epsilon: float | None = None
     unit: str | None = None
 
 
-class ModelCard(BaseModel):
-    """A trained server model: how to rebuild it, how to feed it, what it saw and what it scored."""
+class MemberCard(BaseModel):
+    """One member of a sites' ensemble: the site and its encoders (its own featurizers)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    format_version: Literal[1] = 1
+    site: str
+    encoders: dict[str, EncoderCard]
+
+
+class ModelCard(BaseModel):
+    """A trained model: how to rebuild it, how to feed it, what it saw and what it scored. A
+    server model has ``encoders``; a sites' ensemble has ``members`` (its vector is the
+    concatenation of the members' unit vectors divided by sqrt(K): :mod:`mmfl.models.ensemble`)
+    and ``embed_dim`` is that concatenation's size."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: Literal[1, 2] = 1
+    kind: Literal["server", "ensemble"] = "server"
+    members: list[MemberCard] = Field(default_factory=list)
+    member_embed_dim: int | None = None
     mmfl_version: str
     run_id: str
     name: str
@@ -78,6 +93,11 @@ class ModelCard(BaseModel):
     public_fingerprint: str
     privacy: list[SitePrivacyCard]
     metrics: dict[str, dict[str, float] | None] = Field(
-        description="the run's final retrieval on its test and val splits"
+        description="the delivered model's final retrieval on the run's test and val splits"
+    )
+    delivered: str | None = Field(
+        None,
+        description="what the run delivered (summary.json's delivery): its own strategy, or the "
+        "site-free control that beat it on val (then no site's data is in these weights)",
     )
     weights_sha256: str

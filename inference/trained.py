@@ -31,6 +31,7 @@ from mmfl.inference.card import (
     PREPROCESSING,
     WEIGHTS_FILE,
     EncoderCard,
+    MemberCard,
     ModelCard,
     SitePrivacyCard,
 )
@@ -41,25 +42,37 @@ from mmfl.paths import feature_cache_root
 
 
 class TrainedModel:
-    """A server model in eval mode with its card; ``embed`` maps items to unit vectors."""
+    """A trained model in eval mode with its card; ``embed`` maps items to unit vectors. A server
+    model is one part; a sites' ensemble one part per member, each with its own featurizers,
+    fused by similarity (:mod:`mmfl.models.ensemble`)."""
 
     def __init__(self, card: ModelCard, state: dict[str, torch.Tensor]) -> None:
         self.card = card
-        self.featurizers: dict[str, Featurizer] = featurizers_for(
-            {m: e.architecture for m, e in card.encoders.items()}, card.image_size, card.image_channels
-        )
-        self.model = MultiEncoder(
-            {m: e.architecture for m, e in card.encoders.items()},
-            {m: tuple(e.input_shape) for m, e in card.encoders.items()},
-            card.embed_dim,
-            len(card.classes),
-        )
-        try:
-            self.model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise MmflError(f"weights do not match the model card's architectures: {first}") from None
-        self.model.eval()
+        parts = [m.encoders for m in card.members] if card.kind == "ensemble" else [card.encoders]
+        dim = card.member_embed_dim or card.embed_dim
+        self.parts: list[tuple[dict[str, Featurizer], MultiEncoder]] = []
+        for k, encoders in enumerate(parts):
+            architectures = {m: e.architecture for m, e in encoders.items()}
+            model = MultiEncoder(
+                architectures,
+                {m: tuple(e.input_shape) for m, e in encoders.items()},
+                dim,
+                len(card.classes),
+            )
+            prefix = f"members.{k}." if card.kind == "ensemble" else ""
+            own = {n.removeprefix(prefix): v for n, v in state.items() if n.startswith(prefix)}
+            try:
+                model.load_state_dict(own, strict=True)
+            except RuntimeError as exc:
+                first = str(exc).splitlines()[0]
+                raise MmflError(f"weights do not match the model card's architectures: {first}") from None
+            model.eval()
+            feats = featurizers_for(architectures, card.image_size, card.image_channels)
+            self.parts.append((feats, model))
+        expected = sum(len(m.state_dict()) for _, m in self.parts)
+        if len(state) != expected:
+            raise MmflError(f"weights hold {len(state)} tensors; the card's model has {expected}")
+        self.featurizers, self.model = self.parts[0]
 
     @property
     def modalities(self) -> list[str]:
@@ -71,47 +84,97 @@ class TrainedModel:
         mods = self.modalities
         return [(mods[i], mods[j]) for i in range(len(mods)) for j in range(i + 1, len(mods))]
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every part's weights (an ensemble's prefixed ``members.K.``)."""
+        if self.card.kind != "ensemble":
+            return self.model.state_dict()
+        return {
+            f"members.{k}.{n}": v for k, (_, m) in enumerate(self.parts) for n, v in m.state_dict().items()
+        }
+
     # -- featurize and encode -------------------------------------------------------------------
+    def part_tensors(self, samples: Sequence[Sample], progress: bool = False) -> list[Tensors]:
+        """Featurize ``samples`` as the run did, once per part (same featurizers, same cache)."""
+        return [
+            load_tensors(samples, feats, self.card.classes, feature_cache_root(), progress)
+            for feats, _ in self.parts
+        ]
+
     def tensors(self, samples: Sequence[Sample], progress: bool = False) -> Tensors:
-        """Featurize ``samples`` as the run did (same featurizers, same feature cache)."""
-        return load_tensors(samples, self.featurizers, self.card.classes, feature_cache_root(), progress)
+        """A server model's featurized inputs of ``samples`` (an ensemble: :meth:`part_tensors`)."""
+        self._single("tensors")
+        return self.part_tensors(samples, progress)[0]
+
+    def encode(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
+        """A server model's representations of featurized ``inputs`` (the run's evaluation batch size)."""
+        self._single("encode")
+        return self.model.encode(modality, inputs, self.card.eval_batch_size)
+
+    def _single(self, what: str) -> None:
+        if len(self.parts) > 1:
+            raise MmflError(
+                f"{what}: an ensemble featurizes each member's own way; use embed, embed_manifest, "
+                "evaluate, or part_tensors with encode_rows"
+            )
+
+    def _fuse(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([torch.nn.functional.normalize(z, dim=-1) for z in parts], 1) / len(parts) ** 0.5
+
+    def encode_rows(self, modality: str, data: list[Tensors], rows: torch.Tensor) -> torch.Tensor:
+        """Vectors of ``rows`` of featurized data (one :class:`Tensors` per part)."""
+        batch = self.card.eval_batch_size
+        return self._fuse(
+            [
+                model.encode(modality, d.inputs[modality][rows], batch)
+                for (_, model), d in zip(self.parts, data, strict=True)
+            ]
+        )
 
     def embed(self, modality: str, items: Sequence[str | Path]) -> np.ndarray:
         """Unit vectors ``(len(items), embed_dim)`` for file paths (image, audio) or texts."""
-        if modality not in self.featurizers:
+        if modality not in self.modalities:
             raise MmflError(f"this model has no {modality} encoder (it has {', '.join(self.modalities)})")
         samples = [Sample(f"item{i}", {modality: str(v)}) for i, v in enumerate(items)]
         if modality in FILE_MODALITIES:
             missing = [str(v) for v in items if not Path(v).is_file()]
             if missing:
                 raise MmflError(f"{modality} file not found: {missing[0]}")
-        values, _ = featurize(samples, self.featurizers[modality], feature_cache_root(), progress=False)
-        return self.encode(modality, torch.from_numpy(np.ascontiguousarray(values))).numpy()
-
-    def encode(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
-        """Representations of featurized ``inputs`` (the run's evaluation batch size)."""
-        return self.model.encode(modality, inputs, self.card.eval_batch_size)
+        parts = []
+        for feats, model in self.parts:
+            values, _ = featurize(samples, feats[modality], feature_cache_root(), progress=False)
+            x = torch.from_numpy(np.ascontiguousarray(values))
+            parts.append(model.encode(modality, x, self.card.eval_batch_size))
+        return self._fuse(parts).numpy()
 
     def embed_manifest(self, manifest: Manifest) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per modality: the ids of the rows holding it and their vectors, in manifest order."""
-        data = self.tensors(manifest.samples, progress=True)
+        data = self.part_tensors(manifest.samples, progress=True)
         out = {}
         for m in self.modalities:
-            rows = data.rows_with(m)
+            rows = data[0].rows_with(m)
             if len(rows) == 0:
                 continue
             ids = [manifest.samples[int(i)].id for i in rows]
-            out[m] = (ids, self.encode(m, data.inputs[m][rows]).numpy())
+            out[m] = (ids, self.encode_rows(m, data, rows).numpy())
         return out
 
     # -- evaluate -------------------------------------------------------------------------------
     def evaluate(self, manifest: Manifest) -> dict[str, Any]:
         """Retrieval for every modality pair over rows holding both (as the run reports it: the
         first pair also unprefixed), and each class head's accuracy over labeled rows."""
-        data = self.tensors(manifest.samples, progress=True)
+        data = self.part_tensors(manifest.samples, progress=True)
+        first = data[0]
         by_class = self.card.pairing == "class"
+        index = {m: torch.arange(len(first.labels)) for m in first.present}
         retrieval = pairwise_retrieval(
-            self.encode, data.inputs, data.present, data.labels, self.pairs, by_class
+            lambda m, rows: self.encode_rows(m, data, rows),
+            index,
+            first.present,
+            first.labels,
+            self.pairs,
+            by_class,
         )
         result: dict[str, Any] = {"rows": len(manifest), "retrieval": retrieval, "accuracy": {}}
         labeled = [s.label for s in manifest.samples if s.label is not None]
@@ -124,11 +187,11 @@ class TrainedModel:
         if self.card.classes and labeled:
             with torch.no_grad():
                 for m in self.card.trained_heads:
-                    rows = data.rows_with(m)
+                    rows = first.rows_with(m)
                     if len(rows) == 0:
                         continue
-                    logits = self.model.heads[m](self.encode(m, data.inputs[m][rows]))
-                    result["accuracy"][m] = accuracy(logits, data.labels[rows])
+                    logits = self.model.heads[m](self.encode_rows(m, data, rows))
+                    result["accuracy"][m] = accuracy(logits, first.labels[rows])
         return result
 
 
@@ -194,8 +257,19 @@ def _load_run(folder: Path) -> TrainedModel:
     except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
         raise MmflError(f"unreadable {weights}: {type(exc).__name__}") from None
     blob = weights_blob(state, summary["run_id"])
-    card = card_from_run(summary, plan, hashlib.sha256(blob).hexdigest(), state)
+    card = card_from_run(
+        summary, plan, hashlib.sha256(blob).hexdigest(), state, _delivered_final(folder, summary)
+    )
     return TrainedModel(card, state)
+
+
+def _delivered_final(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The final metrics of the control a run delivered (None: it delivered its own model)."""
+    delivery = summary.get("delivery") or {}
+    if delivery.get("source") != "control":
+        return None
+    chosen = next(c for c in delivery["candidates"] if c["strategy"] == delivery["delivered"])
+    return _read_json(folder / chosen["folder"] / "summary.json")["final"]
 
 
 def weights_blob(state: dict[str, torch.Tensor], run_id: str) -> bytes:
@@ -227,36 +301,36 @@ def _trained_heads(
 
 
 def card_from_run(
-    summary: dict[str, Any], plan: dict[str, Any], weights_sha256: str, state: dict[str, torch.Tensor]
+    summary: dict[str, Any],
+    plan: dict[str, Any],
+    weights_sha256: str,
+    state: dict[str, torch.Tensor],
+    control_final: dict[str, Any] | None = None,
 ) -> ModelCard:
-    """The card of a finished run, from its ``summary.json``, ``plan.json`` and ``dataset.json``."""
+    """The card of a finished run, from its ``summary.json``, ``plan.json`` and ``dataset.json``;
+    ``control_final``: the final metrics of the site-free control it delivered, if it did (its
+    weights then hold no site's data, so no site's privacy is listed)."""
     info = read_dataset_info(Path(plan["dataset_root"]))
     modalities = list(summary["modalities"])
+    delivery = summary.get("delivery") or {}
+    if delivery.get("source") == "ensemble":
+        return _ensemble_card(summary, plan, weights_sha256, info, delivery)
     architectures = {m: a for m, a in summary["server"]["architectures"].items() if m in modalities}
     feats = featurizers_for(architectures, info.image_size, info.image_channels)
-    encoders = {}
-    for m, name in architectures.items():
-        featurizer = architecture(name, m).featurizer
-        encoders[m] = EncoderCard(
-            architecture=name,
-            featurizer=featurizer,
-            featurizer_key=feats[m].key,
-            input_shape=list(feats[m].shape),
-            input_dtype=feats[m].dtype,
-            preprocessing=PREPROCESSING.get(featurizer, featurizer),
-        )
+    encoders = _encoder_cards(architectures, info)
     privacy = [
         SitePrivacyCard(
             site=s["id"],
             enabled=bool(s["privacy"]["enabled"]),
-            epsilon_spent=float(s["privacy"]["epsilon_spent"] or 0.0),
+            epsilon_spent=s["privacy"].get("epsilon_spent"),
             delta=s["privacy"].get("delta"),
             target_epsilon=s["privacy"].get("target_epsilon"),
             unit=s["privacy"].get("unit"),
         )
         for s in summary["sites"]
+        if control_final is None
     ]
-    final = summary["final"]
+    final = control_final if control_final is not None else summary["final"]
     return ModelCard(
         mmfl_version=__version__,
         run_id=summary["run_id"],
@@ -284,6 +358,79 @@ def card_from_run(
         public_fingerprint=summary["dataset"]["public_fingerprint"],
         privacy=privacy,
         metrics={"test": final.get("retrieval"), "val": final.get("val_retrieval")},
+        delivered=(summary.get("delivery") or {}).get("delivered"),
+        weights_sha256=weights_sha256,
+    )
+
+
+def _encoder_cards(architectures: dict[str, str], info: Any) -> dict[str, EncoderCard]:  # noqa: ANN401
+    feats = featurizers_for(architectures, info.image_size, info.image_channels)
+    cards = {}
+    for m, name in architectures.items():
+        featurizer = architecture(name, m).featurizer
+        cards[m] = EncoderCard(
+            architecture=name,
+            featurizer=featurizer,
+            featurizer_key=feats[m].key,
+            input_shape=list(feats[m].shape),
+            input_dtype=feats[m].dtype,
+            preprocessing=PREPROCESSING.get(featurizer, featurizer),
+        )
+    return cards
+
+
+def _ensemble_card(
+    summary: dict[str, Any],
+    plan: dict[str, Any],
+    weights_sha256: str,
+    info: Any,  # noqa: ANN401
+    delivery: dict[str, Any],
+) -> ModelCard:
+    """The card of a run that delivered its sites' ensemble: one member per released site."""
+    modalities = list(summary["modalities"])
+    ensemble = delivery["ensemble"]
+    members = [
+        MemberCard(site=site, encoders=_encoder_cards({m: archs[m] for m in modalities}, info))
+        for site, archs in zip(ensemble["sites"], ensemble["architectures"], strict=True)
+    ]
+    by_site = {s["id"]: s for s in summary["sites"]}
+    privacy = [
+        SitePrivacyCard(
+            site=site,
+            enabled=bool(by_site[site]["privacy"]["enabled"]),
+            epsilon_spent=by_site[site]["privacy"].get("epsilon_spent"),
+            delta=by_site[site]["privacy"].get("delta"),
+            target_epsilon=by_site[site]["privacy"].get("target_epsilon"),
+            unit=by_site[site]["privacy"].get("unit"),
+        )
+        for site in ensemble["sites"]
+        if site in by_site
+    ]
+    return ModelCard(
+        format_version=2,
+        kind="ensemble",
+        members=members,
+        member_embed_dim=summary["embed_dim"],
+        mmfl_version=__version__,
+        run_id=summary["run_id"],
+        name=summary["name"],
+        strategy=summary["strategy"],
+        seed=summary["seed"],
+        rounds=len(summary["rounds"]),
+        modalities=modalities,
+        embed_dim=summary["embed_dim"] * len(members),
+        encoders={},
+        image_size=info.image_size,
+        image_channels=info.image_channels,
+        classes=list(info.classes),
+        trained_heads=[],
+        pairing=info.pairing,
+        eval_batch_size=plan["spec"]["server"]["eval_batch_size"],
+        dataset=summary["dataset"]["name"],
+        public_fingerprint=summary["dataset"]["public_fingerprint"],
+        privacy=privacy,
+        metrics={"test": ensemble.get("test"), "val": ensemble.get("val")},
+        delivered="ensemble",
         weights_sha256=weights_sha256,
     )
 

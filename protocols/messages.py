@@ -11,6 +11,8 @@ message type                instruction (coordinator -> site)           reply (s
 ``train.weights``           :class:`WeightsInstruction` + weights       :class:`WeightsReply` +
                             (FedAvg baseline)                           weights + ``num-examples``
 ``evaluate.task``           :class:`EvaluateInstruction`                :class:`EvaluateReply`
+``query.release``           :class:`ReleaseInstruction` (once, after    :class:`ReleaseReply` + the
+                            the last round, to consenting sites)        final model's weights
 ==========================  ==========================================  ===========================
 
 Representations travel as arrays whose rows are the public samples of this round's subset that
@@ -36,6 +38,7 @@ MSG_CAPABILITIES = "query.capabilities"
 MSG_REPRESENT = "train.represent"
 MSG_WEIGHTS = "train.weights"
 MSG_EVALUATE = "evaluate.task"
+MSG_RELEASE = "query.release"
 
 MAX_EMBED_DIM = 1 << 16
 MAX_PUBLIC_ROWS = 1_000_000
@@ -104,6 +107,8 @@ class Capabilities(Message):
     public_fingerprint: str
     data_fingerprint: str = ""  # keyed with the site's secret: stable per site, not a membership oracle
     privacy: PrivacyStatus
+    releases_final_model: bool = False
+    """The site's policy consents to release its final model once at the end of a run."""
 
 
 class TrainSettings(BaseModel):
@@ -198,6 +203,25 @@ class EvaluateReply(Message):
     site_id: str
     round: int
     metrics: dict[str, float]
+
+
+class ReleaseInstruction(Message):
+    """After a run's last round: the consenting sites' final models, once."""
+
+    run_id: str
+    round: int = Field(ge=1, description="the run's last round")
+
+
+class ReleaseReply(Message):
+    """A site's final model (its weights travel as arrays) or its refusal. ``round``: the round
+    the released model was trained in."""
+
+    site_id: str
+    round: int
+    status: Literal["ok", "refused"] = "ok"
+    reason: str = ""
+    architectures: dict[str, str] = {}
+    privacy: PrivacyStatus
 
 
 def positions(rows: list[int], among: list[int]) -> list[int]:

@@ -20,12 +20,15 @@ from flwr.serverapp import Grid
 
 from mmfl.protocols.messages import (
     MSG_EVALUATE,
+    MSG_RELEASE,
     MSG_REPRESENT,
     MSG_WEIGHTS,
     Capabilities,
     EvaluateInstruction,
     EvaluateReply,
     PrivacyStatus,
+    ReleaseInstruction,
+    ReleaseReply,
     RepresentInstruction,
     RepresentReply,
     WeightsInstruction,
@@ -118,6 +121,17 @@ def read_represent_reply(
     report.accepted, report.metrics, report.modalities = True, meta.metrics, sorted(arrays)
     report.epsilon = meta.privacy.epsilon_spent if meta.privacy.enabled else None
     return reps, privacy
+
+
+@dataclass
+class ReleasedModel:
+    """A site's final model as released at the end of a run (weights checked)."""
+
+    site_id: str
+    architectures: dict[str, str]
+    weights: dict[str, np.ndarray]
+    round: int
+    privacy: PrivacyStatus
 
 
 @dataclass
@@ -248,6 +262,46 @@ class SiteExchange:
             if self._credible(n, privacy, reports[n], instruction.round) and got is not None:
                 accepted[n] = got
         return [reports[n] for n in nodes], accepted
+
+    def release(
+        self,
+        nodes: Sequence[int],
+        instruction: ReleaseInstruction,
+        reference: Callable[[Capabilities], Mapping[str, tuple[int, ...]]],
+    ) -> tuple[list[SiteReport], dict[int, ReleasedModel]]:
+        """The ``query.release`` round trip: each consenting site's final model, its weights
+        checked against ``reference(caps)`` (the keys and shapes of the architectures it
+        declared); refusals and bad replies become reports with the reason."""
+        contents = {n: encode(instruction) for n in nodes}
+        replies, reports = self._round_trip(instruction.round, contents, MSG_RELEASE)
+        released: dict[int, ReleasedModel] = {}
+        for n in nodes:
+            reply, report, caps = replies[n], reports[n], self.registry.sites[n]
+            if reply is None or reply.has_error():
+                report.refuse("no reply" if reply is None else f"error reply: {reply.error.reason}")
+                continue
+            report.bytes_up = payload_bytes(reply.content)
+            try:
+                meta = decode(reply.content, ReleaseReply)
+                if meta.status != "ok":
+                    raise ProtocolError(f"site refused the release: {meta.reason}")
+                if meta.architectures != caps.architectures:
+                    raise ProtocolError(
+                        f"released architectures {meta.architectures} differ from the declared {caps.architectures}"
+                    )
+                arrays = arrays_of(reply.content)
+                check_weights(arrays, reference(caps), self.max_bytes)
+            except ProtocolError as exc:
+                report.refuse(str(exc))
+                continue
+            if not self._credible(n, meta.privacy, report, instruction.round):
+                continue
+            report.accepted, report.modalities = True, sorted(caps.modalities)
+            report.epsilon = meta.privacy.epsilon_spent if meta.privacy.enabled else None
+            released[n] = ReleasedModel(
+                caps.site_id, dict(meta.architectures), arrays, meta.round, meta.privacy
+            )
+        return [reports[n] for n in nodes], released
 
     def evaluate(self, nodes: Sequence[int], run_id: str, round_: int) -> dict[str, dict[str, float]]:
         """Each site's metrics on its held-out rows (sites that fail are left out)."""

@@ -29,13 +29,14 @@ from mmfl.data.prepared import PreparedDataset
 from mmfl.files import atomic_write_bytes, atomic_write_text
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.protocols.delivery import Candidate, Delivery
-from mmfl.protocols.messages import CapabilitiesQuery
+from mmfl.protocols.messages import CapabilitiesQuery, ReleaseInstruction
 from mmfl.server.checkpoint import load_checkpoint, save_checkpoint
 from mmfl.server.data import load_server_data
 from mmfl.server.delivery import ControlRunner, candidate, control_spec, control_strategies, run_in_child
 from mmfl.server.exchange import SiteExchange
 from mmfl.server.model import ServerTrainer
 from mmfl.server.records import RoundRecord
+from mmfl.server.release import EnsembleResult, build_ensemble, reference_shapes
 from mmfl.server.rounds import RoundPipeline
 from mmfl.server.sites import SiteRegistry, SiteSampler, discover
 from mmfl.server.store import RunStore, open_store
@@ -77,6 +78,7 @@ class FederatedRun:
             self.spec.modalities, self.public_fingerprint, self._event, plan.site_names
         )
         self.records: list[RoundRecord] = []
+        self.ensemble: EnsembleResult | None = None
 
     # -- progress and events ---------------------------------------------------------------------
     def _event(self, kind: str, message: str) -> None:
@@ -214,6 +216,7 @@ class FederatedRun:
         final: dict[str, Any] = {**pipeline.final(), "site_metrics": {}}
         if self.grid is not None and self.registry.sites:
             final["site_metrics"] = pipeline.evaluate_sites(self.registry.online(self.grid))
+        self.ensemble = self._release(pipeline)
         wall = time.perf_counter() - started
         sites = list(self.registry.sites.values())
         summary = build_summary(
@@ -244,10 +247,52 @@ class FederatedRun:
         return json.loads(to_json(summary))
 
     # -- delivery ----------------------------------------------------------------------------------
+    def _release(self, pipeline: RoundPipeline) -> EnsembleResult | None:
+        """The consenting sites' final models, once, and their ensemble (:mod:`mmfl.server.release`)."""
+        if self.grid is None or pipeline.exchange is None or self.method.site_work != "represent":
+            return None
+        if self.method.site_data != "private":
+            return None  # a control's sites hold the public set: nothing of theirs is a deliverable
+        nodes = [n for n in self.registry.online(self.grid) if self.registry.sites[n].releases_final_model]
+        if not nodes:
+            return None
+        reports, released = pipeline.exchange.release(
+            nodes,
+            ReleaseInstruction(run_id=self.plan.run_id, round=self.spec.rounds),
+            lambda caps: reference_shapes(caps, self.dataset, self.spec.embed_dim),
+        )
+        for report in reports:
+            if not report.accepted:
+                self._event("release-refused", f"site {report.site_id}: {report.reason}")
+        ensemble = build_ensemble(
+            [released[n] for n in sorted(released)],
+            self.dataset,
+            self.spec.modalities,
+            self.spec.embed_dim,
+            pipeline.pairs,
+            self.spec.server.eval_batch_size,
+        )
+        if ensemble is not None:
+            self._event(
+                "ensemble",
+                f"the sites' ensemble of {', '.join(ensemble.sites)} (chosen on val among "
+                f"{len(ensemble.val_by_k)} released paired models): val rsum {ensemble.val.get('rsum', 0.0):.1f}",
+            )
+        return ensemble
+
     def _deliver(self, summary: dict[str, Any], federation_model: bytes) -> tuple[Delivery, bytes]:
         """Build the site-free controls (a finished one is reused on resume), choose on val, and
         return the choice with the delivered model's bytes (:mod:`mmfl.server.delivery`)."""
         federation = candidate(summary, "federation", ".")
+        ensemble = None
+        if self.ensemble is not None:
+            ensemble = Candidate(
+                strategy="ensemble",
+                source="ensemble",
+                val_rsum=self.ensemble.val.get("rsum"),
+                test_rsum=self.ensemble.test.get("rsum"),
+                folder=".",
+            )
         names = control_strategies(self.method, self.spec.delivery)
         if not names:
             return Delivery.only(
@@ -274,10 +319,23 @@ class FederatedRun:
             found.append(candidate(control, "control", str(folder.relative_to(self.out))))
             models[name] = folder / "final_model.pt"
             self._emit({"event": "control-done", **found[-1].model_dump()})
-        delivery = Delivery.choose(federation, found)
+        delivery = Delivery.choose(federation, found, ensemble)
+        if self.ensemble is not None:
+            delivery = delivery.model_copy(
+                update={
+                    "ensemble": {
+                        **self.ensemble.record(),
+                        "val": self.ensemble.val,
+                        "test": self.ensemble.test,
+                    }
+                }
+            )
         self._event("delivered", delivery.line)
         if delivery.source == "federation":
             return delivery, federation_model
+        if delivery.source == "ensemble":
+            assert self.ensemble is not None
+            return delivery, self.ensemble.state_bytes(self.dataset, self.spec.embed_dim)
         return delivery, models[delivery.delivered].read_bytes()
 
     def _checkpoint(self, pipeline: RoundPipeline, record: RoundRecord) -> None:

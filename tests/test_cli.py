@@ -66,7 +66,8 @@ def test_runs_on_a_damaged_store_is_one_line(tmp_path: Path) -> None:
     out = mmfl("runs", "list", str(tmp_path))
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        f"mmfl: error: cannot read run store sqlite:///{(tmp_path / 'runs.sqlite').resolve()}: file is not a database"
+        f"mmfl: error: run store {(tmp_path / 'runs.sqlite').resolve()} is not a SQLite database; restore it "
+        "from a backup, or move it aside to start an empty store on purpose"
     ]
     out = mmfl("runs", "list", str(tmp_path / "nothing-here"))
     assert out.returncode == 2 and "does not exist" in out.stderr
@@ -80,14 +81,14 @@ def test_server_status_on_a_damaged_run_store_is_one_line(tmp_path: Path) -> Non
     out = mmfl("server", "status", "--dir", str(folder))
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("mmfl: error: cannot read run store") and line.endswith("file is not a database")
+    assert line.startswith("mmfl: error: run store") and "is not a SQLite database; restore it" in line
     # F7: a run submitted onto it is refused up front (it used to print a run id and die later).
     spec = tmp_path / "run.toml"
     spec.write_text('name = "x"\nrounds = 1\n')
     out = mmfl("server", "run", "submit", str(spec), "--dir", str(folder))
     assert out.returncode == 2 and out.stdout == ""
     (line,) = out.stderr.strip().splitlines()
-    assert line.startswith("mmfl: error: cannot read run store") and not any((folder / "runs").iterdir())
+    assert line.startswith("mmfl: error: run store") and not any((folder / "runs").iterdir())
 
 
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")

@@ -59,8 +59,12 @@ def test_a_federation_built_to_lose_delivers_the_coordinators_model(digits, tmp_
     # What a user loads from the run folder is the delivered model: its val rsum is the best.
     from mmfl.data.builtin import open_dataset
 
-    val = load(out).evaluate(open_dataset("digits").manifest("val"))
+    model = load(out)
+    val = model.evaluate(open_dataset("digits").manifest("val"))
     assert val["retrieval"]["rsum"] == pytest.approx(best["val_rsum"], abs=1e-4)
+    # Its card says what it is: the control's metrics, and no site's data (so no site's privacy).
+    assert model.card.delivered == best["strategy"] and model.card.privacy == []
+    assert model.card.metrics["val"]["rsum"] == pytest.approx(best["val_rsum"])
     write_report(summary, out)
     report = (out / "report.md").read_text()
     assert "## Delivered" in report and delivery["line"] in report

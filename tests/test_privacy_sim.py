@@ -34,6 +34,7 @@ from mmfl.protocols.messages import (
     MSG_WEIGHTS,
     Capabilities,
     EvaluateReply,
+    ReleaseReply,
     RepresentReply,
     WeightsInstruction,
     WeightsReply,
@@ -205,7 +206,7 @@ def test_what_a_dp_site_sends(site_configs, tmp_path: Path) -> None:
     assert reply.metrics["sample_rate"] == 32 / units  # from the noisy count, not the exact size
     assert reply.metrics["dp_steps"] == round(units / 32)
     fields = set().union(
-        *(m.model_fields for m in (Capabilities, RepresentReply, WeightsReply, EvaluateReply))
+        *(m.model_fields for m in (Capabilities, RepresentReply, WeightsReply, EvaluateReply, ReleaseReply))
     )
     assert fields <= set(RELEASED_FIELDS), (
         f"classify new fields in RELEASED_FIELDS: {fields - set(RELEASED_FIELDS)}"
@@ -233,6 +234,7 @@ RELEASED_FIELDS = {
     "device": "the site's hardware",
     "public_fingerprint": "hash of the public set",
     "data_fingerprint": "HMAC with the site's secret: no test of a guessed data set",
+    "releases_final_model": "the site's policy (configuration)",
 }
 
 

@@ -1,0 +1,130 @@
+"""The sites' ensemble as a deliverable (issue 34): after the last round the coordinator asks the
+sites whose own policy consents (``policy.release_final_model``) for their final models, once,
+and fuses those that hold every modality of the run by similarity
+(:class:`~mmfl.models.ensemble.SiteEnsemble`), the members chosen on val.
+
+The ensemble is a run's candidate like the federation's server and the site-free controls; its
+weights are saved as one flat state (``members.K.<parameter>``) with the members' sites and
+architectures in ``summary.json`` (``delivery.ensemble``).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mmfl.data.prepared import PreparedDataset
+from mmfl.data.tensors import Tensors, load_tensors
+from mmfl.models.encoders import featurizers_for
+from mmfl.models.ensemble import SiteEnsemble, choose_members
+from mmfl.models.multimodal import MultiEncoder
+from mmfl.paths import feature_cache_root
+from mmfl.protocols.messages import Capabilities
+from mmfl.server.exchange import ReleasedModel
+
+MEMBER_PREFIX = "members.{k}."
+
+
+def member_model(architectures: dict[str, str], dataset: PreparedDataset, embed_dim: int) -> MultiEncoder:
+    """An empty model of a site's declared architectures (the shapes its weights must have)."""
+    info = dataset.info
+    feats = featurizers_for(architectures, info.image_size, info.image_channels)
+    return MultiEncoder(architectures, {m: f.shape for m, f in feats.items()}, embed_dim, len(info.classes))
+
+
+def reference_shapes(
+    caps: Capabilities, dataset: PreparedDataset, embed_dim: int
+) -> dict[str, tuple[int, ...]]:
+    return {
+        k: tuple(v.shape)
+        for k, v in member_model(caps.architectures, dataset, embed_dim).state_dict().items()
+    }
+
+
+@dataclass
+class EnsembleResult:
+    """The chosen members (on val), every k's val rsum, the ensemble's val and test retrieval,
+    and the released sites left out with the reason."""
+
+    members: list[ReleasedModel]
+    val_by_k: dict[int, float]
+    val: dict[str, float]
+    test: dict[str, float]
+    left_out: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sites(self) -> list[str]:
+        return [m.site_id for m in self.members]
+
+    def state_bytes(self, dataset: PreparedDataset, embed_dim: int) -> bytes:
+        """The flat state of the members' weights (``final_model.pt`` when delivered)."""
+        state = {}
+        for k, m in enumerate(self.members):
+            model = member_model(m.architectures, dataset, embed_dim)
+            model.load_state_dict({n: torch.from_numpy(w.copy()) for n, w in m.weights.items()})
+            state.update({MEMBER_PREFIX.format(k=k) + n: v for n, v in model.state_dict().items()})
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    def record(self) -> dict[str, object]:
+        """What ``summary.json`` keeps of the ensemble (``delivery.ensemble``)."""
+        return {
+            "sites": self.sites,
+            "architectures": [m.architectures for m in self.members],
+            "val_rsum_by_members": {str(k): v for k, v in self.val_by_k.items()},
+            "left_out": self.left_out,
+        }
+
+
+def build_ensemble(
+    released: Sequence[ReleasedModel],
+    dataset: PreparedDataset,
+    modalities: Sequence[str],
+    embed_dim: int,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int = 512,
+) -> EnsembleResult | None:
+    """Fuse the released models that hold every modality, the top-k by their own val rsum for
+    the k best on val (:func:`~mmfl.models.ensemble.choose_members`); None when none holds them all."""
+    wanted = set(modalities)
+    left_out = {
+        r.site_id: f"holds {', '.join(sorted(r.architectures))} only; the ensemble's members hold every modality"
+        for r in released
+        if not wanted <= set(r.architectures)
+    }
+    usable = [r for r in released if r.site_id not in left_out]
+    if not usable:
+        return None
+    info = dataset.info
+    by_class = info.pairing == "class"
+    models: dict[str, MultiEncoder] = {}
+    inputs: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
+    splits: dict[str, Tensors] = {}
+    for r in usable:
+        model = member_model(r.architectures, dataset, embed_dim)
+        model.load_state_dict({n: torch.from_numpy(w.copy()) for n, w in r.weights.items()})
+        models[r.site_id] = model
+        feats = featurizers_for(
+            {m: r.architectures[m] for m in modalities}, info.image_size, info.image_channels
+        )
+        inputs[r.site_id] = {}
+        for split in ("val", "test"):
+            data = load_tensors(dataset.manifest(split).samples, feats, info.classes, feature_cache_root())
+            inputs[r.site_id][split] = data.inputs
+            splits[split] = data
+
+    def retrieval(sites: list[str], split: str) -> dict[str, float]:
+        ensemble = SiteEnsemble(sites, [models[s] for s in sites], batch_size)
+        data = splits[split]
+        return ensemble.retrieval(
+            [inputs[s][split] for s in sites], data.present, data.labels, pairs, by_class
+        )
+
+    alone = [(r.site_id, retrieval([r.site_id], "val").get("rsum", 0.0)) for r in usable]
+    chosen, by_k = choose_members(alone, lambda sites: retrieval(sites, "val").get("rsum", 0.0))
+    members = [next(r for r in usable if r.site_id == s) for s in chosen]
+    return EnsembleResult(members, by_k, retrieval(chosen, "val"), retrieval(chosen, "test"), left_out)

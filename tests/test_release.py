@@ -1,0 +1,137 @@
+"""The sites' ensemble as a deliverable (issue 34, item 2): a site releases its final model only
+where its own policy consents, a DP site's release is recorded in its ledger and audit log with
+nothing spent, a non-DP site is told plainly, a non-consenting site's weights never leave, and
+the ensemble is a model like any other (evaluate, embed, export, mmfl.load, card)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Context, Message, RecordDict
+
+from helpers import instruction, small_spec
+from mmfl.client.app import app as client_app
+from mmfl.client.audit import read as read_audit
+from mmfl.client.ledger import PrivacyLedger
+from mmfl.client.site import Site
+from mmfl.config import SiteConfig, SitePolicy
+from mmfl.protocols.messages import MSG_RELEASE, ReleaseInstruction, ReleaseReply
+from mmfl.protocols.records import arrays_of, decode, encode
+from mmfl.simulation.plan import build_plan
+
+CONSENT = [f"sites.{i}.policy.release_final_model=true" for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def pair_config(digits, tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
+    plan = build_plan(small_spec(), tmp_path_factory.mktemp("sites"))
+    return [SiteConfig.model_validate(c) for c in json.loads(Path(plan.site_configs).read_text())][2]
+
+
+def node(config: SiteConfig, folder: Path) -> Context:
+    path = folder / "sites.json"
+    path.write_text(json.dumps([config.model_dump(mode="json")]))
+    return Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 1},
+        state=RecordDict(),
+        run_config={"site-configs": str(path)},
+    )
+
+
+def configured(config: SiteConfig, state: Path, dp: bool, consent: bool) -> SiteConfig:
+    spec = config.site.model_copy(
+        update={
+            "policy": SitePolicy(release_final_model=consent),
+            "privacy": config.site.privacy.model_copy(update={"enabled": dp, "target_epsilon": 8.0}),
+        }
+    )
+    return config.model_copy(update={"site": spec, "state_dir": state})
+
+
+def ask_release(context: Context) -> Message:
+    sent = Message(encode(ReleaseInstruction(run_id="t", round=1)), dst_node_id=1, message_type=MSG_RELEASE)
+    return client_app(sent, context)
+
+
+@pytest.mark.parametrize("dp", [True, False], ids=["dp", "no-dp"])
+def test_a_consenting_site_releases_once_recorded_and_nothing_spent(
+    pair_config: SiteConfig, tmp_path: Path, flower_identity, dp: bool
+) -> None:
+    config = configured(pair_config, tmp_path / "state", dp=dp, consent=True)
+    site = Site(config)
+    site.represent(*instruction(site, 1))  # the run's model
+    spent = site.privacy_status().epsilon_spent
+    reply = ask_release(node(config, tmp_path))
+    meta = decode(reply.content, ReleaseReply)
+    weights = arrays_of(reply.content)
+    assert meta.status == "ok" and meta.architectures == config.site.architectures and meta.round == 1
+    assert set(weights) == set(site.new_model().state_dict())
+    (entry,) = [e for e in read_audit(tmp_path / "state") if e.message_type == MSG_RELEASE]
+    assert entry.status == "ok" and entry.shapes  # what left is in the log
+    if dp:
+        assert "post-processing of a DP-trained model" in entry.note
+        ledger = PrivacyLedger(tmp_path / "state", config.site.id).load()
+        assert ledger is not None and ledger.events[-1].kind == "model-released"
+        assert ledger.spent() == pytest.approx(spent, abs=1e-12)  # nothing new spent
+    else:
+        assert "WITHOUT differential privacy" in entry.note
+
+
+def test_a_site_without_consent_never_sends_its_weights(
+    pair_config: SiteConfig, tmp_path: Path, flower_identity
+) -> None:
+    config = configured(pair_config, tmp_path / "state", dp=False, consent=False)
+    site = Site(config)
+    site.represent(*instruction(site, 1))
+    reply = ask_release(node(config, tmp_path))
+    meta = decode(reply.content, ReleaseReply)
+    assert meta.status == "refused" and "release_final_model is false" in meta.reason
+    assert arrays_of(reply.content) == {} and len(reply.content.array_records) == 0  # on the wire: nothing
+    (entry,) = read_audit(tmp_path / "state")[-1:]
+    assert entry.status == "refused" and entry.shapes == {} and entry.message_type == MSG_RELEASE
+
+
+def test_a_federation_delivers_its_sites_ensemble_as_a_model_like_any_other(digits, tmp_path: Path) -> None:
+    """Two paired sites consent (the uni-modal ones consent too and are left out, holding one
+    modality); the run builds the ensemble, chooses on val, and a delivered ensemble loads,
+    evaluates to the reported metrics, embeds and exports."""
+    from mmfl.data.builtin import open_dataset
+    from mmfl.inference import load
+    from mmfl.inference.export import export_model
+    from mmfl.simulation.engines import run_inprocess
+    from mmfl.simulation.report import validate_summary
+
+    spec = small_spec(
+        'strategy="cream+"', "rounds=1", "delivery.select=true", 'delivery.controls=["server-only"]', *CONSENT
+    )
+    out = tmp_path / "run"
+    summary = run_inprocess(build_plan(spec, out))
+    validate_summary(summary)
+    delivery = summary["delivery"]
+    ensemble = delivery["ensemble"]
+    assert set(ensemble["sites"]) <= {"pair-a", "pair-b"} and ensemble["sites"]
+    assert set(ensemble["left_out"]) == {"img", "txt"}
+    names = [c["strategy"] for c in delivery["candidates"]]
+    assert names == ["cream+", "ensemble", "server-only"]
+    best = max(delivery["candidates"], key=lambda c: c["val_rsum"])
+    assert delivery["delivered"] == best["strategy"]
+    # On this federation the sites' own models retrieve far better than one round's server
+    # (val 487 against 181 and server-only's 222): the ensemble is delivered.
+    assert delivery["delivered"] == "ensemble" and delivery["source"] == "ensemble"
+    assert "the compact server (cream+) scored" in delivery["line"]
+    model = load(out)
+    assert model.card.kind == "ensemble" and [m.site for m in model.card.members] == ensemble["sites"]
+    assert model.card.embed_dim == 256 * len(ensemble["sites"])
+    test = model.evaluate(open_dataset("digits").manifest("test"))
+    assert test["retrieval"]["rsum"] == pytest.approx(ensemble["test"]["rsum"], abs=1e-4)
+    z = model.embed("text", ["a photo of the digit 3", "seven"])
+    assert z.shape == (2, model.card.embed_dim) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    exported = load(export_model(model, tmp_path / "export"))
+    assert np.allclose(exported.embed("text", ["seven"]), model.embed("text", ["seven"]), atol=1e-6)
+    files = sorted(p.name for p in (tmp_path / "export").iterdir())
+    assert any(f.startswith("encoder-text-") for f in files) and "model_card.json" in files
