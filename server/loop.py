@@ -294,13 +294,19 @@ class FederatedRun:
                 folder=".",
             )
         names = control_strategies(self.method, self.spec.delivery)
-        if not names:
-            return Delivery.only(
-                federation, "it is a site-free run itself, or has no server model"
-            ), federation_model
-        if not self.spec.delivery.select:
-            why = "selection is off (delivery.select = false), nothing was compared"
-            return Delivery.only(federation, why), federation_model
+        record = None
+        if self.ensemble is not None:
+            record = {**self.ensemble.record(), "val": self.ensemble.val, "test": self.ensemble.test}
+        if not names or not self.spec.delivery.select:
+            why = (
+                "selection is off (delivery.select = false), nothing was compared"
+                if names
+                else "it is a site-free run itself, or has no server model"
+            )
+            only = Delivery.only(federation, why)
+            if ensemble is not None:  # recorded for comparisons run elsewhere (benchmarks)
+                only = only.model_copy(update={"candidates": [federation, ensemble], "ensemble": record})
+            return only, federation_model
         registered = None if self.plan.site_configs else list(self.registry.sites.values())
         found: list[Candidate] = []
         models: dict[str, Path] = {}
@@ -320,16 +326,8 @@ class FederatedRun:
             models[name] = folder / "final_model.pt"
             self._emit({"event": "control-done", **found[-1].model_dump()})
         delivery = Delivery.choose(federation, found, ensemble)
-        if self.ensemble is not None:
-            delivery = delivery.model_copy(
-                update={
-                    "ensemble": {
-                        **self.ensemble.record(),
-                        "val": self.ensemble.val,
-                        "test": self.ensemble.test,
-                    }
-                }
-            )
+        if record is not None:
+            delivery = delivery.model_copy(update={"ensemble": record})
         self._event("delivered", delivery.line)
         if delivery.source == "federation":
             return delivery, federation_model

@@ -135,3 +135,15 @@ def test_a_federation_delivers_its_sites_ensemble_as_a_model_like_any_other(digi
     assert np.allclose(exported.embed("text", ["seven"]), model.embed("text", ["seven"]), atol=1e-6)
     files = sorted(p.name for p in (tmp_path / "export").iterdir())
     assert any(f.startswith("encoder-text-") for f in files) and "model_card.json" in files
+
+
+def test_without_selection_the_ensemble_is_still_recorded_for_comparisons(digits, tmp_path: Path) -> None:
+    """``delivery.select = false`` (benchmarks compare methods themselves): the federation's
+    server is delivered, and the ensemble of the released models is recorded beside it."""
+    from mmfl.simulation.engines import run_inprocess
+
+    summary = run_inprocess(build_plan(small_spec('strategy="cream+"', "rounds=1", *CONSENT), tmp_path / "run"))
+    delivery = summary["delivery"]
+    assert not delivery["selection"] and delivery["delivered"] == "cream+"
+    assert [c["strategy"] for c in delivery["candidates"]] == ["cream+", "ensemble"]
+    assert delivery["ensemble"]["sites"] and delivery["ensemble"]["val"]["rsum"] > 0
