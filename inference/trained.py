@@ -36,6 +36,7 @@ from mmfl.inference.card import (
     SitePrivacyCard,
 )
 from mmfl.models.encoders import architecture, featurizers_for
+from mmfl.models.ensemble import fuse
 from mmfl.models.metrics import accuracy, pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.paths import feature_cache_root
@@ -117,15 +118,10 @@ class TrainedModel:
                 "evaluate, or part_tensors with encode_rows"
             )
 
-    def _fuse(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        if len(parts) == 1:
-            return parts[0]
-        return torch.cat([torch.nn.functional.normalize(z, dim=-1) for z in parts], 1) / len(parts) ** 0.5
-
     def encode_rows(self, modality: str, data: list[Tensors], rows: torch.Tensor) -> torch.Tensor:
         """Vectors of ``rows`` of featurized data (one :class:`Tensors` per part)."""
         batch = self.card.eval_batch_size
-        return self._fuse(
+        return fuse(
             [
                 model.encode(modality, d.inputs[modality][rows], batch)
                 for (_, model), d in zip(self.parts, data, strict=True)
@@ -146,7 +142,7 @@ class TrainedModel:
             values, _ = featurize(samples, feats[modality], feature_cache_root(), progress=False)
             x = torch.from_numpy(np.ascontiguousarray(values))
             parts.append(model.encode(modality, x, self.card.eval_batch_size))
-        return self._fuse(parts).numpy()
+        return fuse(parts).numpy()
 
     def embed_manifest(self, manifest: Manifest) -> dict[str, tuple[list[str], np.ndarray]]:
         """Per modality: the ids of the rows holding it and their vectors, in manifest order."""
@@ -318,18 +314,7 @@ def card_from_run(
     architectures = {m: a for m, a in summary["server"]["architectures"].items() if m in modalities}
     feats = featurizers_for(architectures, info.image_size, info.image_channels)
     encoders = _encoder_cards(architectures, info)
-    privacy = [
-        SitePrivacyCard(
-            site=s["id"],
-            enabled=bool(s["privacy"]["enabled"]),
-            epsilon_spent=s["privacy"].get("epsilon_spent"),
-            delta=s["privacy"].get("delta"),
-            target_epsilon=s["privacy"].get("target_epsilon"),
-            unit=s["privacy"].get("unit"),
-        )
-        for s in summary["sites"]
-        if control_final is None
-    ]
+    privacy = [_privacy_card(s) for s in summary["sites"] if control_final is None]
     final = control_final if control_final is not None else summary["final"]
     return ModelCard(
         mmfl_version=__version__,
@@ -360,6 +345,19 @@ def card_from_run(
         metrics={"test": final.get("retrieval"), "val": final.get("val_retrieval")},
         delivered=(summary.get("delivery") or {}).get("delivered"),
         weights_sha256=weights_sha256,
+    )
+
+
+def _privacy_card(site: dict[str, Any]) -> SitePrivacyCard:
+    """What a site of ``summary.json`` spent, as the model card lists it."""
+    p = site["privacy"]
+    return SitePrivacyCard(
+        site=site["id"],
+        enabled=bool(p["enabled"]),
+        epsilon_spent=p.get("epsilon_spent"),
+        delta=p.get("delta"),
+        target_epsilon=p.get("target_epsilon"),
+        unit=p.get("unit"),
     )
 
 
@@ -394,18 +392,7 @@ def _ensemble_card(
         for site, archs in zip(ensemble["sites"], ensemble["architectures"], strict=True)
     ]
     by_site = {s["id"]: s for s in summary["sites"]}
-    privacy = [
-        SitePrivacyCard(
-            site=site,
-            enabled=bool(by_site[site]["privacy"]["enabled"]),
-            epsilon_spent=by_site[site]["privacy"].get("epsilon_spent"),
-            delta=by_site[site]["privacy"].get("delta"),
-            target_epsilon=by_site[site]["privacy"].get("target_epsilon"),
-            unit=by_site[site]["privacy"].get("unit"),
-        )
-        for site in ensemble["sites"]
-        if site in by_site
-    ]
+    privacy = [_privacy_card(by_site[site]) for site in ensemble["sites"] if site in by_site]
     return ModelCard(
         format_version=2,
         kind="ensemble",

@@ -10,63 +10,23 @@ cosine similarities, which is a dot product of concatenations:
             = e^a(x) \cdot e^b(y), \qquad
     e^m(x) = \tfrac{1}{\sqrt K}\,\big[\hat f^m_1(x), \dots, \hat f^m_K(x)\big]
 
-so :math:`e^m` (unit norm, dimension :math:`K d`) is the ensemble's embedding: a model like any
-other for retrieval, embedding and export. Members are chosen on val (:func:`choose_members`).
+so :math:`e^m` (unit norm, dimension :math:`K d`; :func:`fuse`) is the ensemble's embedding: a model
+like any other for retrieval, embedding and export. Members are chosen on val (:func:`choose_members`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from mmfl.models.metrics import pairwise_retrieval
-from mmfl.models.multimodal import MultiEncoder
 
-MemberInputs = Mapping[str, torch.Tensor]
-"""One member's featurized inputs per modality (the member's own featurizers)."""
-
-
-class SiteEnsemble:
-    """Members' models (eval mode) fused by similarity; ``sites[k]`` names member k."""
-
-    def __init__(self, sites: Sequence[str], members: Sequence[MultiEncoder], batch_size: int = 512) -> None:
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.sites = list(sites)
-        self.members = list(members)
-        self.batch_size = batch_size
-        for m in self.members:
-            m.eval()
-
-    @property
-    def embed_dim(self) -> int:
-        return sum(m.embed_dim for m in self.members)
-
-    def encode(self, modality: str, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        """:math:`e^m` of rows given as each member's inputs (``inputs[k]`` for member k)."""
-        parts = [
-            torch.nn.functional.normalize(member.encode(modality, x, self.batch_size), dim=-1)
-            for member, x in zip(self.members, inputs, strict=True)
-        ]
-        return torch.cat(parts, 1) / len(parts) ** 0.5
-
-    def retrieval(
-        self,
-        inputs: Sequence[MemberInputs],
-        present: Mapping[str, torch.Tensor],
-        labels: torch.Tensor,
-        pairs: Sequence[tuple[str, str]],
-        by_class: bool,
-    ) -> dict[str, float]:
-        """Retrieval for each pair over rows holding both (as a server model reports it);
-        ``inputs[k]`` are member k's featurized inputs of the same rows."""
-        index = {m: torch.arange(len(labels)) for m in present}
-
-        def encode(modality: str, rows: torch.Tensor) -> torch.Tensor:
-            return self.encode(modality, [x[modality][rows] for x in inputs])
-
-        return pairwise_retrieval(encode, index, present, labels, pairs, by_class)
+def fuse(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:math:`e^m` from the members' representations of the same rows (``parts[k]``, each
+    ``(n, d)``); one member's are returned as they are (a server model's, bit for bit)."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([torch.nn.functional.normalize(z, dim=-1) for z in parts], 1) / len(parts) ** 0.5
 
 
 def choose_members(

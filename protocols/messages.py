@@ -168,13 +168,19 @@ class RepresentInstruction(Message):
         return {m: len(r) for m, r in self.rows.items()}
 
 
-class RepresentReply(Message):
+class SiteReply(Message):
+    """What every training or release reply of a site carries: who, for which round, whether it
+    did the work (a refusal says why and carries no arrays), and its privacy status."""
+
     site_id: str
     round: int
     status: Literal["ok", "refused"] = "ok"
     reason: str = ""
-    metrics: dict[str, float] = {}
     privacy: PrivacyStatus
+
+
+class RepresentReply(SiteReply):
+    metrics: dict[str, float] = {}
     train_seconds: float = 0.0
 
 
@@ -184,14 +190,9 @@ class WeightsInstruction(Message):
     settings: TrainSettings
 
 
-class WeightsReply(Message):
-    site_id: str
-    round: int
-    status: Literal["ok", "refused"] = "ok"
-    reason: str = ""
+class WeightsReply(SiteReply):
     architecture: str
     metrics: dict[str, float] = {}
-    privacy: PrivacyStatus
 
 
 class EvaluateInstruction(Message):
@@ -212,16 +213,11 @@ class ReleaseInstruction(Message):
     round: int = Field(ge=1, description="the run's last round")
 
 
-class ReleaseReply(Message):
+class ReleaseReply(SiteReply):
     """A site's final model (its weights travel as arrays) or its refusal. ``round``: the round
     the released model was trained in."""
 
-    site_id: str
-    round: int
-    status: Literal["ok", "refused"] = "ok"
-    reason: str = ""
     architectures: dict[str, str] = {}
-    privacy: PrivacyStatus
 
 
 def positions(rows: list[int], among: list[int]) -> list[int]:

@@ -13,7 +13,6 @@ mmfl.simulation.controls FOLDER``); the simulation engine passes an in-process r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -90,7 +89,6 @@ def run_in_child(spec: FederationSpec, folder: Path) -> dict[str, Any]:
         [sys.executable, "-m", "mmfl.simulation.controls", str(folder)],
         capture_output=True,
         text=True,
-        env=dict(os.environ),
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]

@@ -294,9 +294,7 @@ class FederatedRun:
                 folder=".",
             )
         names = control_strategies(self.method, self.spec.delivery)
-        record = None
-        if self.ensemble is not None:
-            record = {**self.ensemble.record(), "val": self.ensemble.val, "test": self.ensemble.test}
+        record = self.ensemble.record() if self.ensemble is not None else None
         if not names or not self.spec.delivery.select:
             why = (
                 "selection is off (delivery.select = false), nothing was compared"
@@ -333,7 +331,7 @@ class FederatedRun:
             return delivery, federation_model
         if delivery.source == "ensemble":
             assert self.ensemble is not None
-            return delivery, self.ensemble.state_bytes(self.dataset, self.spec.embed_dim)
+            return delivery, self.ensemble.state_bytes()
         return delivery, models[delivery.delivered].read_bytes()
 
     def _checkpoint(self, pipeline: RoundPipeline, record: RoundRecord) -> None:

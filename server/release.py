@@ -1,7 +1,8 @@
 """The sites' ensemble as a deliverable (issue 34): after the last round the coordinator asks the
 sites whose own policy consents (``policy.release_final_model``) for their final models, once,
 and fuses those that hold every modality of the run by similarity
-(:class:`~mmfl.models.ensemble.SiteEnsemble`), the members chosen on val.
+(:func:`~mmfl.models.ensemble.fuse`), the members chosen on val; each member encodes
+the val and test splits once.
 
 The ensemble is a run's candidate like the federation's server and the site-free controls; its
 weights are saved as one flat state (``members.K.<parameter>``) with the members' sites and
@@ -14,12 +15,14 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from mmfl.data.prepared import PreparedDataset
 from mmfl.data.tensors import Tensors, load_tensors
 from mmfl.models.encoders import featurizers_for
-from mmfl.models.ensemble import SiteEnsemble, choose_members
+from mmfl.models.ensemble import choose_members, fuse
+from mmfl.models.metrics import pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.paths import feature_cache_root
 from mmfl.protocols.messages import Capabilities
@@ -59,13 +62,14 @@ class EnsembleResult:
     def sites(self) -> list[str]:
         return [m.site_id for m in self.members]
 
-    def state_bytes(self, dataset: PreparedDataset, embed_dim: int) -> bytes:
-        """The flat state of the members' weights (``final_model.pt`` when delivered)."""
-        state = {}
-        for k, m in enumerate(self.members):
-            model = member_model(m.architectures, dataset, embed_dim)
-            model.load_state_dict({n: torch.from_numpy(w.copy()) for n, w in m.weights.items()})
-            state.update({MEMBER_PREFIX.format(k=k) + n: v for n, v in model.state_dict().items()})
+    def state_bytes(self) -> bytes:
+        """The flat state of the members' weights (``final_model.pt`` when delivered; their keys
+        and shapes were checked when they arrived)."""
+        state = {
+            MEMBER_PREFIX.format(k=k) + n: v
+            for k, m in enumerate(self.members)
+            for n, v in _tensors(m.weights).items()
+        }
         buffer = io.BytesIO()
         torch.save(state, buffer)
         return buffer.getvalue()
@@ -77,6 +81,8 @@ class EnsembleResult:
             "architectures": [m.architectures for m in self.members],
             "val_rsum_by_members": {str(k): v for k, v in self.val_by_k.items()},
             "left_out": self.left_out,
+            "val": self.val,
+            "test": self.test,
         }
 
 
@@ -100,31 +106,33 @@ def build_ensemble(
     if not usable:
         return None
     info = dataset.info
-    by_class = info.pairing == "class"
-    models: dict[str, MultiEncoder] = {}
-    inputs: dict[str, dict[str, dict[str, torch.Tensor]]] = {}
-    splits: dict[str, Tensors] = {}
+    splits = {split: dataset.manifest(split).samples for split in ("val", "test")}
+    # Each member encodes each split once; every candidate ensemble fuses those vectors.
+    vectors: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    data: dict[str, Tensors] = {}
     for r in usable:
         model = member_model(r.architectures, dataset, embed_dim)
-        model.load_state_dict({n: torch.from_numpy(w.copy()) for n, w in r.weights.items()})
-        models[r.site_id] = model
+        model.load_state_dict(_tensors(r.weights))
         feats = featurizers_for(
             {m: r.architectures[m] for m in modalities}, info.image_size, info.image_channels
         )
-        inputs[r.site_id] = {}
-        for split in ("val", "test"):
-            data = load_tensors(dataset.manifest(split).samples, feats, info.classes, feature_cache_root())
-            inputs[r.site_id][split] = data.inputs
-            splits[split] = data
+        for split, samples in splits.items():
+            data[split] = load_tensors(samples, feats, info.classes, feature_cache_root())
+            vectors[r.site_id, split] = {
+                m: model.encode(m, data[split].inputs[m], batch_size) for m in modalities
+            }
 
     def retrieval(sites: list[str], split: str) -> dict[str, float]:
-        ensemble = SiteEnsemble(sites, [models[s] for s in sites], batch_size)
-        data = splits[split]
-        return ensemble.retrieval(
-            [inputs[s][split] for s in sites], data.present, data.labels, pairs, by_class
-        )
+        d = data[split]
+        index = {m: torch.arange(len(d.labels)) for m in d.present}
+        encode = lambda m, rows: fuse([vectors[s, split][m][rows] for s in sites])  # noqa: E731
+        return pairwise_retrieval(encode, index, d.present, d.labels, pairs, info.pairing == "class")
 
     alone = [(r.site_id, retrieval([r.site_id], "val").get("rsum", 0.0)) for r in usable]
     chosen, by_k = choose_members(alone, lambda sites: retrieval(sites, "val").get("rsum", 0.0))
     members = [next(r for r in usable if r.site_id == s) for s in chosen]
     return EnsembleResult(members, by_k, retrieval(chosen, "val"), retrieval(chosen, "test"), left_out)
+
+
+def _tensors(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {n: torch.from_numpy(np.array(w)) for n, w in weights.items()}

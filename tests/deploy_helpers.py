@@ -69,7 +69,9 @@ class Federation:
     def submit(self, rounds: int, round_timeout: float = 600, select: bool = False) -> str:
         """Submit a run; ``select``: build the site-free controls and deliver the better."""
         spec = self.root / f"run-{rounds}-{'select' if select else 'plain'}.toml"
-        spec.write_text(RUN_SPEC.format(rounds=rounds, round_timeout=round_timeout, select=str(select).lower()))
+        spec.write_text(
+            RUN_SPEC.format(rounds=rounds, round_timeout=round_timeout, select=str(select).lower())
+        )
         return (
             mmfl("server", "run", "submit", str(spec), "--dir", str(self.server))
             .stdout.strip()

@@ -91,3 +91,19 @@ def load_benchmark(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def node_context(config, path: Path, run: int = 1):  # noqa: ANN001, ANN201
+    """The Flower context of a simulated node that is the site ``config`` (written to ``path``)."""
+    import json
+
+    from flwr.app import Context, RecordDict
+
+    path.write_text(json.dumps([config.model_dump(mode="json")]))
+    return Context(
+        run_id=run,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 1},
+        state=RecordDict(),
+        run_config={"site-configs": str(path)},
+    )

@@ -18,7 +18,9 @@ def cand(strategy: str, val: float | None, test: float | None, source: str = "co
 
 def test_the_better_on_val_is_delivered_and_a_loss_is_said_plainly() -> None:
     federation = cand("regress", 120.0, 150.0, "federation")
-    lost = Delivery.choose(federation, [cand("server-only", 130.0, 140.0), cand("regress-public", 125.0, 160.0)])
+    lost = Delivery.choose(
+        federation, [cand("server-only", 130.0, 140.0), cand("regress-public", 125.0, 160.0)]
+    )
     assert (lost.delivered, lost.source, lost.strongest_control) == ("server-only", "control", "server-only")
     assert lost.gain_val == -10.0 and lost.gain_test == 10.0  # test is reported, never used to choose
     assert "lost to the coordinator alone: -10.0 val rsum" in lost.line

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Message, RecordDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpers import SETTINGS, instruction, small_spec
+from helpers import SETTINGS, instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
 from mmfl.client.ledger import LedgerError, PrivacyLedger, epsilon_of
 from mmfl.client.privacy import PoissonSampler
@@ -163,18 +163,6 @@ def site_configs(digits, tmp_path_factory: pytest.TempPathFactory) -> list[SiteC
 def site_like(config: SiteConfig, state: Path, **privacy: object) -> Site:
     spec = config.site.model_copy(update={"privacy": config.site.privacy.model_copy(update=privacy)})
     return Site(config.model_copy(update={"site": spec, "state_dir": state}))
-
-
-def node_context(config: SiteConfig, path: Path, run: int) -> Context:
-    """The Flower context of a simulated node that is the site ``config``."""
-    path.write_text(json.dumps([config.model_dump(mode="json")]))
-    return Context(
-        run_id=run,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 1},
-        state=RecordDict(),
-        run_config={"site-configs": str(path)},
-    )
 
 
 def test_two_runs_of_the_same_dp_round_release_different_noise(site_configs, tmp_path: Path) -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 
-from helpers import instruction, small_spec
+from helpers import instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
 from mmfl.client.audit import read as read_audit
 from mmfl.client.ledger import PrivacyLedger
@@ -29,18 +29,6 @@ CONSENT = [f"sites.{i}.policy.release_final_model=true" for i in range(4)]
 def pair_config(digits, tmp_path_factory: pytest.TempPathFactory) -> SiteConfig:
     plan = build_plan(small_spec(), tmp_path_factory.mktemp("sites"))
     return [SiteConfig.model_validate(c) for c in json.loads(Path(plan.site_configs).read_text())][2]
-
-
-def node(config: SiteConfig, folder: Path) -> Context:
-    path = folder / "sites.json"
-    path.write_text(json.dumps([config.model_dump(mode="json")]))
-    return Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 1},
-        state=RecordDict(),
-        run_config={"site-configs": str(path)},
-    )
 
 
 def configured(config: SiteConfig, state: Path, dp: bool, consent: bool) -> SiteConfig:
@@ -66,7 +54,7 @@ def test_a_consenting_site_releases_once_recorded_and_nothing_spent(
     site = Site(config)
     site.represent(*instruction(site, 1))  # the run's model
     spent = site.privacy_status().epsilon_spent
-    reply = ask_release(node(config, tmp_path))
+    reply = ask_release(node_context(config, tmp_path / "sites.json"))
     meta = decode(reply.content, ReleaseReply)
     weights = arrays_of(reply.content)
     assert meta.status == "ok" and meta.architectures == config.site.architectures and meta.round == 1
@@ -88,7 +76,7 @@ def test_a_site_without_consent_never_sends_its_weights(
     config = configured(pair_config, tmp_path / "state", dp=False, consent=False)
     site = Site(config)
     site.represent(*instruction(site, 1))
-    reply = ask_release(node(config, tmp_path))
+    reply = ask_release(node_context(config, tmp_path / "sites.json"))
     meta = decode(reply.content, ReleaseReply)
     assert meta.status == "refused" and "release_final_model is false" in meta.reason
     assert arrays_of(reply.content) == {} and len(reply.content.array_records) == 0  # on the wire: nothing
@@ -142,7 +130,9 @@ def test_without_selection_the_ensemble_is_still_recorded_for_comparisons(digits
     server is delivered, and the ensemble of the released models is recorded beside it."""
     from mmfl.simulation.engines import run_inprocess
 
-    summary = run_inprocess(build_plan(small_spec('strategy="cream+"', "rounds=1", *CONSENT), tmp_path / "run"))
+    summary = run_inprocess(
+        build_plan(small_spec('strategy="cream+"', "rounds=1", *CONSENT), tmp_path / "run")
+    )
     delivery = summary["delivery"]
     assert not delivery["selection"] and delivery["delivered"] == "cream+"
     assert [c["strategy"] for c in delivery["candidates"]] == ["cream+", "ensemble"]

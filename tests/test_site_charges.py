@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, Message, RecordDict
 
-from helpers import instruction, small_spec
+from helpers import instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
 from mmfl.client.app import site_for
 from mmfl.client.audit import read as read_audit
@@ -45,16 +45,8 @@ def plain_site(config: SiteConfig, state: Path) -> Site:
 
 
 def context_of(site: Site, folder: Path) -> Context:
-    """The Flower context of a simulated node that is ``site``."""
-    path = folder / f"{site.spec.id}-{abs(hash(str(site.config.state_dir)))}.json"
-    path.write_text(json.dumps([site.config.model_dump(mode="json")]))
-    return Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 1},
-        state=RecordDict(),
-        run_config={"site-configs": str(path)},
-    )
+    """The Flower context of a simulated node that is ``site`` (one configuration file per site)."""
+    return node_context(site.config, folder / f"{site.spec.id}-{abs(hash(str(site.config.state_dir)))}.json")
 
 
 def send_represent(site: Site, context: Context, message, arrays) -> RepresentReply:  # noqa: ANN001

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import instruction, mmfl_cli, small_spec
+from helpers import instruction, mmfl_cli, node_context, small_spec
 from mmfl.client.app import app as client_app
 from mmfl.client.ledger import PrivacyLedger
 from mmfl.client.policy import PolicyRefusal
@@ -60,7 +60,9 @@ CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("policy", "change", "reason"), CASES, ids=[c[0] and next(iter(c[0])) for c in CASES])
+@pytest.mark.parametrize(
+    ("policy", "change", "reason"), CASES, ids=[c[0] and next(iter(c[0])) for c in CASES]
+)
 def test_a_refusal_names_the_key_and_value_and_reads_no_data(
     pair_config: SiteConfig, tmp_path: Path, policy: dict, change: dict, reason: str
 ) -> None:
@@ -83,11 +85,15 @@ def test_a_mix_plan_beyond_the_policy_is_refused(pair_config: SiteConfig, tmp_pa
     with pytest.raises(PolicyRefusal, match="max_mixed_items is 4; the coordinator asked for 5 mixed items"):
         site.represent(message.model_copy(update={"mix": plan, "rows": {}}), {})
     regress_off = Site(with_policy(pair_config, tmp_path / "other", accept=["represent"]))
-    with pytest.raises(PolicyRefusal, match=r"accept is \[represent\]; the coordinator asked for regress work"):
+    with pytest.raises(
+        PolicyRefusal, match=r"accept is \[represent\]; the coordinator asked for regress work"
+    ):
         regress_off.represent(message.model_copy(update={"mix": plan, "rows": {}}), {})
 
 
-def test_policy_show_prints_every_key_and_require_dp_is_checked(pair_config: SiteConfig, tmp_path: Path) -> None:
+def test_policy_show_prints_every_key_and_require_dp_is_checked(
+    pair_config: SiteConfig, tmp_path: Path
+) -> None:
     config = with_policy(pair_config, tmp_path / "state", max_local_epochs=2, release_final_model=True)
     path = tmp_path / "site.toml"
     path.write_text(dump_toml(config))
@@ -99,7 +105,9 @@ def test_policy_show_prints_every_key_and_require_dp_is_checked(pair_config: Sit
     bad = path.read_text().replace("require_dp = false", "require_dp = true")
     path.write_text(bad)
     refused = mmfl_cli("client", "policy", "show", "--config", str(path))
-    assert refused.returncode == 2 and "policy.require_dp is true but privacy.enabled is false" in refused.stderr
+    assert (
+        refused.returncode == 2 and "policy.require_dp is true but privacy.enabled is false" in refused.stderr
+    )
 
 
 # -- the coordinator's instruction space, fuzzed against a real DP site --------------------------
@@ -118,15 +126,7 @@ POLICY = {
 def dp_node(pair_config: SiteConfig, tmp_path_factory: pytest.TempPathFactory) -> tuple[Site, Context, Path]:
     state = tmp_path_factory.mktemp("dp-state")
     config = with_policy(pair_config, state, dp=True, **POLICY)
-    path = tmp_path_factory.mktemp("node") / "sites.json"
-    path.write_text(json.dumps([config.model_dump(mode="json")]))
-    context = Context(
-        run_id=1,
-        node_id=1,
-        node_config={"partition-id": 0, "num-partitions": 1},
-        state=RecordDict(),
-        run_config={"site-configs": str(path)},
-    )
+    context = node_context(config, tmp_path_factory.mktemp("node") / "sites.json")
     return Site(config), context, state
 
 
