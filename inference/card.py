@@ -3,6 +3,7 @@ was trained on (``model_card.json`` beside ``model.safetensors`` in an export)."
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -78,10 +79,10 @@ class ModelCard(BaseModel):
     seed: int
     rounds: int
     modalities: list[str]
-    embed_dim: int
+    embed_dim: int = Field(ge=1, le=1 << 20)
     encoders: dict[str, EncoderCard]
-    image_size: int
-    image_channels: int
+    image_size: int = Field(ge=1, le=4096)
+    image_channels: Literal[1, 3]
     classes: list[str] = Field(description="class heads' order; empty when the model has none")
     trained_heads: list[str] = Field(
         description="modalities whose class head was trained (the server saw labeled rows holding "
@@ -101,3 +102,17 @@ class ModelCard(BaseModel):
         "site-free control that beat it on val (then no site's data is in these weights)",
     )
     weights_sha256: str
+    files: dict[str, str] = Field(
+        default_factory=dict,
+        description="SHA-256 of every other file of the export (the torch.export programs); "
+        "mmfl.load refuses one that is missing or changed",
+    )
+
+    def content_sha256(self) -> str:
+        """SHA-256 of what the card says about the model (every field but the file hashes).
+        An export's weights carry it in their metadata, so the card and the weights vouch for
+        each other: an edited card no longer matches its weights, whatever hash it states."""
+        import hashlib
+
+        content = self.model_dump(mode="json", exclude={"weights_sha256", "files"})
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

@@ -24,12 +24,18 @@ def evaluate_cmd(
     manifest: Path = ManifestArg,
     as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
     out: Path | None = typer.Option(None, "--out", help="also write the metrics to this JSON file"),
+    pairing: str | None = typer.Option(
+        None,
+        "--pairing",
+        help="row: a row's own items are its right answers; class: every same-label item (needs a "
+        "label on every row); default: the model's own pairing",
+    ),
 ) -> None:
     """Retrieval for every modality pair (and class accuracy where labels exist) on MANIFEST."""
     from mmfl.inference.trained import load, load_eval_manifest
 
     model = load(run)
-    result = model.evaluate(load_eval_manifest(manifest, model))
+    result = model.evaluate(load_eval_manifest(manifest, model), pairing)
     result = {"model": model.card.run_id, "manifest": str(manifest), **result}
     text = json.dumps(result, indent=2)
     if out is not None:
@@ -37,7 +43,9 @@ def evaluate_cmd(
     if as_json:
         print(text)
         return
-    table = Table(title=f"{model.card.run_id} on {manifest.name} ({result['rows']} rows)")
+    table = Table(
+        title=f"{model.card.run_id} on {manifest.name} ({result['rows']} rows, scored by {result['pairing']})"
+    )
     for col in ("query → target", "R@1", "R@5", "R@10", "pair rsum"):
         table.add_column(col, justify="right")
     metrics = result["retrieval"]

@@ -1,7 +1,7 @@
-"""Export a trained model: ``model.safetensors`` (weights), ``model_card.json`` (how to rebuild
-and feed it, what it saw, ε per site) and one ``encoder-<modality>.pt2`` per modality
-(``torch.export`` programs of the trainable part: featurized input in, unit vectors out, any
-batch size).
+"""Export a trained model: ``model.safetensors`` (weights, whose metadata carry the card's
+content hash), ``model_card.json`` (how to rebuild and feed it, what it saw, ε per site, the
+SHA-256 of every file) and one ``encoder-<modality>.pt2`` per modality (``torch.export``
+programs of the trainable part: featurized input in, unit vectors out, any batch size).
 
 The export is written into a temporary sibling folder and renamed into place: a failed export
 leaves nothing behind, and an existing export is replaced only with ``overwrite``.
@@ -54,10 +54,12 @@ def export_model(model: TrainedModel, out: Path, overwrite: bool = False, progra
     if out.exists() and not overwrite:
         raise MmflError(f"{out} already exists; choose another --out or pass --force")
     with staged_folder(out) as staging:
-        blob = weights_blob(model.state_dict(), model.card.run_id)
+        blob = weights_blob(model.state_dict(), model.card.run_id, model.card.content_sha256())
         (staging / WEIGHTS_FILE).write_bytes(blob)
-        card = model.card.model_copy(update={"weights_sha256": hashlib.sha256(blob).hexdigest()})
+        written = export_programs(model, staging) if programs else []
+        files = {name: hashlib.sha256((staging / name).read_bytes()).hexdigest() for name in written}
+        card = model.card.model_copy(
+            update={"weights_sha256": hashlib.sha256(blob).hexdigest(), "files": files}
+        )
         (staging / CARD_FILE).write_text(card.model_dump_json(indent=2), encoding="utf-8")
-        if programs:
-            export_programs(model, staging)
     return out

@@ -157,12 +157,28 @@ class TrainedModel:
         return out
 
     # -- evaluate -------------------------------------------------------------------------------
-    def evaluate(self, manifest: Manifest) -> dict[str, Any]:
+    def evaluate(self, manifest: Manifest, pairing: str | None = None) -> dict[str, Any]:
         """Retrieval for every modality pair over rows holding both (as the run reports it: the
-        first pair also unprefixed), and each class head's accuracy over labeled rows."""
+        first pair also unprefixed), and each class head's accuracy over labeled rows.
+
+        ``pairing``: what counts as the right answer. ``row``: a row's own items; ``class``:
+        every item with the same label, which needs a label on every row (without one all rows
+        would share one class and score perfectly). Default: the model's own pairing, refused
+        when it is ``class`` and the manifest has unlabeled rows. Scoring by row, a manifest of
+        another data set may carry labels the model never had (no accuracy is reported for them)."""
+        pairing = pairing or ("class" if self.card.pairing == "class" else "row")
+        if pairing not in ("row", "class"):
+            raise MmflError(f"pairing {pairing!r} is not row or class")
+        by_class = pairing == "class"
+        unlabeled = sum(1 for s in manifest.samples if s.label is None)
+        if by_class and unlabeled:
+            raise MmflError(
+                f"manifest {manifest.path}: {unlabeled} of {len(manifest)} rows have no label; scoring by class "
+                "(every same-class item is a right answer) needs a label on every row: add labels, or score "
+                "each row's own items with --pairing row"
+            )
         data = self.part_tensors(manifest.samples, progress=True)
         first = data[0]
-        by_class = self.card.pairing == "class"
         index = {m: torch.arange(len(first.labels)) for m in first.present}
         retrieval = pairwise_retrieval(
             lambda m, rows: self.encode_rows(m, data, rows),
@@ -175,12 +191,13 @@ class TrainedModel:
         result: dict[str, Any] = {"rows": len(manifest), "retrieval": retrieval, "accuracy": {}}
         labeled = [s.label for s in manifest.samples if s.label is not None]
         unknown = sorted({lab for lab in labeled if lab not in set(self.card.classes)})
-        if unknown and self.card.classes:
+        if unknown and self.card.classes and by_class:
             raise MmflError(
                 f"manifest {manifest.path}: label {unknown[0]!r} is not one of the model's "
-                f"{len(self.card.classes)} classes"
+                f"{len(self.card.classes)} classes (score by row with --pairing row)"
             )
-        if self.card.classes and labeled:
+        result["pairing"] = "class" if by_class else "row"
+        if self.card.classes and labeled and not unknown:
             with torch.no_grad():
                 for m in self.card.trained_heads:
                     rows = first.rows_with(m)
@@ -222,11 +239,51 @@ def _load_export(folder: Path) -> TrainedModel:
     blob = weights.read_bytes()
     if hashlib.sha256(blob).hexdigest() != card.weights_sha256:
         raise MmflError(f"{weights} does not match the card's weights_sha256 (altered or truncated)")
+    if _metadata(blob).get("card_sha256") != card.content_sha256():
+        raise MmflError(
+            f"{folder / CARD_FILE} does not match the card its weights were exported with (edited?); refusing "
+            "to build a model from it"
+        )
+    for name, digest in card.files.items():
+        path = folder / name
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise MmflError(f"{path} is missing or does not match the card's hash (replaced or altered)")
+    _check_shapes(card)
     try:
         state = load(blob)
     except SafetensorError as exc:
         raise MmflError(f"unreadable {weights}: {exc}") from None
     return TrainedModel(card, state)
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    """A safetensors file's metadata, read from its header alone."""
+    import struct
+
+    try:
+        (size,) = struct.unpack("<Q", blob[:8])
+        header = json.loads(blob[8 : 8 + size])
+    except (struct.error, ValueError):
+        return {}
+    return header.get("__metadata__") or {}
+
+
+def _check_shapes(card: ModelCard) -> None:
+    """Every encoder's input is what its architecture's featurizer makes (checked before any
+    model is built, so a card cannot ask for an absurd allocation)."""
+    parts = [m.encoders for m in card.members] if card.kind == "ensemble" else [card.encoders]
+    for encoders in parts:
+        architectures = {m: e.architecture for m, e in encoders.items()}
+        try:
+            feats = featurizers_for(architectures, card.image_size, card.image_channels)
+        except (ValueError, KeyError) as exc:
+            raise MmflError(f"model card: {exc}") from None
+        for m, e in encoders.items():
+            if list(feats[m].shape) != e.input_shape:
+                raise MmflError(
+                    f"model card: encoder {m} ({e.architecture}) takes inputs of shape {list(feats[m].shape)}, "
+                    f"not {e.input_shape}"
+                )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -268,12 +325,16 @@ def _delivered_final(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | 
     return _read_json(folder / chosen["folder"] / "summary.json")["final"]
 
 
-def weights_blob(state: dict[str, torch.Tensor], run_id: str) -> bytes:
-    """The ``model.safetensors`` bytes of ``state`` (what ``weights_sha256`` hashes)."""
+def weights_blob(state: dict[str, torch.Tensor], run_id: str, card_sha256: str | None = None) -> bytes:
+    """The ``model.safetensors`` bytes of ``state`` (what ``weights_sha256`` hashes); an export's
+    carry its card's content hash (:meth:`~mmfl.inference.card.ModelCard.content_sha256`)."""
     from safetensors.torch import save
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    return save(tensors, metadata={"format": "pt", "run_id": run_id})
+    metadata = {"format": "pt", "run_id": run_id}
+    if card_sha256 is not None:
+        metadata["card_sha256"] = card_sha256
+    return save(tensors, metadata=metadata)
 
 
 def _trained_heads(

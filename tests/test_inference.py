@@ -90,6 +90,60 @@ def test_a_damaged_export_or_unfinished_run_is_refused_in_one_line(trained_run, 
         mmfl.load(run).embed("audio", ["x.npy"])
 
 
+def test_a_tampered_card_or_program_is_refused_before_anything_is_built(trained_run, tmp_path: Path) -> None:
+    """Issue 35, defects 10 and 11: a card asking for inputs of [1, 200000, 200000] made
+    ``mmfl evaluate`` attempt a 40 TB allocation; swapped ``.pt2`` programs went unnoticed."""
+    import shutil
+
+    run, _ = trained_run
+    clean = export_model(mmfl.load(run), tmp_path / "clean")
+    card = json.loads((clean / "model_card.json").read_text())
+    assert set(card["files"]) == {"encoder-image.pt2", "encoder-text.pt2"}
+    tampered = tmp_path / "tampered"
+    shutil.copytree(clean, tampered)
+    card["encoders"]["image"]["input_shape"] = [1, 200000, 200000]
+    (tampered / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(MmflError, match="does not match the card its weights were exported with"):
+        mmfl.load(tampered)
+    done = mmfl_cli("evaluate", str(tampered), str(run / "plan.json"))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1  # one line, no traceback
+    swapped = tmp_path / "swapped"
+    shutil.copytree(clean, swapped)
+    (swapped / "encoder-image.pt2").write_bytes((clean / "encoder-text.pt2").read_bytes())
+    with pytest.raises(MmflError, match="encoder-image.pt2 is missing or does not match the card's hash"):
+        mmfl.load(swapped)
+    (swapped / "encoder-image.pt2").unlink()
+    with pytest.raises(MmflError, match="encoder-image.pt2 is missing"):
+        mmfl.load(swapped)
+
+
+def test_the_pairing_rule_is_explicit_and_the_ambiguous_case_refused(trained_run, digits, tmp_path: Path) -> None:
+    """Issue 35, defect 13: a class-paired model on a manifest without labels scored rsum 600
+    (every row in one class); another data set's manifest was refused for its labels."""
+    from mmfl.data.manifest import write_manifest
+    from mmfl.data.sample import Sample
+
+    run, summary = trained_run
+    model = mmfl.load(run)
+    rows = load_manifest(digits.root / "test.jsonl").samples[:300]
+    unlabeled = load_manifest(write_manifest(tmp_path / "unlabeled.jsonl", [Sample(s.id, s.values) for s in rows]))
+    with pytest.raises(MmflError, match="300 of 300 rows have no label; scoring by class"):
+        model.evaluate(unlabeled)
+    by_row = model.evaluate(unlabeled, "row")
+    labeled = model.evaluate(load_manifest(write_manifest(tmp_path / "labeled.jsonl", rows)))
+    assert by_row["pairing"] == "row" and labeled["pairing"] == "class"
+    assert by_row["retrieval"]["rsum"] < 600.0 and by_row["retrieval"]["rsum"] != labeled["retrieval"]["rsum"]
+    other = [Sample(s.id, s.values, "animals", None) for s in rows]  # another data set's labels
+    foreign = load_manifest(write_manifest(tmp_path / "foreign.jsonl", other))
+    with pytest.raises(MmflError, match="not one of the model's 10 classes"):
+        model.evaluate(foreign)
+    assert model.evaluate(foreign, "row")["retrieval"]["rsum"] == pytest.approx(by_row["retrieval"]["rsum"])
+    done = mmfl_cli("evaluate", str(run), str(tmp_path / "unlabeled.jsonl"))
+    assert done.returncode == 2 and "--pairing row" in done.stderr
+    done = mmfl_cli("evaluate", str(run), str(tmp_path / "unlabeled.jsonl"), "--pairing", "row")
+    assert done.returncode == 0 and "scored by row" in done.stdout
+
+
 def test_cli_evaluate_embed_and_export(trained_run, digits, tmp_path: Path) -> None:
     run, summary = trained_run
     test = str(digits.root / "test.jsonl")
