@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -367,6 +368,16 @@ class RunPlan(StrictModel):
         None,
         description="deployment: the name each node (Flower node id) was registered under; "
         "a site must call itself by it",
+    )
+    site_keys: dict[int, str] | None = Field(
+        None,
+        description="deployment: the fingerprint of each node's registered public key, the "
+        "identity its privacy record is bound to",
+    )
+    privacy_acks: dict[str, datetime] = Field(
+        default_factory=dict,
+        description="deployment: identity -> when an operator acknowledged that the site's privacy "
+        "record went back (mmfl server privacy-ack); earlier reports no longer bind it",
     )
     discovery_timeout: float = Field(300.0, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads of the server")

@@ -258,6 +258,54 @@ def _site_names(layout: ServerLayout) -> dict[int, str]:
     return {int(s["node_id"]): name for name, s in registered_sites(layout).items() if not s.get("revoked")}
 
 
+def _site_keys(layout: ServerLayout) -> dict[int, str]:
+    """Node id -> fingerprint of its registered public key: what a site's privacy record is bound to."""
+    return {
+        int(s["node_id"]): s["fingerprint"] for s in registered_sites(layout).values() if not s.get("revoked")
+    }
+
+
+def _privacy_acks(layout: ServerLayout) -> dict[str, datetime]:
+    """Identity -> the newest operator acknowledgement of its privacy record going back."""
+    path = layout.root / ACKS_FILE
+    if not path.exists():
+        return {}
+    acks = json.loads(path.read_text(encoding="utf-8"))
+    return {a["identity"]: datetime.fromisoformat(a["at"]) for a in acks}
+
+
+ACKS_FILE = "privacy_acks.json"
+
+
+@app.command("privacy-ack")
+def privacy_ack(
+    name: str,
+    reason: str = typer.Option(..., "--reason", help="who decided and why (kept in privacy_acks.json)"),
+    dir_: Path = DirOpt,
+) -> None:
+    """Acknowledge that a site's privacy record went back (its state folder was lost, its ledger
+    re-made): the spend it reported before no longer bars it. Recorded with the reason; prefer
+    that the site carries its spend over (mmfl client ledger-reset --spent EPSILON)."""
+    layout = ServerLayout(dir_.resolve())
+    if not reason.strip():
+        raise MmflError("a privacy acknowledgement needs a reason")
+    sites = registered_sites(layout)
+    if name not in sites or sites[name].get("revoked"):
+        raise MmflError(f"no registered site {name}")
+    path = layout.root / ACKS_FILE
+    acks = json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    acks.append(
+        {
+            "site": name,
+            "identity": f"key:{sites[name]['fingerprint']}",
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "reason": reason.strip(),
+        }
+    )
+    atomic_write_text(path, json.dumps(acks, indent=2))
+    console.print(f"acknowledged: {name}'s earlier privacy reports no longer bar it ({reason.strip()})")
+
+
 def _submit(layout: ServerLayout, plan: RunPlan) -> str:
     app_dir = Path(str(files("mmfl") / "flower_app"))
     out = flwr(
@@ -312,6 +360,8 @@ def run_submit(
         store_url=layout.store(),
         expected_sites=expected,
         site_names=_site_names(layout),
+        site_keys=_site_keys(layout),
+        privacy_acks=_privacy_acks(layout),
     )
     atomic_write_text(out_dir / "plan.json", plan.model_dump_json(indent=2))
     flower_run = _submit(layout, plan)
@@ -329,7 +379,12 @@ def resume_cmd(run_id: str, dir_: Path = DirOpt) -> None:
     if not plan_path.exists():
         raise MmflError(f"no run {run_id} in {layout.runs}")
     plan = RunPlan.model_validate_json(plan_path.read_text()).model_copy(
-        update={"resume": True, "site_names": _site_names(layout)}
+        update={
+            "resume": True,
+            "site_names": _site_names(layout),
+            "site_keys": _site_keys(layout),
+            "privacy_acks": _privacy_acks(layout),
+        }
     )
     atomic_write_text(plan_path, plan.model_dump_json(indent=2))
     flower_run = _submit(layout, plan)

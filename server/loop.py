@@ -75,7 +75,7 @@ class FederatedRun:
         self.sampler = SiteSampler(self.cream.sites_per_round, self.spec.seed)
         self.public_fingerprint = self.dataset.manifest("public").fingerprint()
         self.registry = SiteRegistry(
-            self.spec.modalities, self.public_fingerprint, self._event, plan.site_names
+            self.spec.modalities, self.public_fingerprint, self._event, plan.site_names, plan.site_keys
         )
         self.records: list[RoundRecord] = []
         self.ensemble: EnsembleResult | None = None
@@ -125,11 +125,12 @@ class FederatedRun:
                     "that hold every modality"
                 )
             )
+        acks = self.plan.privacy_acks
         self.registry.refuse_rolled_back(
-            lambda caps: self.store.highest_epsilon(caps.site_id, caps.data_fingerprint)
+            lambda identity: self.store.highest_epsilon(identity, acks.get(identity))
         )
-        for caps in self.registry.sites.values():
-            self.store.add_site(caps.site_id, caps.model_dump())
+        for node, caps in self.registry.sites.items():
+            self.store.add_site(caps.site_id, {**caps.model_dump(), "identity": self.registry.identity(node)})
         log(
             INFO,
             "registered %d sites: %s",

@@ -33,16 +33,25 @@ class SiteRegistry:
         public_fingerprint: str,
         event: Event,
         names: dict[int, str] | None = None,
+        keys: dict[int, str] | None = None,
     ) -> None:
         """``names``: the name each node was registered under (deployment); None in simulation,
-        where the coordinator made the sites itself."""
+        where the coordinator made the sites itself. ``keys``: the fingerprint of each node's
+        registered public key (deployment), the identity its privacy record is bound to."""
         self.modalities = list(modalities)
         self.names = names
+        self.keys = keys or {}
         self.public_fingerprint = public_fingerprint
         self.event = event
         self.sites: dict[int, Capabilities] = {}
         # node -> (the most epsilon it has reported, and where): a DP site's spend never goes back
         self.spent: dict[int, tuple[float, str]] = {}
+
+    def identity(self, node: int) -> str:
+        """What a site's privacy record is bound to: its registered public key (deployment: a
+        wiped state folder does not make a new site), else its name (simulation)."""
+        key = self.keys.get(node)
+        return f"key:{key}" if key else f"site:{self.site_id(node)}"
 
     def site_id(self, node: int) -> str:
         caps = self.sites.get(node)
@@ -101,9 +110,13 @@ class SiteRegistry:
             return None
         floor = self.spent.get(node)
         if floor is not None and status.epsilon_spent < floor[0] - SPEND_TOLERANCE:
+            name = self.site_id(node)
             reason = (
                 f"reports epsilon spent {status.epsilon_spent:.4f}, less than the {floor[0]:.4f} it "
-                f"reported {floor[1]}: its privacy ledger went back; refused"
+                f"reported {floor[1]}: its privacy ledger went back (restored, re-made, or its state "
+                f"folder lost); refused until its operator carries the spend over (mmfl client "
+                f"ledger-reset --spent {floor[0]:.4f} --reason ...) or this coordinator's operator "
+                f"acknowledges it (mmfl server privacy-ack {name} --reason ...)"
             )
             self.event("privacy-rollback", f"site {self.site_id(node)} {reason}")
             return reason
@@ -111,13 +124,13 @@ class SiteRegistry:
             self.spent[node] = (status.epsilon_spent, where)
         return None
 
-    def refuse_rolled_back(self, prior: Callable[[Capabilities], tuple[float, str] | None]) -> None:
-        """Seed each DP site's floor with ``prior(caps)`` (what the run store remembers) and
-        unregister a site whose declared spend is below it."""
+    def refuse_rolled_back(self, prior: Callable[[str], tuple[float, str] | None]) -> None:
+        """Seed each DP site's floor with ``prior(identity)`` (what the run store remembers of
+        that identity) and unregister a site whose declared spend is below it."""
         for node, caps in list(self.sites.items()):
             if not caps.privacy.enabled:
                 continue
-            remembered = prior(caps)
+            remembered = prior(self.identity(node))
             if remembered is not None:
                 self.spent[node] = remembered
             if self.check_spend(node, caps.privacy, "at registration") is not None:

@@ -206,6 +206,15 @@ def _check_sqlite(path: Path) -> None:
         raise MmflError(f"run store {path} holds no tables (its schema is gone); {restore}")
 
 
+def _identity(row: SiteRow) -> str:
+    """A stored site's identity (rows written before identities were kept: its name)."""
+    return str(row.capabilities.get("identity") or f"site:{row.site_id}")
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 @dataclass(frozen=True)
 class LastRound:
     """A run's newest round: its number, outcome and test R-sum (None when not evaluated)."""
@@ -281,15 +290,18 @@ class RunStore:
         with Session(self.engine) as s, s.begin():
             s.add(SiteRow(run_id=self.run_id, site_id=site_id, capabilities=_jsonable(capabilities)))
 
-    def highest_epsilon(self, site_id: str, data_fingerprint: str) -> tuple[float, str] | None:
-        """The most privacy spent that site ``site_id`` ever reported on the data with this
-        (site-keyed) fingerprint, in any run of this store, and where: (epsilon, "run R round N")."""
+    def highest_epsilon(self, identity: str, since: datetime | None = None) -> tuple[float, str] | None:
+        """The most privacy the site with this identity (its registered key, or in a simulation
+        its name: :meth:`~mmfl.server.sites.SiteRegistry.identity`) ever reported, in any run of
+        this store started after ``since`` (an operator's acknowledgement), and where. A site's
+        ledger spans its data sets, so its spend never goes back, whatever data it holds now."""
         best: tuple[float, str] | None = None
         with Session(self.engine) as s:
+            query = select(SiteRow, Run.started_at).join(Run, SiteRow.run_id == Run.id)
             runs = {
                 row.run_id: row.capabilities
-                for row in s.scalars(select(SiteRow).where(SiteRow.site_id == site_id))
-                if data_fingerprint and row.capabilities.get("data_fingerprint") == data_fingerprint
+                for row, started in s.execute(query).all()
+                if _identity(row) == identity and (since is None or _aware(started) >= since)
             }
             for run_id, caps in runs.items():
                 declared = float((caps.get("privacy") or {}).get("epsilon_spent") or 0.0)
@@ -297,13 +309,14 @@ class RunStore:
                     best = (declared, f"when run {run_id} started")
             if not runs:
                 return None
+            site_ids = {c.get("site_id") for c in runs.values()}
             rows = s.execute(
-                select(SiteRoundRow.epsilon, RoundRow.run_id, RoundRow.round)
+                select(SiteRoundRow.epsilon, RoundRow.run_id, RoundRow.round, SiteRoundRow.site_id)
                 .join(RoundRow, SiteRoundRow.round_id == RoundRow.id)
-                .where(SiteRoundRow.site_id == site_id, RoundRow.run_id.in_(runs))
+                .where(RoundRow.run_id.in_(runs), SiteRoundRow.site_id.in_(site_ids))
                 .where(SiteRoundRow.epsilon.is_not(None))
             ).all()
-            for eps, run_id, round_ in rows:
+            for eps, run_id, round_, _ in rows:
                 if best is None or eps > best[0]:
                     best = (float(eps), f"in run {run_id} round {round_}")
         return best

@@ -405,7 +405,7 @@ def test_a_ledger_restored_from_a_backup_is_refused_by_the_coordinator(
     engine = open_store(tmp_path / "runs.sqlite")
     first = RunStore(engine, "run-a")
     first.start("a", "cream", "digits", 0, {}, str(tmp_path))
-    first.add_site(caps.site_id, caps.model_dump())
+    first.add_site(caps.site_id, {**caps.model_dump(), "identity": f"site:{caps.site_id}"})
     first.add_round(
         RoundRecord(
             round=2, sites=[SiteReport(site_id=caps.site_id, node_id=7, accepted=True, epsilon=spent)]
@@ -420,15 +420,71 @@ def test_a_ledger_restored_from_a_backup_is_refused_by_the_coordinator(
     store = RunStore(engine, "run-b")
     registry = SiteRegistry(["image", "text"], again.public_fingerprint, lambda k, m: events.append((k, m)))
     registry.sites[7] = again
-    registry.refuse_rolled_back(lambda c: store.highest_epsilon(c.site_id, c.data_fingerprint))
+    registry.refuse_rolled_back(store.highest_epsilon)
     assert registry.sites == {} and events[0][0] == "privacy-rollback"
     assert f"less than the {spent:.4f} it reported in run run-a round 2" in events[0][1]
-    # Another site's data (another keyed fingerprint) starts with no floor; within a run a
+    # Another site (another name, so another identity) starts with no floor; within a run a
     # report below the last one is refused.
-    fresh = again.model_copy(update={"data_fingerprint": "0" * 64})
+    fresh = again.model_copy(update={"site_id": "another-site"})
     registry.sites[8] = fresh
-    registry.refuse_rolled_back(lambda c: store.highest_epsilon(c.site_id, c.data_fingerprint))
+    registry.refuse_rolled_back(store.highest_epsilon)
     assert 8 in registry.sites
     higher = fresh.privacy.model_copy(update={"epsilon_spent": fresh.privacy.epsilon_spent + 1})
     assert registry.check_spend(8, higher, "in round 1") is None
     assert "went back" in (registry.check_spend(8, fresh.privacy, "in round 2") or "")
+
+
+def test_a_wiped_state_folder_does_not_reset_the_spend_the_coordinator_knows(
+    site_configs: list[SiteConfig], tmp_path: Path
+) -> None:
+    """Issue 35, defect 4: the coordinator keyed a site's highest epsilon by a fingerprint made
+    from ``site.secret``; a wiped state folder gave a new one and the spend restarted from 0
+    unnoticed. It is now bound to the site's registered public key: the site is refused until
+    its operator carries the spend over, or the coordinator's operator acknowledges it."""
+    from datetime import UTC, datetime
+
+    from mmfl.server.records import RoundRecord, SiteReport
+    from mmfl.server.sites import SiteRegistry
+    from mmfl.server.store import RunStore
+
+    site = site_like(site_configs[2], tmp_path / "state", enabled=True, target_epsilon=8.0)
+    reply, _ = site.represent(*instruction(site, 1))
+    spent = reply.privacy.epsilon_spent
+    engine = open_store(tmp_path / "runs.sqlite")
+    first = RunStore(engine, "run-a")
+    first.start("a", "cream", "digits", 0, {}, str(tmp_path))
+    caps = site.capabilities()
+    identity = "key:" + "ab" * 32  # its registered public key's fingerprint
+    first.add_site(caps.site_id, {**caps.model_dump(), "identity": identity})
+    first.add_round(
+        RoundRecord(
+            round=1, sites=[SiteReport(site_id=caps.site_id, node_id=7, accepted=True, epsilon=spent)]
+        )
+    )
+    wiped = site_like(site_configs[2], tmp_path / "new-state", enabled=True, target_epsilon=8.0)
+    again = wiped.capabilities()
+    assert again.privacy.epsilon_spent == 0.0 and again.data_fingerprint != caps.data_fingerprint
+
+    def registry_with(capabilities, acks=None):  # noqa: ANN001, ANN202
+        events: list[tuple[str, str]] = []
+        registry = SiteRegistry(["image", "text"], again.public_fingerprint, lambda k, m: events.append((k, m)),
+                                names={7: caps.site_id}, keys={7: "ab" * 32})  # fmt: skip
+        registry.sites[7] = capabilities
+        registry.refuse_rolled_back(
+            lambda i: RunStore(engine, "run-b").highest_epsilon(i, (acks or {}).get(i))
+        )
+        return registry, events
+
+    refused, events = registry_with(again)
+    assert refused.sites == {} and events[0][0] == "privacy-rollback"
+    assert (
+        f"ledger-reset --spent {spent:.4f}" in events[0][1] and f"privacy-ack {caps.site_id}" in events[0][1]
+    )
+    # The site's operator carries the spend over: accepted, nothing forgiven.
+    carried = wiped.budget.reset("state folder lost; spend carried from the coordinator's record", spent)
+    assert carried.spent() == pytest.approx(spent)
+    accepted, _ = registry_with(wiped.capabilities())
+    assert 7 in accepted.sites
+    # Or the coordinator's operator acknowledges it (recorded with a reason by `privacy-ack`).
+    acknowledged, _ = registry_with(again, {identity: datetime.now(UTC)})
+    assert 7 in acknowledged.sites
