@@ -414,6 +414,16 @@ class DaemonConfig(StrictModel):
         description="directives added to nginx's public server block (no location, proxy_pass, "
         "include or Control/Runtime path: those could expose more than the Fleet API)",
     )
+    gate_host: str = Field(
+        "127.0.0.1",
+        description="where the signature gate listens for nginx (loopback unless nginx runs elsewhere)",
+    )
+    gate_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="the signature gate's port; 0 = any free port (only when this daemon runs nginx)",
+    )
     restart_delay: float = Field(2.0, gt=0, description="seconds before restarting a dead SuperLink")
     requests_per_second: int = Field(
         50, ge=1, description="Fleet requests per second per client address at nginx (bursts 4x)"

@@ -38,6 +38,7 @@ from mmfl.files import atomic_write_text
 from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.pki import create_ca, flower_key_header, issue_server_certificate
 from mmfl.server import nginx
+from mmfl.server.signature_gate import SignatureGate
 from mmfl.server.store import store_url
 
 CONNECTION = "mmfl-local"
@@ -203,6 +204,19 @@ class Supervisor:
         self.proxy: subprocess.Popen | None = None
         self._stopping = False
         self._reload_requested = False
+        self.gate: SignatureGate | None = None
+
+    def _open_gate(self) -> SignatureGate:
+        if not self.config.manage_proxy and self.config.gate_port == 0:
+            raise MmflError(
+                "gate_port: set a fixed port where nginx runs elsewhere (deploy/compose.yaml uses 9093)"
+            )
+        try:
+            return SignatureGate(self.config.gate_host, self.config.gate_port)
+        except OSError as exc:
+            raise MmflError(
+                f"gate_port: cannot listen on {self.config.gate_host}:{self.config.gate_port} ({exc.strerror})"
+            ) from None
 
     def _superlink_cmd(self) -> list[str]:
         t = self.layout.tls
@@ -226,6 +240,17 @@ class Supervisor:
             str(self.layout.logs / "superlink.log"),
         ]
 
+    def _refresh_keys(self) -> list[str]:
+        """The registered, unrevoked sites' ``flwr-public-key`` headers, handed to the gate."""
+        keys = [
+            flower_key_header(s["public_key"].encode())
+            for s in registered_sites(self.layout).values()
+            if not s.get("revoked")
+        ]
+        if self.gate is not None:
+            self.gate.set_keys(keys)
+        return keys
+
     def _nginx_conf(self) -> Path:
         prefix = self.layout.root / "nginx"
         prefix.mkdir(parents=True, exist_ok=True)
@@ -242,20 +267,20 @@ class Supervisor:
         if ":" in self.config.public_host:
             listen = f"[{self.config.public_host}]:{self.config.public_port}"
         conf = prefix / "nginx.conf"
+        keys = self._refresh_keys()
+        gate = self.gate
+        assert gate is not None  # opened in run(), before nginx starts
         atomic_write_text(
             conf,
             nginx.render(
                 paths,
                 listen,
                 f"127.0.0.1:{self.config.superlink_port}",
+                gate.address,
                 self.config.max_body_size,
                 self.config.nginx_extra,
                 self.config.superlink_names[0],
-                known_keys=[
-                    flower_key_header(s["public_key"].encode())
-                    for s in registered_sites(self.layout).values()
-                    if not s.get("revoked")
-                ],
+                known_keys=keys,
                 requests_per_second=self.config.requests_per_second,
                 connections_per_client=self.config.connections_per_client,
             ),
@@ -339,6 +364,7 @@ class Supervisor:
             if restart_only:
                 raise MmflError(f"{restart_only[0]} changed: stop and start the daemon to apply it")
             self.config = config
+            self._refresh_keys()
             if self.proxy is not None:
                 self._check_proxy_conf(self._nginx_conf())
                 os.kill(self.proxy.pid, signal.SIGHUP)
@@ -362,6 +388,9 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._request_reload)
         write_cli_config(self.layout, self.config)
         try:
+            self.gate = self._open_gate().start()
+            self._refresh_keys()
+            self.log.info("signature gate on %s", self.gate.address)
             self._start_superlink()
             if self.config.manage_proxy:
                 self._start_proxy()
@@ -390,6 +419,8 @@ class Supervisor:
                         proc.wait(timeout=20)
                     except subprocess.TimeoutExpired:
                         proc.kill()
+            if self.gate is not None:
+                self.gate.stop()
             self.layout.pid_file.unlink(missing_ok=True)
             self.log.info("daemon stopped")
 

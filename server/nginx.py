@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Refusals happen on the headers, before a body is read: a request without Flower's SuperNode
-# signature (401) or from a key that is not registered here (403) never reaches the SuperLink,
-# which would parse its body before checking the signature (shared/notes: memory exhaustion).
+# signature (401), from a key that is not registered here (403) or whose signature the gate
+# (:mod:`.signature_gate`) does not verify (401) never reaches the SuperLink, which would parse
+# its body before checking the signature (shared/notes: memory exhaustion).
 FLEET_PROXY = """\
         limit_except POST {{ deny all; }}
         if ($flwr_sig = "no") {{ return 401; }}
         if ($flwr_known = "0") {{ return 403; }}
+        auth_request /_mmfl/signature-gate;
         limit_conn fleet_conn {conns};
         limit_req zone=fleet_rate burst={burst} nodelay;
         proxy_request_buffering off;
@@ -42,6 +44,16 @@ FLEET_LOCATIONS = """\
     location = /v1/fleet {{ return 404; }}
     location = /v1/fleet/register-node {{ return 404; }}
     location = /v1/fleet/unregister-node {{ return 404; }}
+    location = /_mmfl/signature-gate {{
+        internal;
+        client_max_body_size 0;  # the outer location's limit applies; the gate reads no body
+        proxy_pass http://{gate};
+        proxy_pass_request_body off;
+        proxy_set_header Content-Length "";
+        proxy_set_header Connection "";
+        proxy_connect_timeout 2s;
+        proxy_read_timeout 5s;
+    }}
     location = /health {{
         limit_except GET {{ deny all; }}
         proxy_pass https://flwr_superlink;
@@ -77,6 +89,7 @@ def render(
     paths: ProxyPaths,
     listen: str,
     superlink: str,
+    gate: str,
     max_body: str = "64m",
     extra: str = "",
     superlink_name: str = "localhost",
@@ -87,13 +100,14 @@ def render(
     """A complete ``nginx.conf`` (one worker). ``max_body`` (object uploads only; every other
     Fleet call is limited to 1 MiB) must stay well above Flower's 5 MiB array chunks; ``extra``
     is inserted into the public server block (e.g. allow/deny lists). ``superlink`` is HOST:PORT
-    of the SuperLink; ``superlink_name`` a DNS name in its certificate (nginx checks DNS names
+    of the SuperLink, ``gate`` HOST:PORT of its :class:`~.signature_gate.SignatureGate`;
+    ``superlink_name`` a DNS name in its certificate (nginx checks DNS names
     only, not IP addresses). ``known_keys``: see :func:`known_keys_map`. Each client address may
     hold ``connections_per_client`` connections and make ``requests_per_second`` requests
     (bursts of four times that); beyond, nginx answers 429."""
     p = paths
     proxy = FLEET_PROXY.format(conns=connections_per_client, burst=4 * requests_per_second)
-    locations = FLEET_LOCATIONS.format(max_body=max_body, proxy=proxy)
+    locations = FLEET_LOCATIONS.format(max_body=max_body, proxy=proxy, gate=gate)
     temps = "\n".join(
         f"    {name}_temp_path {p.prefix / ('tmp-' + name)};"
         for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -153,4 +167,4 @@ def container_config() -> str:
         proxy_key=Path("/etc/mmfl/tls/proxy.key"),
         upstream_ca=Path("/etc/mmfl/tls/ca.crt"),
     )
-    return render(paths, "0.0.0.0:8443", "coordinator:9092", superlink_name="coordinator")
+    return render(paths, "0.0.0.0:8443", "coordinator:9092", "coordinator:9093", superlink_name="coordinator")

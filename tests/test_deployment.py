@@ -151,18 +151,47 @@ def _large_post(port: int, ca: Path, headers: dict[str, str], size: int) -> int 
         conn.close()
 
 
-def test_unauthenticated_bodies_never_reach_the_superlink(federation: Federation) -> None:
-    """F8: eight parallel 60 MB posts used to take the SuperLink from 190 MB to 1.2 GB."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    ca = federation.server / "tls" / "ca.crt"
-    superlink = next(
+def _superlink_pid(federation: Federation) -> int:
+    return next(
         int(p.name)
         for p in Path("/proc").iterdir()
         if p.name.isdigit()
         and b"flower-superlink" in (p / "cmdline").read_bytes()
         and str(federation.server).encode() in (p / "cmdline").read_bytes()
     )
+
+
+def test_a_registered_key_with_a_junk_signature_never_reaches_the_superlink(
+    federation: Federation,
+) -> None:
+    """Issue 35 (1): public keys are not secret; 16 parallel 60 MB uploads with a registered
+    site's key and a junk (or stale) signature took the SuperLink's memory up by hundreds of MB
+    when only the headers' presence was checked. The signature is verified in front of it now."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmfl.pki import flower_key_header
+
+    ca = federation.server / "tls" / "ca.crt"
+    superlink = _superlink_pid(federation)
+    key = flower_key_header((federation.root / "keys" / f"{next(iter(SITES))}.pub").read_bytes())
+    junk = {"flwr-public-key": key, "flwr-signature": "AAAA", "flwr-timestamp": "2026-01-01T00:00:00+00:00"}
+    before = _rss_mb(superlink)
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: _large_post(federation.public_port, ca, junk, 60 << 20), range(16)))
+    grown = _rss_mb(superlink) - before
+    print(f"SuperLink RSS {before:.0f} MB -> +{grown:.1f} MB after 16 junk-signature uploads")
+    assert set(answers) <= {401, None} and 401 in answers, answers
+    assert grown < 50, grown
+    log = (federation.server / "logs" / "nginx-access.log").read_text()
+    assert 'push-object HTTP/1.1" 401 up=- ' in log
+
+
+def test_unauthenticated_bodies_never_reach_the_superlink(federation: Federation) -> None:
+    """F8: eight parallel 60 MB posts used to take the SuperLink from 190 MB to 1.2 GB."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ca = federation.server / "tls" / "ca.crt"
+    superlink = _superlink_pid(federation)
     before = _rss_mb(superlink)
     forged = {
         "flwr-public-key": "AAAA" * 40,
