@@ -127,7 +127,8 @@ class FederatedRun:
             )
         acks = self.plan.privacy_acks
         self.registry.refuse_rolled_back(
-            lambda identity: self.store.highest_epsilon(identity, acks.get(identity))
+            lambda identity: self.store.highest_epsilon(identity, acks.get(identity)),
+            lambda identity: self.store.lowest_budget(identity, acks.get(identity)),
         )
         for node, caps in self.registry.sites.items():
             self.store.add_site(caps.site_id, {**caps.model_dump(), "identity": self.registry.identity(node)})

@@ -124,17 +124,40 @@ class SiteRegistry:
             self.spent[node] = (status.epsilon_spent, where)
         return None
 
-    def refuse_rolled_back(self, prior: Callable[[str], tuple[float, str] | None]) -> None:
+    def refuse_rolled_back(
+        self,
+        prior: Callable[[str], tuple[float, str] | None],
+        prior_budget: Callable[[str], tuple[float, str] | None] = lambda identity: None,
+    ) -> None:
         """Seed each DP site's floor with ``prior(identity)`` (what the run store remembers of
-        that identity) and unregister a site whose declared spend is below it."""
+        that identity) and unregister a site whose declared spend is below it, or whose declared
+        budget is above ``prior_budget(identity)`` (the smallest it declared before)."""
         for node, caps in list(self.sites.items()):
             if not caps.privacy.enabled:
                 continue
-            remembered = prior(self.identity(node))
+            identity = self.identity(node)
+            remembered = prior(identity)
             if remembered is not None:
                 self.spent[node] = remembered
             if self.check_spend(node, caps.privacy, "at registration") is not None:
                 del self.sites[node]
+            elif self.check_budget(node, caps.privacy, prior_budget(identity)) is not None:
+                del self.sites[node]
+
+    def check_budget(self, node: int, status: PrivacyStatus, before: tuple[float, str] | None) -> str | None:
+        """Why a DP site's declared budget is not accepted, or None: a budget above the one it
+        declared ``before`` was raised (``mmfl client ledger-raise``) or forged, and a budget is
+        never raised silently, so the coordinator's operator must acknowledge it."""
+        if before is None or status.target_epsilon <= before[0] * (1 + SPEND_TOLERANCE):
+            return None
+        name = self.site_id(node)
+        reason = (
+            f"declares a privacy budget of {status.target_epsilon:g}, above the {before[0]:g} it declared "
+            f"{before[1]}: refused until this coordinator's operator acknowledges the raise "
+            f"(mmfl server privacy-ack {name} --reason ...)"
+        )
+        self.event("privacy-budget-raised", f"site {name} {reason}")
+        return reason
 
     def update_privacy(self, node: int, status: PrivacyStatus | None) -> None:
         if status is not None and node in self.sites:

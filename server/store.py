@@ -290,19 +290,34 @@ class RunStore:
         with Session(self.engine) as s, s.begin():
             s.add(SiteRow(run_id=self.run_id, site_id=site_id, capabilities=_jsonable(capabilities)))
 
+    def _declared(self, identity: str, since: datetime | None) -> dict[str, dict[str, Any]]:
+        """The capabilities this identity declared, by run, in runs started after ``since``."""
+        with Session(self.engine) as s:
+            query = select(SiteRow, Run.started_at).join(Run, SiteRow.run_id == Run.id)
+            return {
+                row.run_id: row.capabilities
+                for row, started in s.execute(query).all()
+                if _identity(row) == identity and (since is None or _aware(started) >= since)
+            }
+
+    def lowest_budget(self, identity: str, since: datetime | None = None) -> tuple[float, str] | None:
+        """The smallest privacy budget the site with this identity declared in any run of this
+        store started after ``since``, and where; a budget above it was raised."""
+        budgets = [
+            (float(caps["privacy"]["target_epsilon"]), f"when run {run_id} started")
+            for run_id, caps in self._declared(identity, since).items()
+            if (caps.get("privacy") or {}).get("enabled") and caps["privacy"].get("target_epsilon")
+        ]
+        return min(budgets, default=None)
+
     def highest_epsilon(self, identity: str, since: datetime | None = None) -> tuple[float, str] | None:
         """The most privacy the site with this identity (its registered key, or in a simulation
         its name: :meth:`~mmfl.server.sites.SiteRegistry.identity`) ever reported, in any run of
         this store started after ``since`` (an operator's acknowledgement), and where. A site's
         ledger spans its data sets, so its spend never goes back, whatever data it holds now."""
         best: tuple[float, str] | None = None
+        runs = self._declared(identity, since)
         with Session(self.engine) as s:
-            query = select(SiteRow, Run.started_at).join(Run, SiteRow.run_id == Run.id)
-            runs = {
-                row.run_id: row.capabilities
-                for row, started in s.execute(query).all()
-                if _identity(row) == identity and (since is None or _aware(started) >= since)
-            }
             for run_id, caps in runs.items():
                 declared = float((caps.get("privacy") or {}).get("epsilon_spent") or 0.0)
                 if best is None or declared > best[0]:

@@ -117,7 +117,9 @@ def test_a_tampered_card_or_program_is_refused_before_anything_is_built(trained_
         mmfl.load(swapped)
 
 
-def test_the_pairing_rule_is_explicit_and_the_ambiguous_case_refused(trained_run, digits, tmp_path: Path) -> None:
+def test_the_pairing_rule_is_explicit_and_the_ambiguous_case_refused(
+    trained_run, digits, tmp_path: Path
+) -> None:
     """Issue 35, defect 13: a class-paired model on a manifest without labels scored rsum 600
     (every row in one class); another data set's manifest was refused for its labels."""
     from mmfl.data.manifest import write_manifest
@@ -126,7 +128,9 @@ def test_the_pairing_rule_is_explicit_and_the_ambiguous_case_refused(trained_run
     run, summary = trained_run
     model = mmfl.load(run)
     rows = load_manifest(digits.root / "test.jsonl").samples[:300]
-    unlabeled = load_manifest(write_manifest(tmp_path / "unlabeled.jsonl", [Sample(s.id, s.values) for s in rows]))
+    unlabeled = load_manifest(
+        write_manifest(tmp_path / "unlabeled.jsonl", [Sample(s.id, s.values) for s in rows])
+    )
     with pytest.raises(MmflError, match="300 of 300 rows have no label; scoring by class"):
         model.evaluate(unlabeled)
     by_row = model.evaluate(unlabeled, "row")

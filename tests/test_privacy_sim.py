@@ -488,3 +488,47 @@ def test_a_wiped_state_folder_does_not_reset_the_spend_the_coordinator_knows(
     # Or the coordinator's operator acknowledges it (recorded with a reason by `privacy-ack`).
     acknowledged, _ = registry_with(again, {identity: datetime.now(UTC)})
     assert 7 in acknowledged.sites
+
+
+def test_a_raised_budget_is_refused_by_the_coordinator_until_acknowledged(
+    site_configs, tmp_path: Path
+) -> None:
+    """Issue 35, defect 14: a simulated site's ledger has no key, so whoever writes its state
+    folder can raise its budget (4 -> 40) and recompute the checksum. The site cannot tell; the
+    coordinator can: it remembers the smallest budget each identity declared and refuses a
+    raise, forged or made with ``mmfl client ledger-raise``, until its operator acknowledges it."""
+    from datetime import UTC, datetime
+
+    from mmfl.server.sites import SiteRegistry
+    from mmfl.server.store import RunStore
+
+    site = site_like(site_configs[2], tmp_path / "state", enabled=True, target_epsilon=4.0)
+    site.represent(*instruction(site, 1))
+    engine = open_store(tmp_path / "runs.sqlite")
+    first = RunStore(engine, "run-a")
+    first.start("a", "cream", "digits", 0, {}, str(tmp_path))
+    caps = site.capabilities()
+    first.add_site(caps.site_id, {**caps.model_dump(), "identity": "site:" + caps.site_id})
+    site.budget.raise_budget(40.0, "forged or raised: the coordinator cannot tell which")
+    raised = site_like(site_configs[2], tmp_path / "state", enabled=True, target_epsilon=40.0).capabilities()
+    assert raised.privacy.target_epsilon == 40.0
+
+    def registry_with(capabilities, acks=None):  # noqa: ANN001, ANN202
+        events: list[tuple[str, str]] = []
+        registry = SiteRegistry(["image", "text"], raised.public_fingerprint, lambda k, m: events.append((k, m)),
+                                names={7: caps.site_id})  # fmt: skip
+        registry.sites[7] = capabilities
+        store = RunStore(engine, "run-b")
+        registry.refuse_rolled_back(
+            lambda i: store.highest_epsilon(i, (acks or {}).get(i)),
+            lambda i: store.lowest_budget(i, (acks or {}).get(i)),
+        )
+        return registry, events
+
+    refused, events = registry_with(raised)
+    assert refused.sites == {} and [k for k, _ in events] == ["privacy-budget-raised"]
+    assert "budget of 40, above the 4" in events[0][1] and f"privacy-ack {caps.site_id}" in events[0][1]
+    unchanged, events = registry_with(caps)
+    assert 7 in unchanged.sites and events == []
+    acknowledged, events = registry_with(raised, {"site:" + caps.site_id: datetime.now(UTC)})
+    assert 7 in acknowledged.sites and events == []
