@@ -207,12 +207,16 @@ class Supervisor:
         self.gate: SignatureGate | None = None
 
     def _open_gate(self) -> SignatureGate:
+        """The signature gate, listening (not yet serving) from the first call on."""
+        if self.gate is not None:
+            return self.gate
         if not self.config.manage_proxy and self.config.gate_port == 0:
             raise MmflError(
                 "gate_port: set a fixed port where nginx runs elsewhere (deploy/compose.yaml uses 9093)"
             )
         try:
-            return SignatureGate(self.config.gate_host, self.config.gate_port)
+            self.gate = SignatureGate(self.config.gate_host, self.config.gate_port)
+            return self.gate
         except OSError as exc:
             raise MmflError(
                 f"gate_port: cannot listen on {self.config.gate_host}:{self.config.gate_port} ({exc.strerror})"
@@ -268,8 +272,7 @@ class Supervisor:
             listen = f"[{self.config.public_host}]:{self.config.public_port}"
         conf = prefix / "nginx.conf"
         keys = self._refresh_keys()
-        gate = self.gate
-        assert gate is not None  # opened in run(), before nginx starts
+        gate = self._open_gate()
         atomic_write_text(
             conf,
             nginx.render(
@@ -388,9 +391,9 @@ class Supervisor:
         signal.signal(signal.SIGHUP, self._request_reload)
         write_cli_config(self.layout, self.config)
         try:
-            self.gate = self._open_gate().start()
+            self._open_gate().start()
             self._refresh_keys()
-            self.log.info("signature gate on %s", self.gate.address)
+            self.log.info("signature gate on %s", self._open_gate().address)
             self._start_superlink()
             if self.config.manage_proxy:
                 self._start_proxy()
