@@ -12,7 +12,7 @@ import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -37,6 +37,21 @@ StrategyName = Literal[
     "regress",
     "regress-public",
 ]
+
+StrategyChoice = Literal[("auto", *get_args(StrategyName))]  # type: ignore[valid-type]
+"""A spec's ``strategy``: a method, or ``auto`` (chosen from the sites' shape: strategies/choice.py)."""
+
+
+class MethodChoice(BaseModel):
+    """The method a run uses, what was asked for, and why (one line)."""
+
+    asked: Literal["auto"]
+    chosen: str
+    why: str
+
+    @property
+    def line(self) -> str:
+        return f"method: {self.chosen} ({self.why})"
 
 
 class StrictModel(BaseModel):
@@ -318,7 +333,10 @@ class FederationSpec(StrictModel):
     embed_dim: int = Field(256, ge=2)
     rounds: int = Field(4, ge=1)
     seed: int = 0
-    strategy: StrategyName = "regress"
+    strategy: StrategyChoice = Field(
+        "auto",
+        description="the method; auto: chosen from the sites' shape (strategies/choice.py), printed with why",
+    )
     sites: list[SiteSpec] = Field(default_factory=lambda: default_digits_sites())
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -378,6 +396,9 @@ class RunPlan(StrictModel):
         default_factory=dict,
         description="deployment: identity -> when an operator acknowledged that the site's privacy "
         "record went back (mmfl server privacy-ack); earlier reports no longer bind it",
+    )
+    method_choice: MethodChoice | None = Field(
+        None, description="how the method was chosen where the spec asked for auto (simulation)"
     )
     discovery_timeout: float = Field(300.0, gt=0)
     threads: int | None = Field(None, ge=1, description="torch threads of the server")

@@ -341,7 +341,7 @@ def run_submit(
     if daemon_pid(layout) is None:
         raise MmflError("the daemon is not running (mmfl server start)")
     spec = load_config(FederationSpec, config, set_)
-    if method_of(spec.strategy).server_data == "public+sites":
+    if spec.strategy != "auto" and method_of(spec.strategy).server_data == "public+sites":
         raise MmflError(f"{spec.strategy} pools the sites' rows at the server: a simulation-only baseline")
     expected = (
         sites

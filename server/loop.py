@@ -24,7 +24,7 @@ import torch
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from mmfl.config import RunPlan
+from mmfl.config import RunPlan, SiteSpec
 from mmfl.data.prepared import PreparedDataset
 from mmfl.files import atomic_write_bytes, atomic_write_text
 from mmfl.models.multimodal import MultiEncoder
@@ -41,6 +41,7 @@ from mmfl.server.rounds import RoundPipeline
 from mmfl.server.sites import SiteRegistry, SiteSampler, discover
 from mmfl.server.store import RunStore, open_store
 from mmfl.server.summary import build_evidence, build_summary, to_json
+from mmfl.strategies.choice import SiteShape, choose_method
 from mmfl.strategies.methods import method_of
 
 FEDERATION_MODEL = "federation_model.pt"
@@ -61,7 +62,10 @@ class FederatedRun:
         self.plan = plan
         self.controls = controls or run_in_child
         self.spec = plan.spec
-        self.method = method_of(self.spec.strategy)
+        self.choice = plan.method_choice
+        # "auto" in a deployment is resolved once the sites have declared their shape
+        # (_choose_method); until then the provisional method contacts every site.
+        self.method = method_of("cream+" if self.spec.strategy == "auto" else self.spec.strategy)
         self.cream = self.method.cream(self.spec.cream)
         self.grid = grid
         self.out = Path(plan.output_dir)
@@ -106,6 +110,8 @@ class FederatedRun:
             self.plan.discovery_timeout,
             self.spec.server.round_timeout,
         )
+        if self.spec.strategy == "auto":
+            self._choose_method()
         if self.method.site_work == "weights":
             common = self.method.server_architectures(self.spec)
             self.registry.refuse_unless(
@@ -184,6 +190,28 @@ class FederatedRun:
         )
 
     # -- the run ---------------------------------------------------------------------------------
+    def _choose_method(self) -> None:
+        """Resolve ``strategy = "auto"`` from what the registered sites declared
+        (:func:`~mmfl.strategies.choice.choose_method`); they become the spec's sites."""
+        declared = list(self.registry.sites.values())
+        shapes = [
+            SiteShape(modalities=list(c.modalities), architectures=dict(c.architectures)) for c in declared
+        ]
+        self.choice = choose_method(self.spec.modalities, shapes)
+        sites = [
+            SiteSpec(id=c.site_id, modalities=list(c.modalities), architectures=dict(c.architectures))
+            for c in declared
+        ]
+        self.spec = self.spec.model_copy(update={"strategy": self.choice.chosen, "sites": sites})
+        self.method = method_of(self.choice.chosen)
+        self.cream = self.method.cream(self.spec.cream)
+        self.sampler = SiteSampler(self.cream.sites_per_round, self.spec.seed)
+        self.store.start(
+            self.spec.name, self.spec.strategy, self.spec.dataset, self.spec.seed,
+            self.spec.model_dump(mode="json"), str(self.out),
+        )  # fmt: skip
+        self._event("method", self.choice.line)
+
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         if self.plan.threads:
@@ -198,9 +226,11 @@ class FederatedRun:
             self.spec.model_dump(mode="json"),
             str(self.out),
         )
-        pipeline = self._pipeline()
+        if self.choice is not None:  # chosen when the plan was built (a simulation)
+            self._event("method", self.choice.line)
         if self.method.uses_sites:
-            self._discover()
+            self._discover()  # first: in a deployment, "auto" is resolved from the sites' shape
+        pipeline = self._pipeline()
         first = self._resume(pipeline) + 1 if self.plan.resume else 1
         self._emit(
             {
@@ -230,6 +260,7 @@ class FederatedRun:
             self.records,
             final,
             wall,
+            self.choice,
         )
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in pipeline.trainer.model.state_dict().items()}, buffer)

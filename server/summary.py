@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import mmfl
-from mmfl.config import FederationSpec, dump_toml
+from mmfl.config import FederationSpec, MethodChoice, dump_toml
 from mmfl.data.prepared import DatasetInfo
 from mmfl.protocols.messages import Capabilities, PrivacyStatus
 from mmfl.server.records import RoundRecord
@@ -74,13 +74,16 @@ def build_summary(
     records: Sequence[RoundRecord],
     final: dict[str, Any],
     wall_seconds: float,
+    choice: MethodChoice | None = None,
 ) -> dict[str, Any]:
-    """``summary.json``: each site's privacy as it last reported it, each round once."""
+    """``summary.json``: each site's privacy as it last reported it, each round once; ``choice``
+    how the method was chosen where the spec asked for ``auto``."""
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "run_id": run_id,
         "name": spec.name,
         "strategy": spec.strategy,
+        "method_choice": choice.model_dump() if choice is not None else None,
         "dataset": {
             "name": info.name,
             "pairing": info.pairing,

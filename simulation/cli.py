@@ -101,6 +101,9 @@ class RoundProgress:
             self._line(f"control {event['strategy']}: val rsum {fmt(val)}, test rsum {fmt(test)}")
         elif kind == "control-failed":
             self.progress.console.print(f"[yellow]{event['message']}[/yellow]")
+        elif kind == "method":
+            self.progress.update(self.task, status=event["message"])
+            self._line(event["message"])
         elif kind == "delivered":
             self.progress.update(self.task, status=event["message"])
             self._line(event["message"])
@@ -134,6 +137,7 @@ def run_one(
     if on_plan is not None:
         on_plan(Path(plan.output_dir))
     run_dir = Path(plan.output_dir)
+    spec = plan.spec  # the method resolved where the spec asked for auto
     with RunTracker(tracking, tracking_root or run_dir / "tracking", spec, plan.run_id, run_dir) as tracker:
         watcher = tracker.watch(RoundProgress(progress, f"{spec.strategy} s{spec.seed}"))
         summary = (
@@ -221,7 +225,7 @@ def simulate(
     strategy: str | None = typer.Option(
         None,
         "--strategy",
-        help="cream | cream+ | mean | fedavg | fedavg-public | fedprox | fedavgm | server-only | local | centralized | site-free | public-teachers | regress | regress-public",
+        help="auto (the default: chosen from the sites' shape, printed with why) | cream | cream+ | mean | fedavg | fedavg-public | fedprox | fedavgm | server-only | local | centralized | site-free | public-teachers | regress | regress-public",
     ),
     engine: str = EngineOpt,
     seed: int | None = typer.Option(None, "--seed"),
@@ -254,8 +258,8 @@ def simulate(
     ),
     console_port: int = typer.Option(8787, "--console-port", min=1, max=65535),
 ) -> None:
-    """Run one federation (the default: regress on digits, six sites of three kinds, of which the
-    two paired ones take part), and beside it the servers that use no site at all, so that the
+    """Run one federation (the default: digits, six sites of three kinds; the method chosen from
+    their shape, regress there, in which the two paired ones take part), and beside it the servers that use no site at all, so that the
     table shows what the sites added."""
     if ctx.invoked_subcommand is not None:
         return
@@ -356,7 +360,9 @@ def compare(
             for seed in [int(x) for x in seeds.split(",") if x.strip()]:
                 spec = _spec(config, set_, strategy=name, seed=seed)
                 # a comparison runs the site-free servers it names itself: no per-run selection
-                spec = spec.model_copy(update={"delivery": spec.delivery.model_copy(update={"select": False})})
+                spec = spec.model_copy(
+                    update={"delivery": spec.delivery.model_copy(update={"select": False})}
+                )
                 run_dir = out / f"{name.replace('+', 'plus')}-s{seed}"
                 summaries.append(
                     run_one(

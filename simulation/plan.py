@@ -20,6 +20,7 @@ from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.server.store import store_url
+from mmfl.strategies.choice import SiteShape, choose_method
 from mmfl.strategies.methods import method_of
 
 
@@ -113,6 +114,13 @@ def build_plan(
 ) -> RunPlan:
     """Write the run's folder (site manifests and configs, plan.json, spec.toml); return the plan."""
     check_architectures(spec)
+    choice = None
+    if spec.strategy == "auto":
+        shapes = [
+            SiteShape(modalities=list(s.modalities), architectures=dict(s.architectures)) for s in spec.sites
+        ]
+        choice = choose_method(spec.modalities, shapes)
+        spec = spec.model_copy(update={"strategy": choice.chosen})
     out = Path(output_dir or default_output_dir(spec)).resolve()
     if (out / "plan.json").exists() and not force:
         raise MmflError(f"output folder {out} already holds a run; choose another --out or pass --force")
@@ -164,6 +172,7 @@ def build_plan(
         store_url=store or store_url(out / "runs.sqlite"),
         site_configs=configs_path if site_configs else None,
         expected_sites=len(site_configs) if method.uses_sites else 0,
+        method_choice=choice,
         threads=torch.get_num_threads(),
     )
     atomic_write_text(out / "spec.toml", dump_toml(spec))

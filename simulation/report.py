@@ -87,7 +87,9 @@ def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
         for c in delivery["candidates"]:
             mark = "yes" if c["strategy"] == delivery["delivered"] else ""
             who = "the federation" if c["source"] == "federation" else "the coordinator alone"
-            lines.append(f"| {c['strategy']} | {who} | {fmt(c['val_rsum'])} | {fmt(c['test_rsum'])} | {mark} |")
+            lines.append(
+                f"| {c['strategy']} | {who} | {fmt(c['val_rsum'])} | {fmt(c['test_rsum'])} | {mark} |"
+            )
         lines.append("")
     return lines
 
@@ -133,6 +135,11 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         f"{summary['wall_seconds']:.1f} s; modalities {', '.join(summary['modalities'])}, "
         f"representations of dimension {summary['embed_dim']}; public set `{summary['dataset']['public_fingerprint'][:16]}`.",
         "",
+        *(
+            [f"Method chosen by its shape: **{c['chosen']}** ({c['why']}).", ""]
+            if (c := summary.get("method_choice"))
+            else []
+        ),
         *delivery_lines(summary.get("delivery")),
         "## Sites",
         "",

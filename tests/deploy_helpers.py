@@ -19,7 +19,7 @@ SITES = {"img": ["image"], "txt": ["text"], "pair": ["image", "text"]}
 RUN_SPEC = """\
 name = "deployed"
 rounds = {rounds}
-strategy = "cream+"
+strategy = "{strategy}"
 sites = []
 
 [train]
@@ -66,11 +66,15 @@ class Federation:
     def status(self) -> dict:
         return json.loads(mmfl("server", "status", "--dir", str(self.server), "--json").stdout)
 
-    def submit(self, rounds: int, round_timeout: float = 600, select: bool = False) -> str:
+    def submit(
+        self, rounds: int, round_timeout: float = 600, select: bool = False, strategy: str = "cream+"
+    ) -> str:
         """Submit a run; ``select``: build the site-free controls and deliver the better."""
-        spec = self.root / f"run-{rounds}-{'select' if select else 'plain'}.toml"
+        spec = self.root / f"run-{rounds}-{'select' if select else 'plain'}-{strategy}.toml"
         spec.write_text(
-            RUN_SPEC.format(rounds=rounds, round_timeout=round_timeout, select=str(select).lower())
+            RUN_SPEC.format(
+                rounds=rounds, round_timeout=round_timeout, select=str(select).lower(), strategy=strategy
+            )
         )
         return (
             mmfl("server", "run", "submit", str(spec), "--dir", str(self.server))

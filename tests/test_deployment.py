@@ -235,8 +235,9 @@ def test_register_site_reports_the_superlinks_refusal(federation: Federation) ->
 
 @pytest.fixture(scope="module")
 def reference_run(federation: Federation) -> str:
-    """A three-round run of the whole federation, completed, with its delivery chosen."""
-    run_id = federation.submit(3, select=True)
+    """A three-round run of the whole federation, completed, with its delivery chosen and its
+    method chosen by the coordinator from the sites' shape (one paired site: cream+)."""
+    run_id = federation.submit(3, select=True, strategy="auto")
     wait_for("the 3-round run", lambda: federation.summary(run_id).exists(), 900)
     return run_id
 
@@ -250,6 +251,14 @@ def test_a_deployed_run_completes_and_is_recorded(federation: Federation, refere
         for r in summary["rounds"]
     )
     assert summary["final"]["retrieval"]["rsum"] > 0
+    # "auto": the coordinator chose from what the sites declared, and said so.
+    assert summary["strategy"] == "cream+" and summary["method_choice"] == {
+        "asked": "auto",
+        "chosen": "cream+",
+        "why": "1 of 3 sites hold every modality: representation exchange in which uni-modal sites take part",
+    }
+    progress = (federation.server / "runs" / run_id / "rounds.jsonl").read_text()
+    assert '"event": "method"' in progress or '"event":"method"' in progress
     # The coordinator built its site-free controls beside the federation and delivered the
     # better on val (in a child process: the ServerApp does not import the site runtime).
     delivery = summary["delivery"]

@@ -1,0 +1,77 @@
+"""``strategy = "auto"``: the method follows the federation's shape, and the run says which and why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import small_spec
+from mmfl.strategies.choice import SiteShape, choose_method
+
+MODALITIES = ["image", "text"]
+PAIRED_A = SiteShape(modalities=MODALITIES, architectures={"image": "cnn-small", "text": "bag"})
+PAIRED_B = SiteShape(modalities=MODALITIES, architectures={"image": "mlp", "text": "glove-mlp"})
+IMAGE = SiteShape(modalities=["image"], architectures={"image": "mlp"})
+TEXT = SiteShape(modalities=["text"], architectures={"text": "bag"})
+
+
+@pytest.mark.parametrize(
+    ("shapes", "chosen", "says"),
+    [
+        ([PAIRED_A, PAIRED_A, PAIRED_A], "fedavgm", "one architecture"),
+        ([PAIRED_A, PAIRED_B], "regress", "2 sites hold every modality"),
+        ([PAIRED_A, PAIRED_B, IMAGE, TEXT], "regress", "2 uni-modal sites cannot take part"),
+        ([PAIRED_A, PAIRED_A, IMAGE], "regress", "1 uni-modal site cannot"),  # not all paired
+        ([PAIRED_A, IMAGE, TEXT], "cream+", "uni-modal sites take part"),  # the README's own-data shape
+        ([IMAGE, TEXT], "cream+", "0 of 2 sites"),
+    ],
+)
+def test_the_method_follows_the_shape(shapes: list[SiteShape], chosen: str, says: str) -> None:
+    choice = choose_method(MODALITIES, shapes)
+    assert (choice.asked, choice.chosen) == ("auto", chosen)
+    assert says in choice.why and choice.line.startswith(f"method: {chosen} (")
+
+
+def test_the_default_digits_federation_keeps_regress() -> None:
+    """The default spec's six sites (two paired of different architectures) resolve to the
+    method measured best there, so the demo's numbers do not move."""
+    from mmfl.config import FederationSpec
+
+    spec = FederationSpec()
+    assert spec.strategy == "auto"
+    shapes = [SiteShape(modalities=s.modalities, architectures=s.architectures) for s in spec.sites]
+    assert choose_method(spec.modalities, shapes).chosen == "regress"
+
+
+def test_an_auto_run_resolves_its_method_and_says_why(digits, tmp_path: Path) -> None:
+    """The plan, the run id, the summary, the report and the progress log carry the chosen
+    method; the run is the same as one that named it."""
+    from mmfl.simulation.engines import run_inprocess
+    from mmfl.simulation.plan import build_plan
+    from mmfl.simulation.report import write_report
+
+    one_architecture = (
+        'sites=[{id = "a", modalities = ["image", "text"], architectures = {image = "mlp", text = "bag"}},'
+        ' {id = "b", modalities = ["image", "text"], architectures = {image = "mlp", text = "bag"}}]'
+    )
+    plan = build_plan(small_spec("strategy=auto", one_architecture, "rounds=1"), tmp_path / "auto")
+    assert plan.spec.strategy == "fedavgm" and "-fedavgm-" in plan.run_id
+    assert plan.method_choice is not None and plan.method_choice.chosen == "fedavgm"
+    summary = run_inprocess(plan)
+    assert summary["strategy"] == "fedavgm"
+    assert summary["method_choice"] == {
+        "asked": "auto",
+        "chosen": "fedavgm",
+        "why": "all 2 sites hold every modality with one architecture: their weights average",
+    }
+    write_report(summary, tmp_path / "auto")
+    assert "Method chosen by its shape: **fedavgm**" in (tmp_path / "auto" / "report.md").read_text()
+    events = [json.loads(line) for line in (tmp_path / "auto" / "rounds.jsonl").read_text().splitlines()]
+    assert [e["message"] for e in events if e.get("event") == "method"] == [plan.method_choice.line]
+    named = run_inprocess(
+        build_plan(small_spec("strategy=fedavgm", one_architecture, "rounds=1"), tmp_path / "named")
+    )
+    assert named["method_choice"] is None
+    assert named["final"]["retrieval"] == summary["final"]["retrieval"]
