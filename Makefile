@@ -1,6 +1,7 @@
 # Two entry points for a fresh Debian/Ubuntu machine with Python 3.11:
 #   make demo   set up .venv and run the default simulation on the built-in digits data set
 #   make test   set up .venv and the Debian packages the tests need, then run the test suite
+#   make docs   build the documentation (docs/, mkdocs.yml) into site/; a broken link fails it
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,8 +12,9 @@ SYSTEM_PACKAGES := openclipart-png openclipart-svg nginx postgresql chromium chr
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint system venv clean
+.PHONY: demo test docs lint system venv clean
 
 venv: $(STAMP)
 
@@ -40,8 +42,12 @@ test: system $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
+docs: $(STAMP)
+	$(BIN)/python docs/gen_results.py --check
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache

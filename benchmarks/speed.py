@@ -1,7 +1,7 @@
 """Every speed and scale benchmark of issue 14, one after another: ``python benchmarks/speed.py``.
 
 Each is its own script (run it alone to repeat one) and writes ``benchmarks/results/<name>.json``
-and ``.md``; the README's speed paragraphs quote those tables. On 2 cores the whole set takes
+and ``.md``; docs/benchmarks.md quotes those tables. On 2 cores the whole set takes
 a few hours (the many-sites and aggregation runs most of it). ``--only`` picks some by name;
 ``--dry-run`` prints the commands.
 
@@ -20,7 +20,7 @@ from rich.console import Console
 
 HERE = Path(__file__).resolve().parent
 
-# name -> the script's arguments, as the README quotes them
+# name -> the script's arguments, as docs/benchmarks.md quotes them
 BENCHMARKS: dict[str, list[str]] = {
     "overhead": ["--rounds", "3", "--repeats", "3"],
     "hot_paths": ["--label", "latest"],

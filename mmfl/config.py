@@ -64,7 +64,7 @@ class PrivacyConfig(StrictModel):
     """Sample- or group-level DP-SGD at one site (Opacus), enforced by the site itself.
 
     The guarantee is (epsilon, delta)-DP with add-or-remove-one adjacency of a sample (or of a
-    whole group, e.g. a patient) for everything the site sends; see the README's privacy section.
+    whole group, e.g. a patient) for everything the site sends; see docs/privacy.md.
     """
 
     enabled: bool = False
@@ -471,7 +471,7 @@ class AdaptConfig(StrictModel):
     fusion: Literal["switch", "af", "ew"] = Field(
         "ew",
         description="pseudo-label fusion; EW is the default because AF won no scenario of "
-        "benchmarks/adapt.py by a margin (README, 'Source-free adaptation')",
+        "benchmarks/adapt.py by a margin (docs/adaptation.md)",
     )
     gap_threshold: float = Field(
         0.906,

@@ -1,7 +1,7 @@
 """``strategy = "auto"``: the method follows the federation's shape, and says why.
 
 A shape is what each site declares: the modalities it holds and its architecture per modality.
-The rule, in order (each step measured; README "Results"):
+The rule, in order (each step measured; docs/results.md):
 
 1. every site holds every modality with one and the same architecture -> ``fedavgm`` (DP sites
    run DP-SGD on the weights): weights average directly (96 % of the server-only -> centralized gap on the

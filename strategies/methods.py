@@ -135,7 +135,7 @@ CREAM_PLUS_DEFAULTS: dict[str, Any] = {
     "kd_weight": 1.0,
     "distill_cross_modal": True,
 }
-"""What ``cream+`` changes where the spec leaves a field at its default (see the README)."""
+"""What ``cream+`` changes where the spec leaves a field at its default (docs/simulate.md, the methods)."""
 
 METHODS: dict[str, Method] = {
     m.name: m

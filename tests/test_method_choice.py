@@ -24,7 +24,7 @@ TEXT = SiteShape(modalities=["text"], architectures={"text": "bag"})
         ([PAIRED_A, PAIRED_B], "regress", "2 sites hold every modality"),
         ([PAIRED_A, PAIRED_B, IMAGE, TEXT], "regress", "2 uni-modal sites cannot take part"),
         ([PAIRED_A, PAIRED_A, IMAGE], "regress", "1 uni-modal site cannot"),  # not all paired
-        ([PAIRED_A, IMAGE, TEXT], "cream+", "uni-modal sites take part"),  # the README's own-data shape
+        ([PAIRED_A, IMAGE, TEXT], "cream+", "uni-modal sites take part"),  # docs/own-data.md
         ([IMAGE, TEXT], "cream+", "0 of 2 sites"),
     ],
 )

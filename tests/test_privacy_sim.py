@@ -201,7 +201,7 @@ def test_what_a_dp_site_sends(site_configs, tmp_path: Path) -> None:
     )
 
 
-# What each message from a DP site carries, and why epsilon covers it (the README's table).
+# What each message from a DP site carries, and why epsilon covers it (docs/privacy.md's table).
 RELEASED_FIELDS = {
     "protocol": "constant",
     "site_id": "configuration",
