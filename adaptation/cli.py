@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
 
+from mmfl import terminal
 from mmfl.config import AdaptConfig, load_config
 from mmfl.data.manifest import Manifest, load_manifest
 from mmfl.data.prepared import has_dataset_info, read_dataset_info
@@ -17,7 +17,7 @@ from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.paths import feature_cache_root
 
-console = Console()
+console = terminal.console()
 
 
 def train_unimodal_cmd(

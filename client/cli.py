@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mmfl import terminal
 from mmfl.client import audit
 from mmfl.client.agent import (
     LAUNCHERS,
@@ -30,7 +30,7 @@ from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
 from mmfl.errors import MmflError
 
 app = typer.Typer(help="The data site's agent and its records (IT at a data site).", no_args_is_help=True)
-console = Console()
+console = terminal.console()
 
 
 def _site_budget(config: Path) -> tuple[SiteConfig, PrivacyBudget]:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mmfl import terminal
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_bytes, atomic_write_text
 
-console = Console()
+console = terminal.console()
 RunArg = typer.Argument(..., help="run folder (summary.json, final_model.pt) or export folder")
 ManifestArg = typer.Argument(..., help="manifest (CSV or JSONL) whose rows to encode")
 

@@ -11,9 +11,9 @@ from importlib.resources import files
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mmfl import terminal
 from mmfl.config import SITE_ID_PATTERN, DaemonConfig, FederationSpec, RunPlan, load_config
 from mmfl.data.builtin import open_dataset
 from mmfl.errors import MmflError
@@ -40,7 +40,7 @@ app = typer.Typer(help="The coordinator daemon and its runs (operators).", no_ar
 run_app = typer.Typer(help="Submit and inspect runs.", no_args_is_help=True)
 app.add_typer(run_app, name="run")
 app.command("console")(console_cmd)
-console = Console()
+console = terminal.console()
 DirOpt = typer.Option(Path("."), "--dir", help="the server folder")
 
 

@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from mmfl import terminal
 from mmfl.errors import MmflError
 from mmfl.server.store import EventRow, RoundRow, Run, RunStore, SiteRoundRow, open_store
 
 app = typer.Typer(
     help="List and show runs from any run store (simulation or coordinator).", no_args_is_help=True
 )
-console = Console()
+console = terminal.console()
 SourceArg = typer.Argument(
     None,
     help="a run folder, a folder of runs (searched 3 levels deep), a server folder, a .sqlite file "
@@ -142,19 +142,49 @@ def _details(engine, run_id: str) -> dict[str, Any] | None:  # noqa: ANN001
         }
 
 
+def _matching(engine, prefix: str) -> list[str]:  # noqa: ANN001
+    """The ids of the store's runs that start with ``prefix`` (an exact id matches alone)."""
+    with Session(engine) as s:
+        if s.get(Run, prefix) is not None:
+            return [prefix]
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return list(s.scalars(select(Run.id).where(Run.id.like(f"{escaped}%", escape="\\")).order_by(Run.id)))
+
+
+def resolve_run(run: str, source: str | None) -> tuple[str, str]:
+    """``run`` (a full id, a unique prefix of one, or a run's folder) as (store URL, run id)."""
+    folder = Path(run)
+    if (folder / "plan.json").is_file():
+        run_id = json.loads((folder / "plan.json").read_text())["run_id"]
+        urls = stores_of(source or str(folder))
+        prefix = run_id
+    else:
+        urls, prefix = stores_of(source), run
+    found = [(url, rid) for url in urls for rid in read_store(url, lambda engine: _matching(engine, prefix))]
+    exact = [f for f in found if f[1] == prefix]
+    if len(exact) == 1 or len(found) == 1:
+        return (exact or found)[0]
+    if not found:
+        raise MmflError(f"no run {run!r} in {source or 'runs'} (mmfl runs list shows their ids)")
+    shown = ", ".join(sorted({rid for _, rid in found})[:5])
+    raise MmflError(
+        f"{len(found)} runs start with {run!r}: {shown}{', ...' if len(found) > 5 else ''}; give more of the id"
+    )
+
+
 @app.command("show")
 def show_cmd(
-    run_id: str = typer.Argument(..., help="the run's id (see `mmfl runs list`)"),
+    run: str = typer.Argument(
+        ..., help="the run's id, a unique prefix of it, or its folder (see `mmfl runs list`)"
+    ),
     source: str | None = SourceArg,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """One run round by round: status, test rsum of every modality pair, bytes, sites, events."""
-    for url in stores_of(source):
-        details = read_store(url, lambda engine: _details(engine, run_id))
-        if details is not None:
-            break
-    else:
-        raise MmflError(f"no run {run_id!r} in {source or 'runs'}")
+    url, run_id = resolve_run(run, source)
+    details = read_store(url, lambda engine: _details(engine, run_id))
+    if details is None:
+        raise MmflError(f"no run {run!r} in {source or 'runs'}")
     if as_json:
         print(json.dumps(details, indent=2))
         return

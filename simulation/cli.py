@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from mmfl import terminal
 from mmfl.config import FederationSpec, SiteSpec, dump_toml, load_config
 from mmfl.errors import MmflError
 from mmfl.simulation.report import (
@@ -25,7 +25,7 @@ from mmfl.simulation.report import (
 from mmfl.simulation.tracking import RunTracker, parse_backends, view_commands
 
 app = typer.Typer(help="Run a federation on one machine (researchers).", invoke_without_command=True)
-console = Console(stderr=True)
+console = terminal.console(stderr=True)
 ENGINES = ("flower", "inprocess")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="federation spec (TOML); defaults: digits, six sites")
@@ -188,7 +188,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
             f"{r['bytes_up'] / 1e6:.2f}",
             f"{r['wall_seconds']:.1f}",
         )
-    Console().print(table)
+    terminal.console().print(table)
     final = summary["final"]
     if final.get("retrieval"):
         ret = final["retrieval"]
@@ -199,7 +199,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                 for k, v in ret.items()
                 if k.startswith(prefix) and "/" not in k.removeprefix(prefix)
             }
-            Console().print(
+            terminal.console().print(
                 f"final test retrieval{' ' + pair if pair else ''}: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in shown.items())
             )
@@ -211,10 +211,10 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         }
         if not shown:
             continue
-        Console().print(
+        terminal.console().print(
             f"site {site}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items() if v is not None)
         )
-    Console().print(f"wall time {summary['wall_seconds']:.1f} s; report: {out / 'report.md'}")
+    terminal.console().print(f"wall time {summary['wall_seconds']:.1f} s; report: {out / 'report.md'}")
 
 
 @app.callback()
@@ -283,7 +283,16 @@ def simulate(
     others = control_summaries(summary, run_dir)
     if others:
         print_controls(summary, others)
-    Console().print((summary.get("delivery") or {}).get("line", ""), highlight=False, soft_wrap=True)
+    delivery = summary.get("delivery") or {}
+    terminal.console().print(delivery.get("line", ""), highlight=False, soft_wrap=True)
+    valued = (delivery.get("ensemble") or {}).get("contributions_val") or {}
+    if valued:
+        parts = ", ".join(f"{site} {v:+.1f}" for site, v in sorted(valued.items(), key=lambda kv: -kv[1]))
+        terminal.console().print(
+            f"each released site's contribution to the sites' ensemble (val rsum, leave-one-out): {parts}",
+            highlight=False,
+            soft_wrap=True,
+        )
     print_tracking(backends, run_dir / "tracking")
     if served:
         from mmfl.server.console.cli import keep_serving
@@ -305,7 +314,7 @@ def control_summaries(summary: dict[str, Any], run_dir: Path) -> list[dict[str, 
 def print_tracking(backends: tuple[str, ...], root: Path) -> None:
     """Where the tracked runs went and how to open them."""
     for command in view_commands(backends, root):
-        Console().print(f"tracking: {command}", highlight=False, soft_wrap=True)
+        terminal.console().print(f"tracking: {command}", highlight=False, soft_wrap=True)
 
 
 def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> None:
@@ -334,7 +343,7 @@ def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> N
             "—" if "map" not in test else f"{test['map']:.1f}",
             diff,
         )
-    Console().print(table)
+    terminal.console().print(table)
 
 
 @app.command("compare")
@@ -393,8 +402,8 @@ def compare(
             fmt(row["val_rsum_mean"], row["val_rsum_std"]),
             *(fmt(c["test_rsum_mean"], c["test_rsum_std"]) for c in cells),
         )
-    Console().print(table)
-    Console().print(f"written: {out / 'comparison.md'}")
+    terminal.console().print(table)
+    terminal.console().print(f"written: {out / 'comparison.md'}")
     print_tracking(backends, out / "tracking")
 
 

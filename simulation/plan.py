@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,10 +122,17 @@ def build_plan(
         ]
         choice = choose_method(spec.modalities, shapes)
         spec = spec.model_copy(update={"strategy": choice.chosen})
+    ds = open_dataset(spec.data_dir or spec.dataset)
+    if "name" not in spec.model_fields_set:  # the default name follows the data actually used
+        spec = spec.model_copy(
+            update={
+                "name": (re.sub(r"[^A-Za-z0-9_.-]+", "-", ds.info.name).strip("-._")[:50] or "data")
+                + "-default"
+            }
+        )
     out = Path(output_dir or default_output_dir(spec)).resolve()
     if (out / "plan.json").exists() and not force:
         raise MmflError(f"output folder {out} already holds a run; choose another --out or pass --force")
-    ds = open_dataset(spec.data_dir or spec.dataset)
     missing = [m for m in spec.modalities if m not in ds.info.modalities]
     if missing:
         raise MmflError(f"data set {ds.info.name} has no {missing[0]} modality (it has {ds.info.modalities})")

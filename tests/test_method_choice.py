@@ -57,7 +57,7 @@ def test_an_auto_run_resolves_its_method_and_says_why(digits, tmp_path: Path) ->
         ' {id = "b", modalities = ["image", "text"], architectures = {image = "mlp", text = "bag"}}]'
     )
     plan = build_plan(small_spec("strategy=auto", one_architecture, "rounds=1"), tmp_path / "auto")
-    assert plan.spec.strategy == "fedavgm" and "-fedavgm-" in plan.run_id
+    assert plan.spec.strategy == "fedavgm" and plan.run_id.startswith("digits-default-fedavgm-s0-")
     assert plan.method_choice is not None and plan.method_choice.chosen == "fedavgm"
     summary = run_inprocess(plan)
     assert summary["strategy"] == "fedavgm"
@@ -75,3 +75,23 @@ def test_an_auto_run_resolves_its_method_and_says_why(digits, tmp_path: Path) ->
     )
     assert named["method_choice"] is None
     assert named["final"]["retrieval"] == summary["final"]["retrieval"]
+
+
+def test_an_unnamed_run_is_named_after_the_data_it_used(digits, tmp_path: Path) -> None:
+    """Issue 36: `--set dataset=...` on the default spec made a run named `digits-default-...`."""
+    from mmfl.data.prepared import PreparedDataset
+    from mmfl.paths import mmfl_home
+    from mmfl.simulation.plan import build_plan
+
+    prepared = PreparedDataset(mmfl_home() / "data" / "digits")
+    copy = tmp_path / "scans"
+    copy.mkdir()
+    for f in prepared.root.iterdir():
+        if f.name != "dataset.json":
+            (copy / f.name).symlink_to(f)
+    info = json.loads((prepared.root / "dataset.json").read_text())
+    (copy / "dataset.json").write_text(json.dumps({**info, "name": "my scans (v2)"}))
+    plan = build_plan(small_spec(f'data_dir="{copy}"', "rounds=1"), tmp_path / "run")
+    assert plan.spec.name == "my-scans-v2-default" and plan.run_id.startswith("my-scans-v2-default-cream-s0-")
+    named = build_plan(small_spec(f'data_dir="{copy}"', 'name="mine"'), tmp_path / "named")
+    assert named.spec.name == "mine" and named.run_id.startswith("mine-cream-s0-")

@@ -178,6 +178,9 @@ def test_own_manifest_split_simulate_evaluate_embed_export(tmp_path: Path, mmfl_
     assert [r["test"]["rsum"] for r in shown["rounds"]] == [
         r["server_metrics"]["test"]["rsum"] for r in summary["rounds"]
     ]
+    # a unique prefix of the id, or the run's folder, names the same run
+    assert json.loads(_ok(mmfl_cli("runs", "show", summary["run_id"][:10], str(tmp_path), "--json"))) == shown
+    assert json.loads(_ok(mmfl_cli("runs", "show", str(run), "--json"))) == shown
 
     evaluated = json.loads(_ok(mmfl_cli("evaluate", str(run), str(prepared / "test.jsonl"), "--json")))
     assert evaluated["retrieval"] == final

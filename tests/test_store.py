@@ -158,3 +158,28 @@ def test_a_damaged_store_is_refused_never_recreated(tmp_path: Path, damage: str)
     if damage != "deleted":  # a writer refuses the damaged file too; a missing one it creates
         with pytest.raises(MmflError, match="restore it from a backup"):
             open_store(f"sqlite:///{path}")
+
+
+def test_runs_show_takes_a_unique_prefix_or_the_run_folder(store_url: str, tmp_path: Path) -> None:
+    """Issue 36: `mmfl runs show` needed the exact id; a unique prefix or the run's folder now
+    names a run, an ambiguous prefix lists the candidates, and LIKE's wildcards stay literal."""
+    import json
+
+    from mmfl.errors import MmflError
+    from mmfl.server.runs_cli import resolve_run
+
+    engine = open_store(store_url)
+    for run_id in ("demo-regress-s0-1", "demo-regress-s1-2", "demoXregress"):
+        RunStore(engine, run_id).start("demo", "regress", "digits", 0, {}, str(tmp_path))
+    assert resolve_run("demo-regress-s1", store_url) == (store_url, "demo-regress-s1-2")
+    assert resolve_run("demo-regress-s0-1", store_url) == (store_url, "demo-regress-s0-1")
+    with pytest.raises(
+        MmflError, match=r"^2 runs start with 'demo-regress': demo-regress-s0-1, demo-regress-s1-2;"
+    ):
+        resolve_run("demo-regress", store_url)
+    with pytest.raises(MmflError, match="no run 'demo_r'"):  # '_' is not a wildcard
+        resolve_run("demo_r", store_url)
+    folder = tmp_path / "a-run"
+    folder.mkdir()
+    (folder / "plan.json").write_text(json.dumps({"run_id": "demoXregress"}))
+    assert resolve_run(str(folder), store_url) == (store_url, "demoXregress")
