@@ -12,7 +12,7 @@ architectures in ``summary.json`` (``delivery.ensemble``).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +57,8 @@ class EnsembleResult:
     val: dict[str, float]
     test: dict[str, float]
     left_out: dict[str, str] = field(default_factory=dict)
+    contributions: dict[str, float] = field(default_factory=dict)
+    """Each released site's contribution to the ensemble on val (:func:`contributions`)."""
 
     @property
     def sites(self) -> list[str]:
@@ -81,6 +83,7 @@ class EnsembleResult:
             "architectures": [m.architectures for m in self.members],
             "val_rsum_by_members": {str(k): v for k, v in self.val_by_k.items()},
             "left_out": self.left_out,
+            "contributions_val": self.contributions,
             "val": self.val,
             "test": self.test,
         }
@@ -128,10 +131,36 @@ def build_ensemble(
         encode = lambda m, rows: fuse([vectors[s, split][m][rows] for s in sites])  # noqa: E731
         return pairwise_retrieval(encode, index, d.present, d.labels, pairs, info.pairing == "class")
 
-    alone = [(r.site_id, retrieval([r.site_id], "val").get("rsum", 0.0)) for r in usable]
-    chosen, by_k = choose_members(alone, lambda sites: retrieval(sites, "val").get("rsum", 0.0))
+    val_rsum = lambda sites: retrieval(sites, "val").get("rsum", 0.0)  # noqa: E731
+    alone = [(r.site_id, val_rsum([r.site_id])) for r in usable]
+    chosen, by_k = choose_members(alone, val_rsum)
     members = [next(r for r in usable if r.site_id == s) for s in chosen]
-    return EnsembleResult(members, by_k, retrieval(chosen, "val"), retrieval(chosen, "test"), left_out)
+    valued = contributions(chosen, [r.site_id for r in usable], val_rsum)
+    return EnsembleResult(
+        members, by_k, retrieval(chosen, "val"), retrieval(chosen, "test"), left_out, valued
+    )
+
+
+def contributions(
+    chosen: list[str], usable: list[str], val_rsum: Callable[[list[str]], float]
+) -> dict[str, float]:
+    """Each released site's contribution to the delivered ensemble, leave-one-out on val:
+
+        member:      val(chosen) - val(chosen without it)      (> 0: it helps)
+        non-member:  val(chosen with it) - val(chosen)         (<= 0 here: why it was left out)
+
+    Exact for the ensemble as delivered (no retraining: each member's model is fixed); what a
+    site gave the other sites' models during the rounds is not in it. A lone member has no
+    ensemble to leave: its contribution is the ensemble's whole val rsum."""
+    base = val_rsum(chosen)
+    out = {}
+    for site in usable:
+        if site in chosen:
+            rest = [s for s in chosen if s != site]
+            out[site] = base - (val_rsum(rest) if rest else 0.0)
+        else:
+            out[site] = val_rsum([*chosen, site]) - base
+    return out
 
 
 def _tensors(weights: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -91,7 +91,26 @@ def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
                 f"| {c['strategy']} | {who} | {fmt(c['val_rsum'])} | {fmt(c['test_rsum'])} | {mark} |"
             )
         lines.append("")
+    lines += contribution_lines(delivery.get("ensemble"))
     return lines
+
+
+def contribution_lines(ensemble: dict[str, Any] | None) -> list[str]:
+    """Each released site's contribution to the sites' ensemble, leave-one-out on val."""
+    valued = (ensemble or {}).get("contributions_val") or {}
+    if not valued:
+        return []
+    lines = [
+        "Each released site's contribution to the sites' ensemble (leave-one-out on val: a member's "
+        "is the ensemble's val rsum minus the ensemble's without it; a left-out site's, what adding "
+        "it would change):",
+        "",
+        "| site | member | contribution, val rsum |",
+        "|---|---|---:|",
+    ]
+    for site, value in sorted(valued.items(), key=lambda kv: -kv[1]):
+        lines.append(f"| {site} | {'yes' if site in ensemble['sites'] else ''} | {value:+.1f} |")  # type: ignore[index]
+    return [*lines, ""]
 
 
 def write_report(summary: dict[str, Any], out: Path) -> Path:

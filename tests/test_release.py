@@ -112,6 +112,19 @@ def test_a_federation_delivers_its_sites_ensemble_as_a_model_like_any_other(digi
     # (val 487 against 181 and server-only's 222): the ensemble is delivered.
     assert delivery["delivered"] == "ensemble" and delivery["source"] == "ensemble"
     assert "the compact server (cream+) scored" in delivery["line"]
+    # Each released site's contribution, leave-one-out on val: a member's is what the ensemble
+    # loses without it, a left-out site's what adding it would change (not positive: it was left
+    # out on val); the uni-modal sites cannot be members and have none.
+    valued = ensemble["contributions_val"]
+    assert set(valued) == {"pair-a", "pair-b"}
+    by_k = {int(k): v for k, v in ensemble["val_rsum_by_members"].items()}
+    if len(ensemble["sites"]) == 2:  # the second-ranked member adds what k = 2 gains over k = 1
+        assert valued[ensemble["sites"][1]] == pytest.approx(by_k[2] - by_k[1])
+    else:
+        (member,) = ensemble["sites"]
+        (other,) = set(valued) - {member}
+        assert valued[member] == pytest.approx(by_k[1]) and valued[other] == pytest.approx(by_k[2] - by_k[1])
+        assert valued[other] <= 0
     model = load(out)
     assert model.card.kind == "ensemble" and [m.site for m in model.card.members] == ensemble["sites"]
     assert model.card.embed_dim == 256 * len(ensemble["sites"])
