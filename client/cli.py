@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -24,16 +25,20 @@ from mmfl.client.agent import (
     validate_inputs,
     write_site_config,
 )
-from mmfl.client.budget import PrivacyBudget
 from mmfl.client.ledger import LedgerError, PrivacyLedger
 from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
 from mmfl.errors import MmflError
+
+if TYPE_CHECKING:  # imported where used: it pulls in torch, which `mmfl --help` does not need
+    from mmfl.client.budget import PrivacyBudget
 
 app = typer.Typer(help="The data site's agent and its records (IT at a data site).", no_args_is_help=True)
 console = terminal.console()
 
 
 def _site_budget(config: Path) -> tuple[SiteConfig, PrivacyBudget]:
+    from mmfl.client.budget import PrivacyBudget
+
     site = load_config(SiteConfig, config)
     return site, PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
 
@@ -253,6 +258,8 @@ def start_cmd(
             "this site's final model weights leave it (its audit log records each release)"
         )
     if site.site.privacy.enabled:
+        from mmfl.client.budget import PrivacyBudget
+
         budget = PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
         budget.check_configuration(budget.load())
     config_path = write_site_config(site)

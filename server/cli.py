@@ -34,7 +34,6 @@ from mmfl.server.daemon import (
 )
 from mmfl.server.runs_cli import read_store
 from mmfl.server.store import RunStore, open_store
-from mmfl.strategies.methods import method_of
 
 app = typer.Typer(help="The coordinator daemon and its runs (operators).", no_args_is_help=True)
 run_app = typer.Typer(help="Submit and inspect runs.", no_args_is_help=True)
@@ -341,6 +340,8 @@ def run_submit(
     if daemon_pid(layout) is None:
         raise MmflError("the daemon is not running (mmfl server start)")
     spec = load_config(FederationSpec, config, set_)
+    from mmfl.strategies.methods import method_of  # here: it pulls in torch
+
     if spec.strategy != "auto" and method_of(spec.strategy).server_data == "public+sites":
         raise MmflError(f"{spec.strategy} pools the sites' rows at the server: a simulation-only baseline")
     expected = (

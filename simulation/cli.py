@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,21 @@ def run_one(
     from mmfl.simulation.engines import run_flower, run_inprocess
     from mmfl.simulation.plan import build_plan
 
+    # The first line within about a second: the plan (data, partitions, site manifests) and the
+    # sites' features can take a minute before the first round.
+    progress.console.print(
+        f"{spec.name}: {spec.strategy} on {spec.dataset}, {len(spec.sites)} sites, {spec.rounds} rounds, "
+        f"seed {spec.seed}: preparing the data and the plan",
+        highlight=False,
+        soft_wrap=True,
+    )
+    started = time.perf_counter()
     plan = build_plan(spec, out, store, force)
+    progress.console.print(
+        f"{plan.run_id}: plan ready in {time.perf_counter() - started:.1f} s; the sites load their data",
+        highlight=False,
+        soft_wrap=True,
+    )
     if on_plan is not None:
         on_plan(Path(plan.output_dir))
     run_dir = Path(plan.output_dir)

@@ -32,6 +32,15 @@ def test_help(args: list[str]) -> None:
     assert "Usage" in out.stdout
 
 
+def test_the_command_line_starts_without_torch() -> None:
+    """Issue 36: a progress line within about a second of start. `mmfl` used to import torch,
+    Flower's strategies and the model code (3-5 s on 2 cores) before any command ran; they load
+    where a command needs them, after its first line."""
+    probe = "import sys, mmfl.cli; print(sorted(m for m in ('torch', 'mmfl.client.budget', 'mmfl.inference.trained') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_bad_manifest_exits_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("id,image,text\n1,nope.png,hello\n2,,\n")
     out = mmfl("data", "validate", str(tmp_path / "m.csv"))

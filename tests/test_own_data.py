@@ -154,6 +154,11 @@ def test_own_manifest_split_simulate_evaluate_embed_export(tmp_path: Path, mmfl_
     done = mmfl_cli("simulate", "-c", spec, "--engine", "inprocess", "--out", str(run), "--no-controls")
     out = _ok(done)
     progress = _ok_err(done)  # no terminal: one plain line per round on stderr
+    assert progress.splitlines()[0] == (
+        "own-data: cream+ on "
+        + str(prepared)
+        + ", 3 sites, 2 rounds, seed 0: preparing the data and the plan"
+    )
     assert "cream+ s0: round 1 completed" in progress and "cream+ s0: round 2 completed" in progress
     summary = json.loads((run / "summary.json").read_text())
     assert [s["id"] for s in summary["sites"]] == ["site-1", "site-2", "site-3"]
