@@ -264,9 +264,7 @@ def adapt(
     missing = [m for m in modalities if m not in target.modalities]
     if missing:
         raise MmflError(f"the target manifest has no {missing[0]} column, but a {missing[0]} model was given")
-    extra = [m for m in target.modalities if m not in modalities]
-    if extra:
-        raise MmflError(f"the target manifest holds {extra[0]} but no {extra[0]} model was given")
+    ignored = [m for m in target.modalities if m not in modalities]  # columns without a model
     paired = [s for s in target.samples if all(s.has(m) for m in modalities)]
     if not paired:
         raise MmflError(
@@ -299,6 +297,9 @@ def adapt(
         "fusion_requested": config.fusion,
         "settings": config.model_dump(),
         "privacy": "the adapted models are " + NOT_PRIVATE,
+        "ignored_columns": ignored,
+        # the source models' fused prediction of each paired sample, before any adaptation
+        "predicted_before": np.mean([probs[m] for m in modalities], axis=0).argmax(1).tolist(),
         "rounds": [],
     }
     for r in range(config.refresh_rounds):

@@ -69,6 +69,19 @@ def train_unimodal_cmd(
     console.print(f"privacy: this model is {meta.privacy}")
 
 
+def score(
+    paired: list[Sample], classes: list[str], before: list[int], after: list[int]
+) -> dict[str, float | int] | None:
+    """Accuracy (%) of the fused prediction before and after adaptation on the pairs that carry a
+    label; None when none does (a label outside the models' classes counts as wrong)."""
+    rows = [i for i, s in enumerate(paired) if s.label is not None]
+    if not rows:
+        return None
+    truth = np.array([classes.index(paired[i].label) if paired[i].label in classes else -1 for i in rows])
+    hit = lambda predicted: 100 * float((np.asarray(predicted)[rows] == truth).mean())  # noqa: E731
+    return {"scored": len(rows), "before": hit(before), "after": hit(after)}
+
+
 def _one_modality(manifest: Manifest, path: Path, modality: str | None) -> tuple[Manifest, str, int]:
     """(the rows holding the chosen modality, reduced to it; the modality; rows skipped).
 
@@ -125,15 +138,23 @@ def adapt_cmd(
         for s, c in zip(paired, fused.argmax(1), strict=True)
     ]
     report.pop("pseudo_labels", None)
+    classes = adapted[next(iter(adapted))][1].classes
+    report["accuracy"] = score(paired, classes, report.pop("predicted_before"), fused.argmax(1).tolist())
     atomic_write_text(out / "adapt_report.json", json.dumps(report, indent=2))
-    labels = [s.label for s in paired]
-    msg = f"gap {report['gap']['mean']:.3f} (threshold {report['gap']['threshold']}) -> {report['fusion'].upper()}; pseudo-label coverage {report['rounds'][-1]['coverage']:.0%}"
-    if all(lbl is not None for lbl in labels):
-        classes = adapted[next(iter(adapted))][1].classes
-        truth = np.array([classes.index(lbl) if lbl in classes else -1 for lbl in labels])
-        msg += (
-            f"; accuracy against the manifest's labels {100 * float((fused.argmax(1) == truth).mean()):.1f} %"
+    for column in report["ignored_columns"]:
+        console.print(f"the manifest's {column} column is ignored: no {column} model was given")
+    console.print(
+        f"gap {report['gap']['mean']:.3f} (threshold {report['gap']['threshold']}) -> "
+        f"{report['fusion'].upper()}; pseudo-label coverage {report['rounds'][-1]['coverage']:.0%}"
+    )
+    accuracy = report["accuracy"]
+    if accuracy is None:
+        console.print("no labels in the manifest: cannot score (the predictions are in adapt_report.json)")
+    else:
+        console.print(
+            f"accuracy against the manifest's labels ({accuracy['scored']} of {len(paired)} pairs labeled): "
+            f"before {accuracy['before']:.1f} % (the source models fused), after {accuracy['after']:.1f} % "
+            f"({accuracy['after'] - accuracy['before']:+.1f})"
         )
-    console.print(msg)
     console.print(f"privacy: {report['privacy']}")
     console.print(f"written: {out / 'adapt_report.json'}")

@@ -14,7 +14,7 @@ tables and wrapping run ids over several lines)."""
 
 def console(stderr: bool = False) -> Console:
     """A rich console on stdout (or stderr): a terminal's own width, ``COLUMNS`` where set,
-    else :data:`PIPE_WIDTH`."""
+    else :data:`PIPE_WIDTH` for tables and one line per message, however long (grep-able)."""
     stream = sys.stderr if stderr else sys.stdout
     attached = stream.isatty() or "COLUMNS" in os.environ
-    return Console(stderr=stderr, width=None if attached else PIPE_WIDTH)
+    return Console(stderr=stderr, width=None if attached else PIPE_WIDTH, soft_wrap=not attached)
