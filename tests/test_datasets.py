@@ -148,3 +148,16 @@ def test_a_failed_preparation_leaves_nothing_at_the_target(tmp_path: Path) -> No
     with pytest.raises(MmflError, match="mine exists and is not a prepared data set"):
         prepare("digits", tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_a_set_prepared_into_a_relative_folder_names_its_own_files(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """`mmfl data prepare digits --out digits` (a relative folder, as the adaptation example runs
+    it) wrote rows naming files inside the staging folder, removed once the set moved into place."""
+    from mmfl.data.prepared import PreparedDataset
+
+    monkeypatch.chdir(tmp_path)
+    ds = prepare("digits", Path("digits"))
+    assert ds.root == tmp_path / "digits"
+    PreparedDataset(Path("digits")).check()  # every row's file exists
+    first = (tmp_path / "digits" / "public.jsonl").read_text().splitlines()[0]
+    assert '"image": "images/' in first and "staging" not in first

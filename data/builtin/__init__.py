@@ -33,7 +33,9 @@ def prepare(name: str, out: Path | None = None, force: bool = False, **kwargs: o
     preparers = _preparers()
     if name not in preparers:
         raise MmflError(f"unknown data set {name!r} (built-in: {', '.join(BUILTIN)})")
-    root = Path(out) if out else data_root() / name
+    # Absolute: the rows' file paths are written relative to the set's folder, which a relative
+    # staging folder would not be (the set then named files inside the removed staging folder).
+    root = (Path(out).expanduser() if out else data_root() / name).resolve()
     if has_dataset_info(root) and not force:
         return PreparedDataset(root)
     root.parent.mkdir(parents=True, exist_ok=True)
