@@ -42,7 +42,7 @@ LAUNCHERS = ("warm", "flower")
 TERMINATED = b"SuperNode terminated"
 UNREGISTERED = b"403 Forbidden' for url 'https://"
 # Opacus' per-sample buffers churn glibc's mmap/munmap on CPU; these keep freed memory mapped
-# (measured in shared/notes/differential-privacy.md: hooks 184 -> 41 ms per step).
+# (measured: hooks 184 -> 41 ms per step).
 MALLOC_TUNING = {
     "MALLOC_MMAP_THRESHOLD_": "4294967296",
     "MALLOC_TRIM_THRESHOLD_": "4294967296",

@@ -13,7 +13,7 @@ The gate applies the SuperLink's own check to the headers alone:
 
 and answers 204 (accept) or 401; on 401 nginx answers the site 401 without reading the body.
 A valid signature can be replayed for its 5 minutes by whoever saw the headers (Flower's design,
-``shared/notes/flower-behind-nginx.md``); the body limits and rates of :mod:`.nginx` bound that.
+the signature covers the timestamp alone); the body limits and rates of :mod:`.nginx` bound that.
 """
 
 from __future__ import annotations

@@ -1,1 +1,1 @@
-"""How the coordinator merges what sites send (Flower Strategy subclasses, no I/O)."""
+"""How the coordinator merges what sites send: the aggregation rules, one per file, no I/O."""
