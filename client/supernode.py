@@ -35,7 +35,7 @@ def _capped_time(limit: float, local: float = LOCAL_WAIT) -> SimpleNamespace:
 
 
 def patch(limit: float) -> None:
-    import flwr.supernode.start_client_internal as internal
+    from mmfl.flower_internals import start_client_internal as internal
 
     internal.time = _capped_time(limit)  # type: ignore[assignment]
     shorten_pull_backoff()
@@ -43,7 +43,7 @@ def patch(limit: float) -> None:
 
 def main() -> None:
     patch(float(os.environ.get("MMFL_SUPERNODE_POLL", DEFAULT_POLL)))
-    from flwr.supernode.cli import flower_supernode
+    from mmfl.flower_internals import flower_supernode
 
     flower_supernode()
 

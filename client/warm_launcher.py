@@ -26,13 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # type: ignore[attr-defined]
-from flwr.supercore.constant import TaskType
-from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
-from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supercore.superexec.executor import ExecutionSpec, LaunchResult
-from flwr.supercore.superexec.plugin import AutoExecPlugin
+from mmfl.flower_internals import (
+    AcquireTaskRequest,
+    AutoExecPlugin,
+    ExecutionSpec,
+    LaunchResult,
+    RuntimeHttpClient,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+    TaskType,
+    make_simple_http_retry_invoker,
+)
 
 log = logging.getLogger("mmfl.client.launcher")
 POLL_SECONDS = 0.2
@@ -43,12 +47,12 @@ request that the SuperNode serves, so faster polling takes CPU from the training
 def _warm_up(site_config: str | None) -> int:
     """Import what every ClientApp run needs and (with a site config) load the site's data;
     returns the torch thread count the tasks should get back."""
-    import flwr.supernode.runtime.run_clientapp  # noqa: F401
     import opacus.accountants  # noqa: F401 - a DP round's accounting (seconds to import)
     import torch
     import torch._dynamo  # noqa: F401 - imported lazily by the first optimizer (about 1 s)
 
     from mmfl.client.app import preload
+    from mmfl.flower_internals import run_clientapp  # noqa: F401  (imported before forking)
     from mmfl.flower_runtime import shorten_pull_backoff
 
     shorten_pull_backoff()  # inherited by every fork: arrays still arriving are retried within 0.05 s
@@ -103,7 +107,7 @@ class ForkExecutor:
             import torch
 
             torch.set_num_threads(self.task_threads)
-            from flwr.supernode.runtime.run_clientapp import run_clientapp
+            from mmfl.flower_internals import run_clientapp
 
             run_clientapp(
                 runtime_api_address=spec.runtime_api_address,

@@ -59,7 +59,7 @@ def shorten_pull_backoff(
     defaults are shared by every caller in the process (the ServerApp's grid, the SuperNode,
     the ClientApps a warm launcher forks), so they are changed here, in the processes mmfl starts.
     """
-    from flwr.supercore.inflatable import inflatable_utils
+    from mmfl.flower_internals import inflatable_utils
 
     for pull in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
         defaults = pull.__kwdefaults__

@@ -128,7 +128,7 @@ class InProcessGrid(Grid):
 
 def _set_task_identity() -> None:
     """Building a flwr Message outside a Flower runtime needs a process-level identity."""
-    from flwr.supercore.task_identity import TaskIdentity  # internal to Flower 1.42 (pinned)
+    from mmfl.flower_internals import TaskIdentity
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 

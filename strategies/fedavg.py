@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from mmfl.flower_internals import aggregate_arrayrecords
 
 WEIGHT_KEY = "num-examples"
 
