@@ -15,6 +15,7 @@ import io
 import json
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,7 @@ class FederatedRun:
         self._emit({"event": kind, "message": message})
 
     def _emit(self, record: dict[str, Any]) -> None:
+        record = {**record, "at": datetime.now(UTC).isoformat(timespec="seconds")}
         with self.progress_path.open("a", encoding="utf-8") as fh:
             fh.write(to_json(record, indent=None) + "\n")
         if self._progress_cb:

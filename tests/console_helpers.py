@@ -1,5 +1,6 @@
-"""Shared by the console tests: the console as a real process, and a real headless Chromium
-(Debian's ``chromium`` and ``chromium-driver``) driven by Selenium."""
+"""Shared by the console tests: the runs they show, the console as a real process (or a
+server thread over a source), and a real headless Chromium (Debian's ``chromium`` and
+``chromium-driver``) driven by Selenium."""
 
 from __future__ import annotations
 
@@ -16,11 +17,82 @@ from pathlib import Path
 import pytest
 
 from mmfl.ports import free_port
+from mmfl.server.records import RoundRecord, ServerMetrics, SiteReport
+from mmfl.server.store import RunStore, open_store
+
+FINGERPRINT = "f" * 64
+FAILED = "0 sites accepted, fewer than the minimum of 1"
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SHOTS_ENV = "MMFL_CONSOLE_SCREENSHOTS"
 """A folder to copy the tests' screenshots into (e.g. ``docs/console``); unset: tmp only."""
+
+
+def caps(site: str, modalities: list[str], dp: bool) -> dict:
+    return {
+        "site_id": site,
+        "modalities": modalities,
+        "device": {"kind": "cpu", "name": "x86_64", "memory_gb": 16.0},
+        "public_fingerprint": FINGERPRINT,
+        "privacy": {
+            "enabled": dp,
+            "target_epsilon": 8.0 if dp else None,
+            "epsilon_spent": 0.5 if dp else 0.0,
+        },
+    }
+
+
+def metrics(rsum: float) -> ServerMetrics:
+    block = {"rsum": rsum, "image-text/rsum": rsum, "image-text/image2text_r1": 10.0}
+    return ServerMetrics(train_loss=2.5, distill_loss=0.1, val=dict(block), test=block)
+
+
+def write_runs(url: str) -> None:
+    """Two runs: ``live`` (round 1 completed, round 2 failed, a DP site, still running) and an
+    older finished ``done``."""
+    engine = open_store(url)
+    done = RunStore(engine, "done")
+    done.start("done", "cream", "digits", 0, {"rounds": 1}, "/out/done")
+    done.add_site("txt", caps("txt", ["text"], False))
+    done.add_round(
+        RoundRecord(
+            round=1, server=metrics(150.0), sites=[SiteReport(site_id="txt", node_id=2, accepted=True)]
+        )
+    )
+    done.finish("completed", {})
+    time.sleep(0.05)
+    live = RunStore(engine, "live")
+    live.start("live", "cream+", "digits", 1, {"rounds": 3}, "/out/live")
+    live.add_site("img", caps("img", ["image"], True))
+    live.add_site("txt", caps("txt", ["text"], False))
+    live.add_round(
+        RoundRecord(
+            round=1,
+            server=metrics(200.0),
+            wall_seconds=4.0,
+            sites=[
+                SiteReport(
+                    site_id="img", node_id=1, accepted=True, epsilon=1.25, bytes_down=1000, bytes_up=500
+                ),
+                SiteReport(site_id="txt", node_id=2, accepted=True, bytes_down=1000, bytes_up=400),
+            ],
+        )
+    )
+    failed = RoundRecord(
+        round=2,
+        sites=[
+            SiteReport(site_id="img", node_id=1, reason="error reply: privacy budget of 8 would be exceeded"),
+            SiteReport(site_id="txt", node_id=2, reason="no reply within 15 s"),
+        ],
+    )
+    failed.fail(FAILED)
+    live.add_round(failed)
+    live.event("round-failed", f"round 2: {FAILED}")  # as the round pipeline reports it
+    live.event("resume", "resumed after round 1 from round-0001.pt")
+    live.event(
+        "privacy-rollback", "site img reports epsilon spent 0.1, less than the 1.25 it reported before"
+    )
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -56,6 +128,33 @@ def console_process(*args: str, port: int | None = None, host: str = "127.0.0.1"
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@contextmanager
+def console_thread(source, refresh: float = 0.5) -> Iterator[str]:  # noqa: ANN001 - a Source
+    """The console app over ``source`` served by uvicorn in a thread on a free loopback port
+    (quicker than a process; the tests that need the command use :func:`console_process`);
+    yields its base URL and stops the server."""
+    import threading
+
+    from mmfl.server.console.app import create_app
+    from mmfl.server.console.cli import uvicorn_server
+    from mmfl.server.console.security import plan_exposure
+
+    exposure = plan_exposure("127.0.0.1", free_port(), None, None, None)
+    server = uvicorn_server(create_app(source, refresh), exposure)
+    thread = threading.Thread(target=server.run, name="console-test", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError(f"the console did not start on {exposure.url}")
+            time.sleep(0.05)
+        yield exposure.url.rstrip("/")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
 
 
 @contextmanager

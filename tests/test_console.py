@@ -20,16 +20,20 @@ from pathlib import Path
 
 import pytest
 from console_helpers import (
+    FAILED,
+    FINGERPRINT,
     chromium,
     console_process,
     epsilon_cells,
     free_port,
     https_status,
     ledger_epsilons,
+    metrics,
     port_open,
     rows,
     screenshot,
     wait_until,
+    write_runs,
 )
 from sqlalchemy import text
 
@@ -43,77 +47,8 @@ from mmfl.server.console.folder_source import FolderSource
 from mmfl.server.console.security import is_loopback, plan_exposure
 from mmfl.server.console.store_source import StoreSource
 from mmfl.server.daemon import ServerLayout, init_server
-from mmfl.server.records import RoundRecord, ServerMetrics, SiteReport
-from mmfl.server.store import RunStore, open_store
-
-FINGERPRINT = "f" * 64
-FAILED = "0 sites accepted, fewer than the minimum of 1"
-
-
-def caps(site: str, modalities: list[str], dp: bool) -> dict:
-    return {
-        "site_id": site,
-        "modalities": modalities,
-        "device": {"kind": "cpu", "name": "x86_64", "memory_gb": 16.0},
-        "public_fingerprint": FINGERPRINT,
-        "privacy": {
-            "enabled": dp,
-            "target_epsilon": 8.0 if dp else None,
-            "epsilon_spent": 0.5 if dp else 0.0,
-        },
-    }
-
-
-def metrics(rsum: float) -> ServerMetrics:
-    block = {"rsum": rsum, "image-text/rsum": rsum, "image-text/image2text_r1": 10.0}
-    return ServerMetrics(train_loss=2.5, distill_loss=0.1, val=dict(block), test=block)
-
-
-def write_runs(url: str) -> None:
-    """Two runs: ``live`` (round 1 completed, round 2 failed, a DP site, still running) and an
-    older finished ``done``."""
-    engine = open_store(url)
-    done = RunStore(engine, "done")
-    done.start("done", "cream", "digits", 0, {"rounds": 1}, "/out/done")
-    done.add_site("txt", caps("txt", ["text"], False))
-    done.add_round(
-        RoundRecord(
-            round=1, server=metrics(150.0), sites=[SiteReport(site_id="txt", node_id=2, accepted=True)]
-        )
-    )
-    done.finish("completed", {})
-    time.sleep(0.05)
-    live = RunStore(engine, "live")
-    live.start("live", "cream+", "digits", 1, {"rounds": 3}, "/out/live")
-    live.add_site("img", caps("img", ["image"], True))
-    live.add_site("txt", caps("txt", ["text"], False))
-    live.add_round(
-        RoundRecord(
-            round=1,
-            server=metrics(200.0),
-            wall_seconds=4.0,
-            sites=[
-                SiteReport(
-                    site_id="img", node_id=1, accepted=True, epsilon=1.25, bytes_down=1000, bytes_up=500
-                ),
-                SiteReport(site_id="txt", node_id=2, accepted=True, bytes_down=1000, bytes_up=400),
-            ],
-        )
-    )
-    failed = RoundRecord(
-        round=2,
-        sites=[
-            SiteReport(site_id="img", node_id=1, reason="error reply: privacy budget of 8 would be exceeded"),
-            SiteReport(site_id="txt", node_id=2, reason="no reply within 15 s"),
-        ],
-    )
-    failed.fail(FAILED)
-    live.add_round(failed)
-    live.event("round-failed", f"round 2: {FAILED}")  # as the round pipeline reports it
-    live.event("resume", "resumed after round 1 from round-0001.pt")
-    live.event(
-        "privacy-rollback", "site img reports epsilon spent 0.1, less than the 1.25 it reported before"
-    )
+from mmfl.server.records import RoundRecord, SiteReport
+from mmfl.server.store import open_store
 
 
 @pytest.fixture()

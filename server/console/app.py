@@ -18,6 +18,9 @@ from mmfl.server.console.charts import line_chart
 from mmfl.server.console.security import LOOPBACK_NAMES, SecurityHeaders, TokenAuth
 from mmfl.server.console.views import Overview, RunDetail
 
+NO_DP = "no DP site in this run"
+"""The ε plot's place on a run none of whose sites trains with differential privacy."""
+
 
 class Source(Protocol):
     """Where the console reads from: a run store or a run folder."""
@@ -52,7 +55,12 @@ def run_charts(detail: RunDetail) -> dict[str, Markup]:
         "loss": line_chart(losses, "server losses", "loss", chart_id="chart-loss"),
         "bytes": line_chart(traffic, "bytes per round", "MB", chart_id="chart-bytes"),
         "epsilon": line_chart(
-            eps, "ε spent per site (dashed: budget)", "ε", budgets, chart_id="chart-epsilon"
+            eps,
+            "ε spent per site (dashed: budget)",
+            "ε",
+            budgets,
+            chart_id="chart-epsilon",
+            empty=NO_DP if detail.dp_sites == [] else "no data yet",
         ),
     }
 
@@ -73,7 +81,7 @@ def create_app(
 
     def page(request: Request, name: str, **context: object) -> HTMLResponse:
         return templates.TemplateResponse(
-            request, name, {"source": source.label, "interval_ms": interval_ms, **context}
+            request, name, {"source": source.label, "interval_ms": interval_ms, "live": "live", **context}
         )
 
     def detail_of(run_id: str) -> RunDetail:
@@ -88,21 +96,23 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def overview_page(request: Request) -> HTMLResponse:
-        return page(request, "overview.html", view=source.overview())
+        view = source.overview()
+        return page(request, "overview.html", view=view, live=view.live)
 
     @app.get("/partials/overview", response_class=HTMLResponse)
     def overview_partial(request: Request) -> HTMLResponse:
-        return page(request, "_overview.html", view=source.overview())
+        view = source.overview()
+        return page(request, "_overview.html", view=view, live=view.live)
 
     @app.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, run_id: str) -> HTMLResponse:
         detail = detail_of(run_id)
-        return page(request, "run.html", detail=detail, charts=run_charts(detail))
+        return page(request, "run.html", detail=detail, charts=run_charts(detail), live=detail.live)
 
     @app.get("/partials/runs/{run_id}", response_class=HTMLResponse)
     def run_partial(request: Request, run_id: str) -> HTMLResponse:
         detail = detail_of(run_id)
-        return page(request, "_run.html", detail=detail, charts=run_charts(detail))
+        return page(request, "_run.html", detail=detail, charts=run_charts(detail), live=detail.live)
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> Response:

@@ -41,9 +41,11 @@ def line_chart(
     chart_id: str = "",
     width: int = 520,
     height: int = 240,
+    empty: str = "no data yet",
 ) -> Markup:
     """A line chart of ``series`` (label -> (round, value) points; None values are gaps) with
-    dashed horizontal ``limits`` (label -> value, e.g. privacy budgets). Empty: a placeholder."""
+    dashed horizontal ``limits`` (label -> value, e.g. privacy budgets). Without a point: the
+    ``empty`` line in its place."""
     left, right, top, bottom = 56, 130, 28, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     points = [(x, y) for pts in series.values() for x, y in pts if y is not None and math.isfinite(y)]
@@ -57,7 +59,7 @@ def line_chart(
     if not points:
         return Markup(
             head
-            + f'<text x="{left}" y="{top + plot_h / 2}" font-size="12" fill="#888">no data yet</text></svg>'
+            + f'<text x="{left}" y="{top + plot_h / 2}" font-size="12" fill="#888">{escape(empty)}</text></svg>'
         )
     xs = [x for x, _ in points]
     ys = [y for _, y in points] + list((limits or {}).values())

@@ -12,15 +12,23 @@ from mmfl.server.console.views import EventView, PrivacySite, RoundView, SiteRou
 PRIVACY_WORDS = re.compile(r"privacy|epsilon|budget|ledger", re.IGNORECASE)
 
 
-def timestamp(value: datetime | str | None) -> str | None:
-    """``YYYY-MM-DD HH:MM:SS UTC`` (naive datetimes are the store's UTC), or None."""
+def timestamp(value: datetime | str | float | None) -> str | None:
+    """``YYYY-MM-DD HH:MM:SS UTC`` of a datetime (naive: the store's UTC), an ISO 8601 string
+    or seconds since the epoch; None for None."""
     if value is None:
         return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            value = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.replace(" UTC", "").replace("Z", "+00:00"))
         except ValueError:
             return value
+    if not isinstance(value, datetime):
+        return None
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

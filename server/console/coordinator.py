@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mmfl.server.console.convert import timestamp
 from mmfl.server.console.views import CertificateView
 from mmfl.server.daemon import CONNECTION, ServerLayout, daemon_pid, flwr, registered_sites
 
@@ -75,6 +76,7 @@ def certificates(tls: Path, now: datetime | None = None) -> list[CertificateView
                 subject=str(names[0].value) if names else cert.subject.rfc4514_string(),
                 not_after=end.strftime("%Y-%m-%d"),
                 days_left=(end - now).days,
+                expires_at=timestamp(end) or "",
             )
         )
     return sorted(out, key=lambda c: c.days_left)

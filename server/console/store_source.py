@@ -4,7 +4,7 @@ coordinator's server folder — its registered sites, the SuperLink's node list 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ from mmfl.server.console.convert import (
 )
 from mmfl.server.console.coordinator import NodeList, certificates, registrations
 from mmfl.server.console.views import (
+    CertificateView,
     EventView,
     Overview,
+    PrivacySite,
     RoundView,
     RunDetail,
     RunRow,
@@ -104,6 +106,31 @@ def _run_row(run: Run, rounds: list[RoundRow]) -> RunRow:
     )
 
 
+def certificate_event(cert: CertificateView) -> EventView:
+    """A certificate that expires within ``CERT_WARN_DAYS`` (or has): an event at the moment it
+    expired, or at the moment it came within the warning period."""
+    expired = cert.days_left < 0
+    at = cert.expires_at
+    if not expired and at:
+        expiry = datetime.fromisoformat(at.removesuffix(" UTC")).replace(tzinfo=UTC)
+        at = timestamp(expiry - timedelta(days=CERT_WARN_DAYS)) or ""
+    return EventView(
+        at=at,
+        kind="certificate-expired" if expired else "certificate-expiring",
+        message=f"{cert.file} ({cert.subject}) expires {cert.not_after}, in {cert.days_left} days",
+    )
+
+
+def dp_sites(
+    declared: dict[str, dict[str, Any]], privacy: list[PrivacySite], known: bool
+) -> list[str] | None:
+    """The run's DP sites: those that declared privacy enabled, or reported an epsilon; None
+    while no site has registered yet and nothing says the run will have none (``known``)."""
+    dp = {name for name, caps in declared.items() if (caps.get("privacy") or {}).get("enabled")}
+    dp |= {p.site_id for p in privacy if p.latest is not None}
+    return sorted(dp) if dp or declared or known else None
+
+
 class StoreSource:
     """Reads a run store; with ``layout`` (a server folder) also the sites' registrations, the
     node list (``nodes``, default: the SuperLink's, cached) and the certificates."""
@@ -142,14 +169,7 @@ class StoreSource:
     def overview(self) -> Overview:
         runs, events, caps, spent, joined = self._read(self._overview_rows, ([], [], {}, {}, {}))
         certs = certificates(self.layout.tls) if self.layout else []
-        events += [
-            EventView(
-                kind="certificate-expired" if c.days_left < 0 else "certificate-expiring",
-                message=f"{c.file} ({c.subject}) expires {c.not_after}, in {c.days_left} days",
-            )
-            for c in certs
-            if c.days_left < CERT_WARN_DAYS
-        ]
+        events += [certificate_event(c) for c in certs if c.days_left < CERT_WARN_DAYS]
         return Overview(
             source=self.label,
             kind="coordinator" if self.layout else "store",
@@ -280,9 +300,13 @@ class StoreSource:
             )
             for r in rows
         ]
-        budgets = {
-            row.site_id: ((row.capabilities.get("privacy") or {}).get("target_epsilon"))
+        declared = {
+            row.site_id: row.capabilities
             for row in s.scalars(select(SiteRow).where(SiteRow.run_id == run_id).order_by(SiteRow.id))
+        }
+        budgets = {  # a site without DP has no budget, whatever target it names
+            name: privacy.get("target_epsilon") if privacy.get("enabled") else None
+            for name, privacy in ((n, c.get("privacy") or {}) for n, c in declared.items())
         }
         events = [
             EventView(at=timestamp(e.at) or "", run_id=run_id, kind=e.kind, message=e.message)
@@ -292,10 +316,13 @@ class StoreSource:
         all_events = sorted(
             [*events, *failed_round_events(run_id, rounds, events, finished)], key=lambda e: e.at
         )
+        row = _run_row(run, rows)
+        privacy = privacy_of(rounds, budgets)
         return RunDetail(
-            run=_run_row(run, rows),
+            run=row,
             rounds=rounds,
-            privacy=privacy_of(rounds, budgets),
+            privacy=privacy,
             refusals=privacy_refusals(run_id, rounds, events),
             events=all_events,
+            dp_sites=dp_sites(declared, privacy, known=bool(rows) or row.final),
         )

@@ -115,6 +115,7 @@ class CertificateView(BaseModel):
     subject: str
     not_after: str
     days_left: int
+    expires_at: str = Field("", description="the exact moment, YYYY-MM-DD HH:MM:SS UTC")
 
 
 class RunDetail(BaseModel):
@@ -125,6 +126,14 @@ class RunDetail(BaseModel):
     privacy: list[PrivacySite] = Field(default_factory=list)
     refusals: list[EventView] = Field(default_factory=list, description="privacy refusals")
     events: list[EventView] = Field(default_factory=list)
+    dp_sites: list[str] | None = Field(
+        None, description="the run's sites that train with DP; None: its sites are not known yet"
+    )
+
+    @property
+    def live(self) -> str:
+        """The page's state: ``live`` while the run runs, ``final`` once it is over."""
+        return "final" if self.run.final else "live"
 
     @property
     def delivered(self) -> str | None:
@@ -148,3 +157,17 @@ class Overview(BaseModel):
     events: list[EventView] = Field(default_factory=list)
     certificates: list[CertificateView] = Field(default_factory=list)
     generated_at: str = ""
+
+    @property
+    def final(self) -> bool:
+        """Nothing more will be recorded: a run folder whose runs are all over (a store or a
+        coordinator may start another run at any time)."""
+        return self.kind == "simulation" and bool(self.runs) and all(r.final for r in self.runs)
+
+    @property
+    def live(self) -> str:
+        """The page's state: ``final`` (see :attr:`final`), ``live`` while a run runs, else
+        ``idle`` (no run in progress; a new one shows when it starts)."""
+        if self.final:
+            return "final"
+        return "live" if any(not r.final for r in self.runs) else "idle"
