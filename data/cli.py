@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from mmfl import terminal
 from mmfl.data.builtin import BUILTIN, open_dataset, prepare
 from mmfl.data.manifest import load_manifest
 from mmfl.data.prepared import SPLITS, DatasetInfo, dataset_schema, info_summary, write_prepared
@@ -17,7 +17,7 @@ from mmfl.errors import MmflError
 app = typer.Typer(
     help="Prepare built-in data sets; validate and fingerprint manifests.", no_args_is_help=True
 )
-console = Console()
+console = terminal.console()
 
 
 @app.command("prepare")

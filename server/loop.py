@@ -42,7 +42,7 @@ from mmfl.server.rounds import RoundPipeline
 from mmfl.server.sites import SiteRegistry, SiteSampler, discover
 from mmfl.server.store import RunStore, open_store
 from mmfl.server.summary import build_evidence, build_summary, to_json
-from mmfl.strategies.choice import SiteShape, choose_method
+from mmfl.strategies.choice import SiteShape, choose_method, public_pairs
 from mmfl.strategies.methods import method_of
 
 FEDERATION_MODEL = "federation_model.pt"
@@ -199,7 +199,8 @@ class FederatedRun:
         shapes = [
             SiteShape(modalities=list(c.modalities), architectures=dict(c.architectures)) for c in declared
         ]
-        self.choice = choose_method(self.spec.modalities, shapes)
+        pairs = public_pairs(self.dataset.manifest("public").samples, self.spec.modalities)
+        self.choice = choose_method(self.spec.modalities, shapes, pairs)
         sites = [
             SiteSpec(id=c.site_id, modalities=list(c.modalities), architectures=dict(c.architectures))
             for c in declared

@@ -21,7 +21,7 @@ from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.server.store import store_url
-from mmfl.strategies.choice import SiteShape, choose_method
+from mmfl.strategies.choice import SiteShape, choose_method, public_pairs
 from mmfl.strategies.methods import method_of
 
 
@@ -116,13 +116,14 @@ def build_plan(
     """Write the run's folder (site manifests and configs, plan.json, spec.toml); return the plan."""
     check_architectures(spec)
     choice = None
+    ds = open_dataset(spec.data_dir or spec.dataset)
     if spec.strategy == "auto":
         shapes = [
             SiteShape(modalities=list(s.modalities), architectures=dict(s.architectures)) for s in spec.sites
         ]
-        choice = choose_method(spec.modalities, shapes)
+        pairs = public_pairs(ds.manifest("public").samples, spec.modalities)
+        choice = choose_method(spec.modalities, shapes, pairs)
         spec = spec.model_copy(update={"strategy": choice.chosen})
-    ds = open_dataset(spec.data_dir or spec.dataset)
     if "name" not in spec.model_fields_set:  # the default name follows the data actually used
         spec = spec.model_copy(
             update={
