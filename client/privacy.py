@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mmfl.client.budget import RoundPlan
+from mmfl.client.ledger import Segment
 from mmfl.client.secure_random import SecureRandom
 from mmfl.config import PrivacyConfig
 from mmfl.data.tensors import Tensors
@@ -43,8 +44,6 @@ from mmfl.models.optim import adam
 # Ghost clipping backpropagates twice through Opacus' full backward hooks, whose inputs need no
 # gradient (frozen features); torch warns on every such pass although nothing is wrong.
 warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
-
-Segment = tuple[float, float, int]
 
 
 def grad_sample_mode(model: nn.Module, requested: str) -> str:

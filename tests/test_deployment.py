@@ -342,7 +342,13 @@ def test_a_killed_coordinator_resumes_to_the_same_result(federation: Federation,
                 b["server_metrics"][split]["rsum"], abs=1e-6
             )
         assert a["server_metrics"]["train_loss"] == pytest.approx(b["server_metrics"]["train_loss"], rel=1e-6)
-    assert resumed["final"]["retrieval"] == pytest.approx(reference["final"]["retrieval"], abs=1e-6)
+    # Recalls (and rsum) to 1e-6; mAP, a float32 sum over every rank computed in another
+    # process, to 1e-3 points: a clean clone once saw 8.4e-5 on text2image_map with every
+    # recall equal. Any resume fault moves recalls and the per-round numbers above.
+    final, expected = resumed["final"]["retrieval"], reference["final"]["retrieval"]
+    assert final.keys() == expected.keys()
+    for key, value in expected.items():
+        assert final[key] == pytest.approx(value, abs=1e-3 if key.endswith("map") else 1e-6), key
     with Session(open_store(federation.server / "runs.sqlite")) as s:
         rounds = s.scalars(select(RoundRow).where(RoundRow.run_id == run_id).order_by(RoundRow.round)).all()
         assert [r.round for r in rounds] == [1, 2, 3]  # none lost, none repeated
