@@ -20,6 +20,7 @@ from mmfl.client import audit
 from mmfl.client.agent import (
     LAUNCHERS,
     Agent,
+    running,
     stop_process_group,
     supernode_of,
     validate_inputs,
@@ -306,10 +307,11 @@ def run_agent(
 def _agent_pid(state: Path) -> int | None:
     try:
         pid = int((state / "agent.pid").read_text().strip())
-        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid
+    # a killed agent left as a zombie, or its pid reused by another program, is not an agent
+    return pid if running(pid) and b"mmfl" in cmdline else None
 
 
 @app.command("stop")
