@@ -79,16 +79,6 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def running(pid: int) -> bool:
-    """Whether ``pid`` is a process that still runs: a zombie (killed, not yet reaped, as an
-    orphan stays where the container's init does not reap) answers ``kill(pid, 0)`` but is not."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(") ", 1)[-1][:1] not in ("Z", "X", "")
-
-
 def supernode_of(state: Path) -> int | None:
     """The pid of a live SuperNode started for ``state`` (its process group), or None."""
     try:

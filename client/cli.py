@@ -20,7 +20,6 @@ from mmfl.client import audit
 from mmfl.client.agent import (
     LAUNCHERS,
     Agent,
-    running,
     stop_process_group,
     supernode_of,
     validate_inputs,
@@ -29,6 +28,7 @@ from mmfl.client.agent import (
 from mmfl.client.ledger import LedgerError, PrivacyLedger
 from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
 from mmfl.errors import MmflError
+from mmfl.processes import running
 
 if TYPE_CHECKING:  # imported where used: it pulls in torch, which `mmfl --help` does not need
     from mmfl.client.budget import PrivacyBudget

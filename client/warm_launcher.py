@@ -37,6 +37,7 @@ from mmfl.flower_internals import (
     TaskType,
     make_simple_http_retry_invoker,
 )
+from mmfl.processes import running
 
 log = logging.getLogger("mmfl.client.launcher")
 POLL_SECONDS = 0.2
@@ -148,11 +149,7 @@ class ForkExecutor:
 def _parent_alive(pid: int | None) -> bool:
     if pid is None:
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return running(pid)
 
 
 def serve(

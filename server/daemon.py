@@ -37,6 +37,7 @@ from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.pki import create_ca, flower_key_header, issue_server_certificate
+from mmfl.processes import running
 from mmfl.server import nginx
 from mmfl.server.signature_gate import SignatureGate
 from mmfl.server.store import store_url
@@ -183,13 +184,7 @@ def daemon_pid(layout: ServerLayout) -> int | None:
         pid = int(layout.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if running(pid) else None
 
 
 class Supervisor:

@@ -220,15 +220,17 @@ def test_a_process_keeps_the_most_recent_sites_built_and_rebuilds_the_rest(monke
 def test_a_killed_agent_left_unreaped_is_not_taken_for_a_running_one(tmp_path: Path) -> None:
     """In a container whose init does not reap orphans, a SIGKILLed agent stays a zombie: it
     still answers ``kill(pid, 0)``, yet ``client stop`` must treat it as gone."""
-    from mmfl.client.agent import running
     from mmfl.client.cli import _agent_pid
+    from mmfl.processes import running
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # mmfl"])
     try:
         (tmp_path / "agent.pid").write_text(f"{child.pid}\n")
         assert running(child.pid) and _agent_pid(tmp_path) == child.pid
         child.kill()
-        wait_for("the zombie", lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z", 10)
+        wait_for(
+            "the zombie", lambda: Path(f"/proc/{child.pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z", 10
+        )
         os.kill(child.pid, 0)  # a zombie still answers the signal-0 probe
         assert not running(child.pid) and _agent_pid(tmp_path) is None
     finally:
