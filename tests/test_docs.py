@@ -107,3 +107,79 @@ def test_docs_build_strict(tmp_path: Path) -> None:
     built = {p.name for p in (tmp_path / "site").glob("*.html")}
     pages = {p.stem + ".html" for p in (ROOT / "docs").glob("*.md")}
     assert pages <= built, f"pages not built: {sorted(pages - built)}"
+
+
+def _documented_command_lines() -> list[tuple[str, list[str]]]:
+    """Every ``mmfl ...`` line of a shell block in the README and the docs, continuation lines
+    joined, comments and leading ``VAR=value`` assignments dropped, as (page, argv)."""
+    import shlex
+
+    found = []
+    for page in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            text = re.sub(r"<<'(\w+)'\n.*?\n\1\n", "\n", block, flags=re.S)  # here-documents are data
+            for line in text.replace("\\\n", " ").splitlines():
+                words = shlex.split(line, comments=True)
+                while words and re.match(r"^[A-Z_]+=", words[0]):
+                    words = words[1:]
+                for i, word in enumerate(words):  # the command ends at a redirection, pipe or list
+                    if word in {">", ">>", "<", "|", "&&", "||", ";", "2>&1"}:
+                        words = words[:i]
+                        break
+                if words[:1] == ["mmfl"]:
+                    found.append((page.name, [w for w in words[1:] if w != "..."]))
+    return found
+
+
+def _parse(argv: list[str]) -> None:
+    """Parse ``mmfl argv`` down to its command without running anything: an unknown command or
+    option, a missing argument or a bad choice raises click's usage error. A path that must exist
+    (the docs name the reader's own folders) is not one."""
+    import click
+    import typer
+
+    from mmfl.cli import app
+
+    command: click.Command = typer.main.get_command(app)
+    name, args, parent = "mmfl", list(argv), None
+    while True:
+        try:
+            ctx = command.make_context(name, args, parent=parent)
+        except click.BadParameter as err:
+            if "does not exist" in str(err.message):
+                return
+            raise
+        if not isinstance(command, click.Group):
+            return
+        rest = [*ctx._protected_args, *ctx.args]
+        if not rest:
+            return
+        name, command, args = command.resolve_command(ctx, rest)
+        assert command is not None, f"no command {name!r}"
+        parent = ctx
+
+
+def test_every_documented_command_line_names_real_commands_and_options() -> None:
+    """The reference blocks (the operator's, the site's, the simulate options) are not run, but
+    each of their ``mmfl`` lines must parse: no renamed command or option goes unnoticed."""
+    import click
+
+    lines = _documented_command_lines()
+    assert len(lines) >= 30 and {page for page, _ in lines} >= {"README.md", "operate.md", "site.md"}
+    wrong = []
+    for page, argv in lines:
+        try:
+            _parse(argv)
+        except click.UsageError as err:
+            wrong.append(f"{page}: mmfl {' '.join(argv)}: {err.format_message()}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_a_renamed_option_in_the_docs_is_caught() -> None:
+    import click
+
+    _parse(["server", "status", "--dir", "/srv/mmfl"])
+    with pytest.raises(click.UsageError, match="--folder"):
+        _parse(["server", "status", "--folder", "/srv/mmfl"])
+    with pytest.raises(click.UsageError):
+        _parse(["server", "stauts", "--dir", "/srv/mmfl"])
