@@ -158,7 +158,49 @@ def offline_control(dataset: str, path: Path = OFFLINE_CONTROL_FILE, required: b
 
 def site_free(name: str) -> bool:
     """A run that uses no site's data: server-only, every control, the offline control."""
-    return name in ("server-only", OFFLINE_CONTROL) or METHODS[name].control_of is not None
+    if name in ("server-only", OFFLINE_CONTROL):
+        return True
+    return name in METHODS and METHODS[name].control_of is not None
+
+
+ENSEMBLE, DELIVERED = "{} ensemble", "{} delivered"
+
+
+def deliverables(summaries: list[dict]) -> list[dict]:
+    """Per seed of a run whose sites released their final models (``--set
+    sites.N.policy.release_final_model=true``): the sites' ensemble as a run of its own
+    (``regress ensemble``), and what the coordinator delivers (``regress delivered``): the
+    best **on val** of the federation's server, the ensemble and every site-free run of the
+    same seed (the offline control included), as :class:`~mmfl.protocols.delivery.Delivery`
+    chooses."""
+    out: list[dict] = []
+    for s in summaries:
+        found = [c for c in (s.get("delivery") or {}).get("candidates", []) if c["source"] == "ensemble"]
+        if not found or found[0]["val_rsum"] is None:
+            continue
+        ens = found[0]
+        ensemble = {
+            "strategy": ENSEMBLE.format(s["strategy"]),
+            "seed": s["seed"],
+            "members": (s["delivery"].get("ensemble") or {}).get("sites", []),
+            "final": {"retrieval": {"rsum": ens["test_rsum"]}, "val_retrieval": {"rsum": ens["val_rsum"]}},
+        }
+        pool = [s, ensemble] + [
+            c
+            for c in summaries
+            if c["seed"] == s["seed"] and site_free(c["strategy"]) and c["final"].get("val_retrieval")
+        ]
+        best = max(pool, key=lambda c: c["final"]["val_retrieval"]["rsum"])  # first wins a tie
+        out += [
+            ensemble,
+            {
+                "strategy": DELIVERED.format(s["strategy"]),
+                "seed": s["seed"],
+                "chosen": best["strategy"],
+                "final": best["final"],
+            },
+        ]
+    return out
 
 
 def paired_rows(summaries: list[dict]) -> list[dict[str, Any]]:
@@ -173,7 +215,7 @@ def paired_rows(summaries: list[dict]) -> list[dict[str, Any]]:
         if (
             not controls
             or site_free(name)
-            or not (METHODS[name].uses_sites and METHODS[name].has_server_model)
+            or (name in METHODS and not (METHODS[name].uses_sites and METHODS[name].has_server_model))
         ):
             continue
         strongest = max(controls, key=lambda c: _mean(_by_seed(summaries, c, "val_retrieval")) or -1.0)
@@ -255,6 +297,7 @@ def markdown(
     rows: list[dict],
     overrides: list[str],
     offline: tuple[Path, int] | None = None,
+    delivered: list[dict] | None = None,
 ) -> str:
     lines = [
         f"# Quality on `{name}` (seeds {', '.join(map(str, seeds))})",
@@ -280,6 +323,28 @@ def markdown(
             f"{_pm(r['best_val_test_rsum_mean'], r['best_val_test_rsum_std'])} | "
             f"{_pm(r['val_rsum_mean'], r['val_rsum_std'])} | {r['bytes_per_round_mean'] / 1e6:.2f} |"
         )
+    if delivered:
+        lines += [
+            "",
+            "The sites released their final models: the sites' ensemble (members chosen on val) and "
+            "the delivered model (the best on val of the server, the ensemble and every site-free run "
+            "of the seed), test rsum:",
+            "",
+            "| seed | run | test rsum | val rsum | chosen | ensemble members |",
+            "|---|---|---|---|---|---|",
+        ]
+        for d in sorted(delivered, key=lambda d: (d["strategy"], d["seed"])):
+            lines.append(
+                f"| {d['seed']} | {d['strategy']} | {d['test_rsum']:.1f} | {d['val_rsum']:.1f} | "
+                f"{d.get('chosen') or '—'} | {', '.join(d.get('members') or []) or '—'} |"
+            )
+        for strategy in sorted({d["strategy"] for d in delivered}):
+            tests = [d["test_rsum"] for d in delivered if d["strategy"] == strategy]
+            vals = [d["val_rsum"] for d in delivered if d["strategy"] == strategy]
+            lines.append(
+                f"| all | **{strategy}** | **{_pm(sum(tests) / len(tests), sample_std(tests))}** | "
+                f"{_pm(sum(vals) / len(vals), sample_std(vals))} | | |"
+            )
     if paired:
         lines += [
             "",
@@ -352,7 +417,8 @@ def main() -> None:
             o for o in offline_control(dataset, args.offline_control, required) if o["seed"] in ran
         ]
         offline = (args.offline_control, offline_runs[0]["passes"]) if offline_runs else None
-        paired = paired_rows(summaries + offline_runs)
+        delivered = deliverables(summaries + offline_runs)
+        paired = paired_rows(summaries + offline_runs + delivered)
         per_run = teacher_rows(summaries)
         teachers = teacher_summary(per_run)
         result = {
@@ -364,12 +430,20 @@ def main() -> None:
             "paired": paired,
             "teachers": teachers,
             "teachers_per_run": per_run,
+            "deliverables": [
+                {k: d.get(k) for k in ("strategy", "seed", "members", "chosen")}
+                | {
+                    "test_rsum": d["final"]["retrieval"]["rsum"],
+                    "val_rsum": d["final"]["val_retrieval"]["rsum"],
+                }
+                for d in delivered
+            ],
         }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"quality-{name}.json").write_text(json.dumps(result, indent=2))
         shutil.copyfile(runs / "rsum.png", args.out / f"quality-{name}-rsum.png")
         (args.out / f"quality-{name}.md").write_text(
-            markdown(name, seeds, paired, teachers, rows, args.set, offline)
+            markdown(name, seeds, paired, teachers, rows, args.set, offline, result["deliverables"])
         )
         table = Table(title=f"{dataset}: server test rsum, mean ± sample std over seeds {seeds}")
         for col in ("strategy", "last round", "best-val round", "val rsum", "MB/round"):
