@@ -51,7 +51,7 @@ from teachers import teacher_retrieval  # noqa: E402
 
 SPECS = {
     name: HERE / "specs" / f"{name}.toml"
-    for name in ("digits", "openclipart", "openclipart-paired", "openclipart-paired-same")
+    for name in ("digits", "openclipart", "openclipart-paired", "openclipart-paired-same", "openclipart-tiers")
 }
 STRATEGIES = [
     "server-only",
@@ -119,7 +119,7 @@ regressed onto public-only teachers (the paired federation's architectures), rea
 ``results/transfer_bound.json`` and compared like any control. It uses no site, and the
 public, val and test splits are the prepared data set's, the same for every OpenClipart spec
 and seed, so it is a control of the mixed federation too."""
-OFFLINE_CONTROL_SPECS = ("openclipart", "openclipart-paired")
+OFFLINE_CONTROL_SPECS = ("openclipart", "openclipart-paired", "openclipart-tiers")
 
 
 OFFLINE_CONTROL_FILE = HERE / "results" / "transfer_bound.json"

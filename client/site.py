@@ -7,6 +7,7 @@ import copy
 import itertools
 import json
 import time
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any
 
@@ -19,8 +20,9 @@ from mmfl.client.ledger import LedgerError
 from mmfl.client.policy import PolicyCheck
 from mmfl.client.site_data import SiteData
 from mmfl.client.state import SiteState
-from mmfl.client.training import PublicRound, encode_mixed, encode_rows, public_loss, train_round
+from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round
 from mmfl.config import SiteConfig
+from mmfl.data.mixing import encode_mixed
 from mmfl.data.partition import site_seed
 from mmfl.data.tensors import concat
 from mmfl.errors import MmflError
@@ -149,6 +151,7 @@ class Site:
             data_fingerprint=self.data.data_key,
             privacy=self.privacy_status(),
             releases_final_model=self.spec.policy.release_final_model,
+            shares_weights="weights" in self.spec.policy.accept,
         )
 
     def _public_round(self, instruction: RepresentInstruction, arrays: dict[str, np.ndarray]) -> PublicRound:
@@ -233,7 +236,7 @@ class Site:
         check_finite(metrics)
         self._save(model, instruction.run_id, instruction.round)
         if instruction.mix is not None:
-            reps = encode_mixed(model, self.data.public, instruction.mix)
+            reps = encode_mixed(model, self.data.public.inputs, instruction.mix)
         else:
             rows = {m: instruction.rows[m] for m in self.spec.modalities if m in instruction.rows}
             reps = encode_rows(model, self.data.public, rows)
@@ -324,6 +327,22 @@ class Site:
             metrics["public_loss"] = float(np.mean(public_losses))
         return metrics
 
+    def _public_pairs_term(
+        self, model: MultiEncoder, settings: TrainSettings
+    ) -> Callable[[], torch.Tensor | None]:
+        """The task loss on a batch of public pairs, joined to each DP step unclipped and
+        unnoised (public data: the accounting does not change)."""
+        pairs = self.data.public
+        rng = np.random.default_rng([self.seed, 0x9A1F])
+        order = itertools.cycle(batches(len(pairs), settings.batch_size, rng))
+        return lambda: multimodal_task_loss(
+            model,
+            pairs.subset(next(order)),
+            self.data.by_class,
+            self.config.train.task_temperature,
+            self.device,
+        )
+
     def train_weights(
         self, instruction: WeightsInstruction, weights: dict[str, np.ndarray]
     ) -> tuple[WeightsReply, dict[str, np.ndarray], int]:
@@ -340,7 +359,8 @@ class Site:
             )
         self.check_settings(settings, None)
         if not self.private and settings.local_epochs:
-            self.policy.steps_of(settings, len(self.data.rows[0]))
+            public = len(self.data.public_manifest) if settings.public_pairs else 0
+            self.policy.steps_of(settings, len(self.data.rows[0]) + public)
         model = self.new_model()
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
         model.to(self.device)
@@ -355,16 +375,19 @@ class Site:
                 settings,
                 negatives,
                 labels,
-                None,
+                self._public_pairs_term(model, settings) if settings.public_pairs else None,
                 self.device,
             )
             examples = plan.units
         else:
             rng = np.random.default_rng([self.seed, instruction.round])
+            # a group member (regress) also trains on the public pairs, as a lone regress site does;
+            # it is weighted by its own rows only (every member holds the same public pairs)
+            train = concat([self.data.train, self.data.public]) if settings.public_pairs else self.data.train
             metrics = train_round(
                 model,
                 None,
-                self.data.train,
+                train,
                 None,
                 settings,
                 self.data.by_class,

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mmfl.data.mixing import mixed_inputs
 from mmfl.data.tensors import Tensors
 from mmfl.models.losses import inter_modal, intra_modal, multimodal_task_loss
 from mmfl.models.multimodal import MultiEncoder, batches
 from mmfl.models.optim import adam
-from mmfl.protocols.messages import MixPlan, TrainSettings
+from mmfl.protocols.messages import TrainSettings
 
 
 @dataclass
@@ -172,22 +171,4 @@ def encode_rows(
             continue
         x = tensors.inputs[m][torch.as_tensor(rows, dtype=torch.long)]
         out[m] = model.encode(m, x, batch_size).numpy()
-    return out
-
-
-def encode_mixed(
-    model: MultiEncoder, public: Tensors, plan: MixPlan, chunk: int = 1024
-) -> dict[str, np.ndarray]:
-    """Eval-mode representations of the plan's mixed items, for each modality the model holds
-    (built ``chunk`` items at a time: a mixed item is as large as a public input)."""
-    out = {}
-    for m in model.modalities:
-        if m not in plan.weight:
-            continue
-        n = len(plan.first)
-        parts = [
-            model.encode(m, mixed_inputs(public.inputs[m], plan, m, range(s, min(s + chunk, n))), chunk)
-            for s in range(0, n, chunk)
-        ]
-        out[m] = torch.cat(parts).numpy()
     return out

@@ -16,7 +16,8 @@ Built from the public set alone, they cost no privacy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -58,3 +59,31 @@ def mixed_inputs(
         return torch.where(pattern.view(pattern.shape + (1,) * (x.dim() - 2)), a, b)
     w = lam.view((-1,) + (1,) * (x.dim() - 1)).to(x.dtype)
     return w * a + (1 - w) * b
+
+
+class Encoder(Protocol):
+    """What :func:`encode_mixed` needs of a model (:class:`~mmfl.models.multimodal.MultiEncoder`)."""
+
+    @property
+    def modalities(self) -> Sequence[str]: ...
+
+    def encode(self, modality: str, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor: ...
+
+
+def encode_mixed(
+    model: Encoder, inputs: Mapping[str, torch.Tensor], plan: MixPlan, chunk: int = 1024
+) -> dict[str, np.ndarray]:
+    """Eval-mode representations of the plan's mixed items, built from the public ``inputs``,
+    for each modality the model holds (``chunk`` items at a time: a mixed item is as large as a
+    public input). A site and the coordinator (for a group's model) encode alike."""
+    out = {}
+    for m in model.modalities:
+        if m not in plan.weight:
+            continue
+        n = len(plan.first)
+        parts = [
+            model.encode(m, mixed_inputs(inputs[m], plan, m, range(s, min(s + chunk, n))), chunk)
+            for s in range(0, n, chunk)
+        ]
+        out[m] = torch.cat(parts).numpy()
+    return out

@@ -275,6 +275,13 @@ class RegressConfig(StrictModel):
         "refused at discovery, so they neither train nor spend); all: every site (a uni-modal "
         "site's space has no counterpart in the other modality: val -19 on the mixed federation)",
     )
+    groups: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: sites that declare the same modalities and architectures, and accept "
+        "weights work, are averaged each round (FedAvgM) and take part as one participant "
+        "(mmfl.strategies.groups); off: every site takes part alone",
+    )
+    group_momentum: float = Field(0.5, ge=0, lt=1, description="FedAvgM's beta within a group")
 
 
 class FedAvgConfig(StrictModel):

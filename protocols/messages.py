@@ -109,6 +109,9 @@ class Capabilities(Message):
     privacy: PrivacyStatus
     releases_final_model: bool = False
     """The site's policy consents to release its final model once at the end of a run."""
+    shares_weights: bool = False
+    """The site's policy accepts ``weights`` work: it may be averaged with the sites of its shape
+    (a group, :mod:`mmfl.strategies.groups`), its weights leaving it each round."""
 
 
 class TrainSettings(BaseModel):

@@ -35,6 +35,7 @@ from mmfl.server.checkpoint import load_checkpoint, save_checkpoint
 from mmfl.server.data import load_server_data
 from mmfl.server.delivery import ControlRunner, candidate, control_spec, control_strategies, run_in_child
 from mmfl.server.exchange import SiteExchange
+from mmfl.server.groups import GroupModels
 from mmfl.server.model import ServerTrainer
 from mmfl.server.records import RoundRecord
 from mmfl.server.release import EnsembleResult, build_ensemble, reference_shapes
@@ -189,6 +190,9 @@ class FederatedRun:
             self.sampler,
             exchange,
             self._event,
+            GroupModels(self.dataset, self.spec.embed_dim, self.spec.regress.group_momentum, self.spec.seed)
+            if self.method.transfer == "regress" and self.method.uses_sites
+            else None,
         )
 
     # -- the run ---------------------------------------------------------------------------------
@@ -377,6 +381,7 @@ class FederatedRun:
             record.round,
             {
                 "trainer": pipeline.trainer.state_dict(),
+                **({"groups": pipeline.group_models.state_dict()} if pipeline.group_models else {}),
                 "rng": self.rng.bit_generator.state,
                 "torch_rng": torch.random.get_rng_state(),
                 "sampler_rng": self.sampler.rng.getstate(),
@@ -406,6 +411,8 @@ class FederatedRun:
         newest = checkpoints[-1]
         state = load_checkpoint(newest, self.store.checkpoint_digest(int(newest.stem.split("-")[1])))
         pipeline.trainer.load_state_dict(state["trainer"])
+        if pipeline.group_models is not None and "groups" in state:
+            pipeline.group_models.load_state_dict(state["groups"])
         self.rng.bit_generator.state = state["rng"]
         torch.random.set_rng_state(state["torch_rng"])
         self.sampler.rng.setstate(state["sampler_rng"])

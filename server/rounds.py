@@ -12,7 +12,9 @@
    * ``local``: the sites train alone; nothing is merged;
    * ``regress`` (``method.transfer``): the coordinator draws mixed public items, the sites
      train (on their rows and the public pairs) and send their representations of them, and
-     the server regresses onto their concatenation; no global representations go down;
+     the server regresses onto their concatenation; no global representations go down. Sites
+     of one shape form a group (:mod:`mmfl.strategies.groups`): they train the group's weights,
+     the coordinator averages them and the group's model represents the items, as one site;
 
 3. the server model is evaluated on val and test.
 
@@ -36,10 +38,12 @@ from mmfl.protocols.messages import RepresentInstruction, TrainSettings, Weights
 from mmfl.protocols.records import from_wire, to_wire
 from mmfl.server.data import ServerData
 from mmfl.server.exchange import SiteExchange
+from mmfl.server.groups import GroupModels
 from mmfl.server.model import ServerTrainer
 from mmfl.server.records import RoundRecord
 from mmfl.server.sites import SiteSampler
 from mmfl.strategies.fedavg import momentum_step, weighted_average
+from mmfl.strategies.groups import Group, form_groups
 from mmfl.strategies.methods import Method
 
 Event = Callable[[str, str], None]
@@ -72,6 +76,7 @@ class RoundPipeline:
         sampler: SiteSampler,
         exchange: SiteExchange | None,
         event: Event,
+        group_models: GroupModels | None = None,
     ) -> None:
         self.run_id = run_id
         self.spec = spec
@@ -86,6 +91,8 @@ class RoundPipeline:
         self.sampler = sampler
         self.exchange = exchange
         self.event = event
+        self.group_models = group_models
+        self._announced: dict[str, list[str]] = {}
         mods = spec.modalities
         self.pairs = [(mods[i], mods[j]) for i in range(len(mods)) for j in range(i + 1, len(mods))]
 
@@ -229,15 +236,60 @@ class RoundPipeline:
             settings=self._regress_settings(record.round),
             mix=plan,
         )
-        accepted = self._exchange_represent(record, instruction, {})
-        record.contributors = {m: sum(m in reps for reps in accepted.values()) for m in self.spec.modalities}
-        if not self._enough(record, self.spec.server.min_sites) or not accepted:
+        registry = self.exchange.registry
+        nodes = self.sampler.sample(registry.online(self.exchange.grid), registry.site_id)
+        groups, alone = self._groups(nodes)
+        record.sites = []
+        contributions: dict[str, dict[str, torch.Tensor]] = {}
+        if alone:
+            with timed(record, "exchange"):
+                record.sites, accepted = self.exchange.represent(alone, instruction, {})
+            contributions = {registry.site_id(n): reps for n, reps in accepted.items()}
+        for group in groups:
+            contributions.update(self._group_round(record, group, instruction))
+        record.contributors = {
+            m: sum(m in reps for reps in contributions.values()) for m in self.spec.modalities
+        }
+        if not self._enough(record, self.spec.server.min_sites) or not contributions:
             return
-        contributions = {self.exchange.registry.site_id(n): reps for n, reps in accepted.items()}
         with timed(record, "distil"):
             record.server.distill_loss = self.trainer.regress(
                 public, plan, contributions, self.spec.regress.weight, self.spec.regress.passes, self.rng
             )
+
+    def _groups(self, nodes: Sequence[int]) -> tuple[list[Group], list[int]]:
+        """This round's groups among the sampled ``nodes`` and the sites that take part alone
+        (:func:`~mmfl.strategies.groups.form_groups`; none with ``regress.groups = "off"``)."""
+        if self.group_models is None or self.spec.regress.groups == "off":
+            return [], list(nodes)
+        sites = self.exchange.registry.sites if self.exchange is not None else {}
+        groups, alone = form_groups(
+            {n: (sites[n].modalities, sites[n].architectures, sites[n].shares_weights) for n in nodes}
+        )
+        named = {g.name: [self.exchange.registry.site_id(n) for n in g.members] for g in groups}  # type: ignore[union-attr]
+        if named != self._announced:
+            for name, members in named.items():
+                self.event("group", f"{name}: {', '.join(members)} averaged (FedAvgM), one participant")
+            self._announced = named
+        return groups, alone
+
+    def _group_round(
+        self, record: RoundRecord, group: Group, instruction: RepresentInstruction
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """One group's round: its members train the group's weights (``train.weights``, with the
+        round's regress settings), the coordinator averages them with momentum, and the group's
+        model represents the round's mixed items; nothing when no member's weights came back."""
+        assert self.exchange is not None and self.group_models is not None and instruction.mix is not None
+        order = WeightsInstruction(run_id=self.run_id, round=record.round, settings=instruction.settings)
+        with timed(record, "exchange"):
+            reports, got = self.exchange.weights(list(group.members), order, self.group_models.current(group))
+        record.sites += reports
+        if not got:
+            return {}
+        trained = [got[n] for n in sorted(got)]
+        self.group_models.update(group, [t.weights for t in trained], [t.examples for t in trained])
+        with timed(record, "group-encode"):
+            return {group.name: self.group_models.represent(group, instruction.mix)}
 
     def _exchange_represent(
         self, record: RoundRecord, instruction: RepresentInstruction, wire: dict[str, np.ndarray]

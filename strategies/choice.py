@@ -9,7 +9,8 @@ The rule, in order (each step measured; docs/results.md):
 2. at least two sites hold every modality and the public set holds at least
    :data:`REGRESS_MIN_PUBLIC_PAIRS` pairs -> ``regress``: the server regresses onto the paired
    sites' representations of mixed public items (best measured with 1,000 public pairs on digits
-   and 1,500 on OpenClipart); the uni-modal sites are refused with the reason;
+   and 1,500 on OpenClipart); the uni-modal sites are refused with the reason. Paired sites that
+   share one architecture form groups (:mod:`mmfl.strategies.groups`): averaged, one participant;
 3. otherwise -> ``cream+``: representation exchange in which uni-modal sites take part (one
    paired site and two uni-modal ones: ``regress`` 39.5 test rsum, ``cream+`` 86.0, server-only
    82.8; two paired sites and one image-only on 419 OpenClipart items, 126 public pairs:
@@ -21,6 +22,7 @@ controls (:mod:`mmfl.protocols.delivery`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -61,6 +63,13 @@ def choose_method(
     if len(paired) >= 2 and not small:
         uni = len(shapes) - len(paired)
         why = f"{len(paired)} sites hold every modality with different architectures"
+        shared = Counter(tuple(sorted(s.architectures.items())) for s in paired)
+        groups = sum(1 for n in shared.values() if n >= 2)
+        if groups:
+            why += (
+                f"; {groups} group{'s' if groups != 1 else ''} of sites with one architecture "
+                "average their weights and take part as one (regress.groups)"
+            )
         why += f"; {uni} uni-modal site{'s' if uni != 1 else ''} cannot take part" if uni else ""
         return MethodChoice(asked="auto", chosen="regress", why=why)
     why = (

@@ -24,6 +24,12 @@ TEXT = SiteShape(modalities=["text"], architectures={"text": "bag"})
         ([PAIRED_A, PAIRED_B], "regress", "2 sites hold every modality"),
         ([PAIRED_A, PAIRED_B, IMAGE, TEXT], "regress", "2 uni-modal sites cannot take part"),
         ([PAIRED_A, PAIRED_A, IMAGE], "regress", "1 uni-modal site cannot"),  # not all paired
+        (
+            [PAIRED_A, PAIRED_A, PAIRED_B, PAIRED_B, PAIRED_B],
+            "regress",
+            "2 groups of sites with one architecture",
+        ),
+        ([PAIRED_A, PAIRED_A, PAIRED_B], "regress", "1 group of sites with one architecture average"),
         ([PAIRED_A, IMAGE, TEXT], "cream+", "uni-modal sites take part"),  # docs/own-data.md
         ([IMAGE, TEXT], "cream+", "0 of 2 sites"),
     ],
