@@ -328,20 +328,23 @@ class Site:
         return metrics
 
     def _public_pairs_term(
-        self, model: MultiEncoder, settings: TrainSettings
+        self, model: MultiEncoder, settings: TrainSettings, losses: list[float]
     ) -> Callable[[], torch.Tensor | None]:
         """The task loss on a batch of public pairs, joined to each DP step unclipped and
-        unnoised (public data: the accounting does not change)."""
+        unnoised (public data: the accounting does not change); each value goes to ``losses``."""
         pairs = self.data.public
         rng = np.random.default_rng([self.seed, 0x9A1F])
         order = itertools.cycle(batches(len(pairs), settings.batch_size, rng))
-        return lambda: multimodal_task_loss(
-            model,
-            pairs.subset(next(order)),
-            self.data.by_class,
-            self.config.train.task_temperature,
-            self.device,
-        )
+        temperature = self.config.train.task_temperature
+
+        def term() -> torch.Tensor | None:
+            batch = pairs.subset(next(order))
+            loss = multimodal_task_loss(model, batch, self.data.by_class, temperature, self.device)
+            if loss is not None:
+                losses.append(float(loss.detach()))
+            return loss
+
+        return term
 
     def train_weights(
         self, instruction: WeightsInstruction, weights: dict[str, np.ndarray]
@@ -366,6 +369,7 @@ class Site:
         model.to(self.device)
         if self.private:
             negatives, labels = public_negatives(model, self.data)
+            public_losses: list[float] = []
             metrics, plan = train_private(
                 self.budget,
                 self.data,
@@ -375,9 +379,11 @@ class Site:
                 settings,
                 negatives,
                 labels,
-                self._public_pairs_term(model, settings) if settings.public_pairs else None,
+                self._public_pairs_term(model, settings, public_losses) if settings.public_pairs else None,
                 self.device,
             )
+            if public_losses:
+                metrics["public_loss"] = float(np.mean(public_losses))
             examples = plan.units
         else:
             rng = np.random.default_rng([self.seed, instruction.round])

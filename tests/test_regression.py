@@ -20,7 +20,7 @@ from mmfl.data.mixing import draw_mix_plan, mixed_inputs
 from mmfl.data.tensors import Tensors
 from mmfl.errors import ConfigError
 from mmfl.models.multimodal import MultiEncoder
-from mmfl.protocols.messages import MixPlan, RepresentInstruction
+from mmfl.protocols.messages import MixPlan, RepresentInstruction, WeightsInstruction
 from mmfl.protocols.records import ProtocolError, check_represent_instruction
 from mmfl.server.model import ServerTrainer
 from mmfl.simulation.engines import run_inprocess
@@ -287,3 +287,27 @@ def test_regress_on_paired_sites_refuses_the_uni_modal_ones_before_they_train(di
         "site img: holds image only; regress.sites = paired takes sites that hold every modality",
         "site txt: holds text only; regress.sites = paired takes sites that hold every modality",
     ]
+
+
+def test_a_dp_group_member_trains_the_groups_weights_on_the_public_pairs_at_the_same_epsilon(
+    pair_config, tmp_path: Path
+) -> None:
+    """A group member (``train.weights`` with the regress settings) runs DP-SGD on its rows with
+    the public pairs' task loss between the DP steps: public data, so the same mechanism is
+    charged whether or not they join."""
+    site = _site(pair_config, tmp_path / "dp", dp=True)
+    weights = {k: v.numpy() for k, v in site.new_model().state_dict().items()}
+    metrics = []
+    for round_, public_pairs in ((1, False), (2, True)):
+        settings = SETTINGS.model_copy(update={"regularisers": False, "public_pairs": public_pairs})
+        reply, trained, examples = site.train_weights(
+            WeightsInstruction(run_id="t", round=round_, settings=settings), weights
+        )
+        assert reply.status == "ok" and set(trained) == set(weights) and examples >= 1
+        assert ("public_loss" in reply.metrics) == public_pairs
+        metrics.append({k: reply.metrics[k] for k in ("dp_steps", "noise_multiplier", "sample_rate")})
+    assert metrics[0] == metrics[1]
+    ledger = site.budget.load()
+    assert ledger is not None
+    (segment,) = ledger.history
+    assert segment == [metrics[0]["noise_multiplier"], metrics[0]["sample_rate"], 2 * metrics[0]["dp_steps"]]
