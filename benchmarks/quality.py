@@ -51,7 +51,13 @@ from teachers import teacher_retrieval  # noqa: E402
 
 SPECS = {
     name: HERE / "specs" / f"{name}.toml"
-    for name in ("digits", "openclipart", "openclipart-paired", "openclipart-paired-same", "openclipart-tiers")
+    for name in (
+        "digits",
+        "openclipart",
+        "openclipart-paired",
+        "openclipart-paired-same",
+        "openclipart-tiers",
+    )
 }
 STRATEGIES = [
     "server-only",
