@@ -56,8 +56,8 @@ def child(name: str, variant: str, batch: int, steps: int, mode: str = "auto") -
     private = variant != "none"
     import torch
 
-    from mmfl.client.privacy import PrivateTraining, private_losses
-    from mmfl.client.secure_random import SecureRandom
+    from mmfl.client.privacy.dp_sgd import PrivateTraining, private_losses
+    from mmfl.client.privacy.secure_random import SecureRandom
     from mmfl.config import PrivacyConfig
     from mmfl.data.tensors import Tensors
     from mmfl.models.encoders import count_parameters, featurizers_for

@@ -21,9 +21,9 @@ from membership import membership_auc
 from rich.console import Console
 from rich.table import Table
 
-from mmfl.client.budget import RoundPlan, plan_noise
-from mmfl.client.ledger import epsilon_of
-from mmfl.client.privacy import private_losses, run_private_round
+from mmfl.client.privacy.budget import RoundPlan, plan_noise
+from mmfl.client.privacy.dp_sgd import private_losses, run_private_round
+from mmfl.client.privacy.ledger import epsilon_of
 from mmfl.config import PrivacyConfig
 from mmfl.data.builtin import open_dataset
 from mmfl.data.tensors import load_tensors

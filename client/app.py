@@ -27,10 +27,10 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from mmfl.client import audit
-from mmfl.client.budget import PrivacyRefusal
-from mmfl.client.ledger import LedgerError
 from mmfl.client.policy import PolicyRefusal
+from mmfl.client.privacy import audit
+from mmfl.client.privacy.budget import PrivacyRefusal
+from mmfl.client.privacy.ledger import LedgerError
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig, load_config
 from mmfl.errors import MmflError

@@ -16,7 +16,6 @@ import typer
 from rich.table import Table
 
 from mmfl import terminal
-from mmfl.client import audit
 from mmfl.client.agent import (
     LAUNCHERS,
     Agent,
@@ -25,20 +24,21 @@ from mmfl.client.agent import (
     validate_inputs,
     write_site_config,
 )
-from mmfl.client.ledger import LedgerError, PrivacyLedger
+from mmfl.client.privacy import audit
+from mmfl.client.privacy.ledger import LedgerError, PrivacyLedger
 from mmfl.config import DEFAULT_ARCHITECTURES, SiteConfig, load_config
 from mmfl.errors import MmflError
 from mmfl.processes import running
 
 if TYPE_CHECKING:  # imported where used: it pulls in torch, which `mmfl --help` does not need
-    from mmfl.client.budget import PrivacyBudget
+    from mmfl.client.privacy.budget import PrivacyBudget
 
 app = typer.Typer(help="The data site's agent and its records (IT at a data site).", no_args_is_help=True)
 console = terminal.console()
 
 
 def _site_budget(config: Path) -> tuple[SiteConfig, PrivacyBudget]:
-    from mmfl.client.budget import PrivacyBudget
+    from mmfl.client.privacy.budget import PrivacyBudget
 
     site = load_config(SiteConfig, config)
     return site, PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
@@ -259,7 +259,7 @@ def start_cmd(
             "this site's final model weights leave it (its audit log records each release)"
         )
     if site.site.privacy.enabled:
-        from mmfl.client.budget import PrivacyBudget
+        from mmfl.client.privacy.budget import PrivacyBudget
 
         budget = PrivacyBudget(site.state_dir, site.site.id, site.site.privacy, site.ledger_key)
         budget.check_configuration(budget.load())

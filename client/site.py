@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmfl.client.budget import PrivacyBudget
-from mmfl.client.dp_round import public_negatives, train_private
-from mmfl.client.ledger import LedgerError
 from mmfl.client.policy import PolicyCheck
+from mmfl.client.privacy.budget import PrivacyBudget
+from mmfl.client.privacy.ledger import LedgerError
+from mmfl.client.privacy.round import public_negatives, train_private
 from mmfl.client.site_data import SiteData
 from mmfl.client.state import SiteState
 from mmfl.client.training import PublicRound, encode_rows, public_loss, train_round

@@ -36,7 +36,7 @@ def test_the_command_line_starts_without_torch() -> None:
     """Issue 36: a progress line within about a second of start. `mmfl` used to import torch,
     Flower's strategies and the model code (3-5 s on 2 cores) before any command ran; they load
     where a command needs them, after its first line."""
-    probe = "import sys, mmfl.cli; print(sorted(m for m in ('torch', 'mmfl.client.budget', 'mmfl.inference.trained') if m in sys.modules))"
+    probe = "import sys, mmfl.cli; print(sorted(m for m in ('torch', 'mmfl.client.privacy.budget', 'mmfl.inference.trained') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -103,7 +103,7 @@ def test_server_status_on_a_damaged_run_store_is_one_line(tmp_path: Path) -> Non
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
 def test_a_read_only_ledger_is_one_line_and_unchanged(tmp_path: Path) -> None:
     """F7: an operator action on a ledger mmfl may not write names the file (was a Python repr)."""
-    from mmfl.client.budget import PrivacyBudget
+    from mmfl.client.privacy.budget import PrivacyBudget
     from mmfl.config import PrivacyConfig
 
     budget = PrivacyBudget(tmp_path, "site-a", PrivacyConfig(enabled=True, target_epsilon=8.0))
@@ -134,7 +134,7 @@ def test_a_read_only_ledger_is_one_line_and_unchanged(tmp_path: Path) -> None:
 
 def test_client_ledger_checks_the_seal_of_the_sites_key(tmp_path: Path) -> None:
     """Issue 13: `mmfl client ledger` verifies as training does, with the key named in site.toml."""
-    from mmfl.client.budget import PrivacyBudget
+    from mmfl.client.privacy.budget import PrivacyBudget
     from mmfl.config import PrivacyConfig
     from mmfl.pki import create_site_keys
 

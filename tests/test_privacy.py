@@ -18,11 +18,11 @@ from opacus.accountants import create_accountant
 from opacus.grad_sample import GradSampleModule
 from opacus.optimizers import DPOptimizer
 
-from mmfl.client import secure_random
-from mmfl.client.budget import PrivacyBudget, PrivacyRefusal, plan_noise
-from mmfl.client.ledger import LedgerError, PrivacyLedger, add_segment, epsilon_of
-from mmfl.client.privacy import PoissonSampler, PrivateTraining, private_losses, training_units
-from mmfl.client.secure_random import SecureRandom
+from mmfl.client.privacy import secure_random
+from mmfl.client.privacy.budget import PrivacyBudget, PrivacyRefusal, plan_noise
+from mmfl.client.privacy.dp_sgd import PoissonSampler, PrivateTraining, private_losses, training_units
+from mmfl.client.privacy.ledger import LedgerError, PrivacyLedger, add_segment, epsilon_of
+from mmfl.client.privacy.secure_random import SecureRandom
 from mmfl.config import PrivacyConfig
 from mmfl.data.partition import holdout_split
 from mmfl.data.tensors import Tensors

@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from helpers import SETTINGS, instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
-from mmfl.client.ledger import LedgerError, PrivacyLedger, epsilon_of
-from mmfl.client.privacy import PoissonSampler
-from mmfl.client.secure_random import SecureRandom
+from mmfl.client.privacy.dp_sgd import PoissonSampler
+from mmfl.client.privacy.ledger import LedgerError, PrivacyLedger, epsilon_of
+from mmfl.client.privacy.secure_random import SecureRandom
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig
 from mmfl.data.manifest import load_manifest, write_manifest
@@ -321,7 +321,7 @@ def test_a_dp_site_says_nothing_about_its_data_when_it_fails(
 def test_a_mechanism_that_differs_from_the_plan_sends_nothing(
     site_configs, tmp_path: Path, monkeypatch, flower_identity
 ) -> None:
-    from mmfl.client import privacy
+    from mmfl.client.privacy import dp_sgd as privacy
 
     site = site_like(site_configs[0], tmp_path / "state", enabled=True)
     monkeypatch.setattr(
@@ -340,7 +340,7 @@ def test_a_mechanism_that_differs_from_the_plan_sends_nothing(
 
 
 def test_a_round_that_fails_midway_stays_charged(site_configs, tmp_path: Path, monkeypatch) -> None:
-    from mmfl.client import privacy
+    from mmfl.client.privacy import dp_sgd as privacy
 
     site = site_like(site_configs[0], tmp_path / "state", enabled=True)
 

@@ -14,8 +14,8 @@ from flwr.app import Context, Message
 
 from helpers import instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
-from mmfl.client.audit import read as read_audit
-from mmfl.client.ledger import PrivacyLedger
+from mmfl.client.privacy.audit import read as read_audit
+from mmfl.client.privacy.ledger import PrivacyLedger
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig, SitePolicy
 from mmfl.protocols.messages import MSG_RELEASE, ReleaseInstruction, ReleaseReply

@@ -12,8 +12,8 @@ from flwr.app import Context, Message, RecordDict
 from helpers import instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
 from mmfl.client.app import site_for
-from mmfl.client.audit import read as read_audit
-from mmfl.client.ledger import LedgerError, PrivacyLedger
+from mmfl.client.privacy.audit import read as read_audit
+from mmfl.client.privacy.ledger import LedgerError, PrivacyLedger
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig
 from mmfl.protocols.messages import (
@@ -111,7 +111,7 @@ def test_a_damaged_ledger_declares_no_spend_and_a_reset_recovers_the_journals(
 def test_a_reset_ignores_the_whole_budget_that_older_refusals_declared(site_configs, tmp_path: Path) -> None:
     """Audit logs written before the fix hold refusal lines declaring the whole budget: a
     reset reads only what the site released (``ok`` replies)."""
-    from mmfl.client import audit
+    from mmfl.client.privacy import audit
 
     site = dp_site(site_configs[2], tmp_path / "state")
     ledger = site.budget.open(site.data.data_key, site.data.training_units)

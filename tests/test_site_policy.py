@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from helpers import instruction, mmfl_cli, node_context, small_spec
 from mmfl.client.app import app as client_app
-from mmfl.client.ledger import PrivacyLedger
 from mmfl.client.policy import PolicyRefusal
+from mmfl.client.privacy.ledger import PrivacyLedger
 from mmfl.client.site import Site
 from mmfl.config import SiteConfig, SitePolicy, dump_toml
 from mmfl.protocols.messages import MSG_REPRESENT, MixPlan, RepresentReply

@@ -3,7 +3,7 @@
 Order, each step before the next: plan the round against the budget (the noise multiplier and
 the epsilon after it, computed once), commit that epsilon to the ledger, train, check that the
 accountant recorded exactly the committed mechanism. A refusal or failure at any step leaves
-nothing to send (:class:`~mmfl.client.budget.PrivacyRefusal`, :class:`~mmfl.client.ledger.LedgerError`).
+nothing to send (:class:`~mmfl.client.privacy.budget.PrivacyRefusal`, :class:`~mmfl.client.privacy.ledger.LedgerError`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from mmfl.client.budget import PrivacyBudget, RoundPlan
-from mmfl.client.ledger import LedgerError
+from mmfl.client.privacy.budget import PrivacyBudget, RoundPlan
+from mmfl.client.privacy.ledger import LedgerError
 from mmfl.client.site_data import SiteData
 from mmfl.client.training import encode_rows
 from mmfl.models.multimodal import MultiEncoder
@@ -53,7 +53,7 @@ def train_private(
     as the only negatives, so each sample's loss depends on that sample alone.
     """
     # Opacus takes seconds to import; sites without DP never load it.
-    from mmfl.client.privacy import private_losses, run_private_round
+    from mmfl.client.privacy.dp_sgd import private_losses, run_private_round
 
     with budget.exclusive():  # planning to commit: one DP round at a time
         ledger = budget.open(data.data_key, data.training_units)

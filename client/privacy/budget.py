@@ -1,5 +1,5 @@
 """The site's privacy budget: the one place that decides whether the site may spend privacy,
-knows what it has spent, and keeps the durable ledger (:mod:`mmfl.client.ledger`) current.
+knows what it has spent, and keeps the durable ledger (:mod:`mmfl.client.privacy.ledger`) current.
 
 Policy:
 
@@ -22,8 +22,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmfl.client.audit import largest_epsilon
-from mmfl.client.ledger import (
+from mmfl.client.privacy.audit import largest_epsilon
+from mmfl.client.privacy.ledger import (
     AccountingState,
     CarriedSpend,
     CountRelease,
@@ -36,7 +36,7 @@ from mmfl.client.ledger import (
     epsilon_of,
     now,
 )
-from mmfl.client.secure_random import SecureRandom
+from mmfl.client.privacy.secure_random import SecureRandom
 from mmfl.client.state import SiteState
 from mmfl.config import PrivacyConfig
 from mmfl.errors import MmflError

@@ -33,9 +33,9 @@ from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClippi
 from torch import nn
 from torch.nn import functional as F
 
-from mmfl.client.budget import RoundPlan
-from mmfl.client.ledger import Segment
-from mmfl.client.secure_random import SecureRandom
+from mmfl.client.privacy.budget import RoundPlan
+from mmfl.client.privacy.ledger import Segment
+from mmfl.client.privacy.secure_random import SecureRandom
 from mmfl.config import PrivacyConfig
 from mmfl.data.tensors import Tensors
 from mmfl.models.multimodal import MultiEncoder

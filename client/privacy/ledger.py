@@ -7,7 +7,7 @@ One ledger per site state folder, under ``STATE/privacy/``:
 * ``journal.jsonl``: append-only, one hash-chained line per change, each holding the accounting
   state after it (the segments, count releases, carried spend and budget);
 * ``ledger.seal``: on a site with a key (every deployed site), its signature over the ledger and
-  the journal's head (:mod:`mmfl.client.ledger_seal`), so an edit by hand with the checksum
+  the journal's head (:mod:`mmfl.client.privacy.seal`), so an edit by hand with the checksum
   recomputed is refused too.
 
 Spent privacy is a composition, at the ledger's ``delta`` (add/remove-one adjacency):
@@ -40,7 +40,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmfl.client.ledger_seal import LedgerSeal
+from mmfl.client.privacy.seal import LedgerSeal
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_bytes
 
