@@ -39,8 +39,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mmfl.config import FederationSpec, load_config
+from mmfl.simulation import paired as pairing
 from mmfl.simulation.engines import run_inprocess
-from mmfl.simulation.paired import gap_closed, paired_difference, sample_std
+from mmfl.simulation.paired import sample_std
 from mmfl.simulation.plan import build_plan
 from mmfl.simulation.report import comparison_table, write_comparison
 from mmfl.strategies.methods import METHODS
@@ -105,18 +106,6 @@ def run(
             summary["_run_dir"] = str(run_dir)
             summaries.append(summary)
     return summaries
-
-
-def _by_seed(summaries: list[dict], strategy: str, key: str = "retrieval") -> dict[int, float]:
-    return {
-        s["seed"]: s["final"][key]["rsum"]
-        for s in summaries
-        if s["strategy"] == strategy and s["final"].get(key)
-    }
-
-
-def _mean(values: dict[int, float]) -> float | None:
-    return sum(values.values()) / len(values) if values else None
 
 
 OFFLINE_CONTROL = "offline public teachers, regression"
@@ -209,32 +198,16 @@ def deliverables(summaries: list[dict]) -> list[dict]:
     return out
 
 
+def compared(name: str) -> bool:
+    """A federation with a server model, or a deliverable of one (its ensemble, what it delivers)."""
+    return name not in METHODS or (METHODS[name].uses_sites and METHODS[name].has_server_model)
+
+
 def paired_rows(summaries: list[dict]) -> list[dict[str, Any]]:
     """Each federated method against every site-free run (its own controls and those of the
     other methods: any of them is a server the coordinator could build without a site) and
-    the strongest of them by val."""
-    ran = {s["strategy"] for s in summaries}
-    ceiling = _mean(_by_seed(summaries, CEILING))
-    controls = [c for c in ran if site_free(c)]
-    rows = []
-    for name in sorted(ran):
-        if (
-            not controls
-            or site_free(name)
-            or (name in METHODS and not (METHODS[name].uses_sites and METHODS[name].has_server_model))
-        ):
-            continue
-        strongest = max(controls, key=lambda c: _mean(_by_seed(summaries, c, "val_retrieval")) or -1.0)
-        for control in sorted(controls):
-            diff = paired_difference(name, control, _by_seed(summaries, name), _by_seed(summaries, control))
-            treated_mean, control_mean = _mean(_by_seed(summaries, name)), _mean(_by_seed(summaries, control))
-            closed = (
-                None
-                if ceiling is None or treated_mean is None or control_mean is None
-                else gap_closed(treated_mean, control_mean, ceiling)
-            )
-            rows.append({**diff.model_dump(), "strongest_by_val": control == strongest, "gap_closed": closed})
-    return rows
+    the strongest of them by val (:func:`mmfl.simulation.paired.paired_rows`)."""
+    return pairing.paired_rows(summaries, site_free, compared, CEILING)
 
 
 def cached_teachers(run_dir: Path) -> dict[str, float]:
@@ -352,24 +325,7 @@ def markdown(
                 f"{_pm(sum(vals) / len(vals), sample_std(vals))} | | |"
             )
     if paired:
-        lines += [
-            "",
-            "Federation − site-free control, test rsum after the last round, paired by seed "
-            "(95 % t interval; sd = sample std of the differences). ★ = the strongest control by val. "
-            f"Gap closed = share of the control-to-`{CEILING}` gap.",
-            "",
-            "| federation | control | mean difference | 95 % interval | sd | per seed | gap closed |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for p in paired:
-            ci = "—" if p["ci_low"] is None else f"[{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]"
-            sd = "—" if p["sd"] is None else f"{p['sd']:.1f}"
-            closed = "—" if p["gap_closed"] is None else f"{100 * p['gap_closed']:.0f} %"
-            star = " ★" if p["strongest_by_val"] else ""
-            per_seed = ", ".join(f"{d:+.1f}" for d in p["per_seed"])
-            lines.append(
-                f"| {p['treated']} | {p['control']}{star} | {p['mean']:+.1f} | {ci} | {sd} | {per_seed} | {closed} |"
-            )
+        lines += ["", *pairing.paired_lines(paired, CEILING)]
     if teachers:
         lines += [
             "",

@@ -16,6 +16,7 @@ from mmfl import terminal
 from mmfl.config import FederationSpec, SiteSpec, dump_toml, load_config
 from mmfl.errors import MmflError
 from mmfl.simulation.report import (
+    compare_with_site_free,
     comparison_table,
     pair_names,
     pair_rsum,
@@ -418,6 +419,15 @@ def compare(
             *(fmt(c["test_rsum_mean"], c["test_rsum_std"]) for c in cells),
         )
     terminal.console().print(table)
+    for p in compare_with_site_free(summaries):
+        if p["strongest_by_val"]:
+            ci = "" if p["ci_low"] is None else f", 95 % [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}]"
+            terminal.console().print(
+                f"{p['treated']} − {p['control']} (the strongest site-free run by val): "
+                f"{p['mean']:+.1f} test rsum over {len(p['seeds'])} seed{'s' if len(p['seeds']) != 1 else ''}{ci}",
+                highlight=False,
+                soft_wrap=True,
+            )
     terminal.console().print(f"written: {out / 'comparison.md'}")
     print_tracking(backends, out / "tracking")
 

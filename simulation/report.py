@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from mmfl.files import atomic_write_text
+from mmfl.simulation.paired import paired_lines, paired_rows
+from mmfl.strategies.methods import METHODS
 
 
 def summary_schema() -> dict[str, Any]:
@@ -382,7 +384,24 @@ def write_comparison(summaries: Sequence[dict[str, Any]], out: Path) -> Path:
                 for r in rows
             ]
             lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    paired = compare_with_site_free(summaries)
+    if paired:
+        lines += ["", *paired_lines(paired)]
+    atomic_write_text(out / "comparison-paired.json", json.dumps(paired, indent=2))
     lines += ["", "![test rsum per round](rsum.png)", ""]
     path = out / "comparison.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def compare_with_site_free(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every federation of the comparison against every site-free run in it (server-only and
+    the methods' controls), paired by seed (:func:`~mmfl.simulation.paired.paired_rows`)."""
+
+    def site_free(name: str) -> bool:
+        return name == "server-only" or (name in METHODS and METHODS[name].control_of is not None)
+
+    def compared(name: str) -> bool:
+        return name in METHODS and METHODS[name].uses_sites and METHODS[name].has_server_model
+
+    return paired_rows(summaries, site_free, compared)

@@ -114,3 +114,35 @@ def test_site_free_control_distils_toward_its_own_representations(digits, tmp_pa
         assert r["bytes_down"] == r["bytes_up"] == 0
         assert math.isfinite(r["server_metrics"]["distill_loss"])
     assert summary["final"]["retrieval"]["rsum"] > 0
+
+
+def test_simulate_compare_pairs_every_federation_with_every_site_free_run() -> None:
+    """``mmfl simulate compare`` reports each federation minus each site-free run by seed, and
+    marks the strongest of those by val (never by test)."""
+    from mmfl.simulation.report import compare_with_site_free
+
+    def run(strategy: str, seed: int, test: float, val: float) -> dict:
+        return {
+            "strategy": strategy,
+            "seed": seed,
+            "final": {"retrieval": {"rsum": test}, "val_retrieval": {"rsum": val}},
+        }
+
+    summaries = [
+        run("regress", 0, 110.0, 150.0),
+        run("regress", 1, 108.0, 148.0),
+        run("server-only", 0, 90.0, 130.0),
+        run("server-only", 1, 92.0, 131.0),
+        run("regress-public", 0, 100.0, 129.0),  # stronger on test, weaker on val
+        run("regress-public", 1, 101.0, 128.0),
+        run("centralized", 0, 130.0, 170.0),
+        run("centralized", 1, 130.0, 170.0),
+    ]
+    rows = {(r["treated"], r["control"]): r for r in compare_with_site_free(summaries)}
+    assert set(rows) == {("regress", "server-only"), ("regress", "regress-public")}  # no ceiling, no control
+    best = rows["regress", "server-only"]
+    assert best["strongest_by_val"] and not rows["regress", "regress-public"]["strongest_by_val"]
+    assert (
+        best["per_seed"] == [20.0, 16.0] and best["mean"] == 18.0 and best["ci_low"] < 18.0 < best["ci_high"]
+    )
+    assert best["gap_closed"] == pytest.approx(18.0 / 39.0)
