@@ -51,8 +51,8 @@ of an evaluation row appears in an adaptation row (``shared_items`` is 0 and is 
 Rows of the table (accuracy % on the evaluation rows, fused predictor unless named): each
 source alone; the best source (picked with evaluation labels: a generous baseline); naive
 fusion (mean probabilities); the trivial teacher-student baseline
-(:mod:`mmfl.adaptation.baselines`); AF; EW; the switch, whose threshold for each scenario is
-calibrated leave-one-scenario-out (:mod:`mmfl.adaptation.switch`) from the other scenarios'
+(``benchmarks/adapt_baselines.py``); AF; EW; the switch, whose threshold for each scenario is
+calibrated leave-one-scenario-out (``benchmarks/adapt_switch.py``) from the other scenarios'
 gaps and AF/EW accuracies on *their adaptation rows*, so no evaluation row ever sets it; the
 oracle (both models fine-tuned with the adaptation rows' true labels: an upper bound).
 5 seeds, mean ± sample std; method − strongest baseline as the paired per-seed difference with
@@ -66,6 +66,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -80,10 +81,8 @@ from sklearn.datasets import load_digits
 from sklearn.preprocessing import StandardScaler
 from torch.nn import functional as F
 
-from mmfl.adaptation import baselines
 from mmfl.adaptation.adapt import FeaturizerSpec, UnimodalMeta, adapt, featurize, train_unimodal
 from mmfl.adaptation.pseudo_labels import IGNORE
-from mmfl.adaptation.switch import CalibrationPoint, calibrate_threshold, leave_one_out
 from mmfl.config import AdaptConfig
 from mmfl.data.builtin import open_dataset
 from mmfl.data.builtin.digits import load_fsdd_mfcc
@@ -94,6 +93,10 @@ from mmfl.models.multimodal import MultiEncoder, batches
 from mmfl.simulation.paired import paired_difference, sample_std
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import adapt_baselines as baselines  # noqa: E402
+from adapt_switch import CalibrationPoint, calibrate_threshold, leave_one_out  # noqa: E402
+
 MODALITIES = ("audio", "image")
 SCENARIOS = (
     "no-shift",

@@ -275,7 +275,8 @@ def test_adapt_refuses_mismatched_models_and_unpaired_data(
 
 
 def test_switch_threshold_minimises_regret_on_the_calibration_points() -> None:
-    from mmfl.adaptation.switch import CalibrationPoint, calibrate_threshold
+    switch = load_benchmark("adapt_switch")
+    CalibrationPoint, calibrate_threshold = switch.CalibrationPoint, switch.calibrate_threshold
 
     ew_low = CalibrationPoint(gap=0.1, af=50.0, ew=90.0)
     af_high = CalibrationPoint(gap=1.0, af=80.0, ew=60.0)
@@ -357,7 +358,7 @@ def _tiny_models(seed: int):
 
 def test_trivial_baseline_trains_the_uncertain_model_on_the_confident_ones_labels() -> None:
 
-    from mmfl.adaptation import baselines
+    baselines = load_benchmark("adapt_baselines")
 
     models, x = _tiny_models(0)
     models["audio"].heads["audio"].scale *= 50.0  # a confident audio model: the teacher
@@ -457,7 +458,7 @@ def test_pseudo_label_class_weights_lift_a_class_few_rows_keep() -> None:
     pseudo-labels, the class-1 rows end up more likely class 1 than with uniform weights."""
     import copy
 
-    from mmfl.adaptation import baselines
+    baselines = load_benchmark("adapt_baselines")
     from mmfl.adaptation.adapt import pseudo_label_weights, self_train
     from mmfl.config import AdaptConfig
 
