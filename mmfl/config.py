@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -412,6 +413,14 @@ class RunPlan(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
 
+    def to_json(self) -> str:
+        """``plan.json``. Fields left unset stay unset when the file is read back (every engine
+        and the daemon's ServerApp read it in another process): a method's own settings
+        (:meth:`~mmfl.strategies.methods.Method.cream`, ``fedavg``) fill only unset fields, so a
+        written-out default would silently turn them off (cream+ ran without its temperature and
+        contrastive distillation wherever the plan was read back)."""
+        return self.model_dump_json(indent=2, exclude_unset=True)
+
 
 class DaemonConfig(StrictModel):
     """The coordinator daemon (``server.toml`` in the server folder)."""
@@ -657,9 +666,17 @@ def load_config(
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def dump_toml(model: BaseModel) -> str:
-    """Render a config as TOML (for ``mmfl simulate init`` and the run's record)."""
-    return _toml_table(model.model_dump(mode="json", exclude_none=True), [])
+def dump_toml(model: BaseModel, unset_left_out: Sequence[str] = ()) -> str:
+    """Render a config as TOML (for ``mmfl simulate init`` and the run's record). The tables
+    named in ``unset_left_out`` keep only the keys that were set (where a method's own
+    settings fill the rest: ``cream``, ``fedavg``)."""
+    data = model.model_dump(mode="json", exclude_none=True)
+    for name in unset_left_out:
+        kept = getattr(model, name).model_fields_set
+        data[name] = {k: v for k, v in data.get(name, {}).items() if k in kept}
+        if not data[name]:
+            del data[name]
+    return _toml_table(data, [])
 
 
 def _toml_value(value: Any) -> str:

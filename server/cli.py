@@ -364,7 +364,7 @@ def run_submit(
         site_keys=_site_keys(layout),
         privacy_acks=_privacy_acks(layout),
     )
-    atomic_write_text(out_dir / "plan.json", plan.model_dump_json(indent=2))
+    atomic_write_text(out_dir / "plan.json", plan.to_json())
     flower_run = _submit(layout, plan)
     console.print(f"run {run_id} submitted (Flower run {flower_run}); output in {out_dir}")
     print(run_id)
@@ -387,6 +387,6 @@ def resume_cmd(run_id: str, dir_: Path = DirOpt) -> None:
             "privacy_acks": _privacy_acks(layout),
         }
     )
-    atomic_write_text(plan_path, plan.model_dump_json(indent=2))
+    atomic_write_text(plan_path, plan.to_json())
     flower_run = _submit(layout, plan)
     console.print(f"run {run_id} resumed (Flower run {flower_run})")

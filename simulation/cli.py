@@ -448,4 +448,17 @@ def init(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt) -> No
         for name, field in site_fields.items()
         if any(getattr(site, name) is None for site in spec.sites)
     ]
-    print("\n".join(unset) + ("\n" if unset else "") + dump_toml(spec))
+    # A method fills the cream and fedavg keys a spec leaves unset with its own settings (cream+'s
+    # temperature, fedavgm's momentum): written out, they would override them. They are listed.
+    for section in METHOD_SETTINGS:
+        given = getattr(spec, section)
+        unset += [
+            f"# {section}.{name} = {json.dumps(value)}   unset: the method's own setting applies, else this"
+            for name, value in given.model_dump(mode="json", exclude_none=True).items()
+            if name not in given.model_fields_set
+        ]
+    print("\n".join(unset) + ("\n" if unset else "") + dump_toml(spec, METHOD_SETTINGS))
+
+
+METHOD_SETTINGS = ("cream", "fedavg")
+"""The spec's tables whose unset keys a method fills with its own settings (``strategies/methods.py``)."""

@@ -185,5 +185,5 @@ def build_plan(
         threads=torch.get_num_threads(),
     )
     atomic_write_text(out / "spec.toml", dump_toml(spec))
-    atomic_write_text(out / "plan.json", plan.model_dump_json(indent=2))
+    atomic_write_text(out / "plan.json", plan.to_json())
     return plan

@@ -116,3 +116,55 @@ def test_a_bad_spec_name_is_one_line_naming_the_key(name: str) -> None:
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("mmfl: error:") and "name: String should match pattern" in line
+
+
+def test_a_plan_read_back_in_another_process_keeps_the_methods_own_settings(digits, tmp_path: Path) -> None:
+    """Every engine but the in-process one (and the daemon) reads ``plan.json`` back: a method's
+    own settings (cream+'s temperature, contrastive distillation; fedavgm's momentum) fill only
+    fields the spec left unset, so the file must not turn the defaults into set values."""
+    from mmfl.config import RunPlan
+    from mmfl.simulation.plan import build_plan
+    from mmfl.strategies.methods import method_of
+
+    for strategy in ("cream+", "fedavgm"):
+        spec = load_config(FederationSpec, overrides=[f'strategy="{strategy}"', "rounds=1"])
+        plan = build_plan(spec, tmp_path / strategy.replace("+", "plus"))
+        read = RunPlan.model_validate_json(
+            (tmp_path / strategy.replace("+", "plus") / "plan.json").read_text()
+        )
+        method = method_of(strategy)
+        assert method.cream(read.spec.cream) == method.cream(plan.spec.cream)
+        assert method.fedavg(read.spec.fedavg) == method.fedavg(plan.spec.fedavg)
+        assert read.spec == plan.spec and read.run_id == plan.run_id
+    creamplus = RunPlan.model_validate_json((tmp_path / "creamplus" / "plan.json").read_text())
+    assert method_of("cream+").cream(creamplus.spec.cream).ensemble_temperature == 0.05
+    fedavgm = RunPlan.model_validate_json((tmp_path / "fedavgm" / "plan.json").read_text())
+    assert method_of("fedavgm").fedavg(fedavgm.spec.fedavg).server_momentum == 0.5
+
+
+def test_an_initialised_spec_keeps_the_methods_own_settings(tmp_path: Path) -> None:
+    """``mmfl simulate init > spec.toml`` then ``-c spec.toml``: the cream and fedavg keys the
+    method fills are listed as comments, not written as values that would override it."""
+    import subprocess
+    import sys
+
+    from mmfl.strategies.methods import method_of
+
+    done = subprocess.run(
+        [sys.executable, "-m", "mmfl.cli", "simulate", "init", "--set", 'strategy="cream+"'],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "# cream.ensemble_temperature = 1.0   unset: the method's own setting applies" in done.stdout
+    (tmp_path / "spec.toml").write_text(done.stdout)
+    spec = load_config(FederationSpec, tmp_path / "spec.toml")
+    cream = method_of(spec.strategy).cream(spec.cream)
+    assert (cream.ensemble_temperature, cream.distill_loss, cream.kd_weight) == (0.05, "contrastive", 1.0)
+    # a key the user sets is written, and wins over the method's
+    done = subprocess.run(
+        [sys.executable, "-m", "mmfl.cli", "simulate", "init", "--set", "cream.kd_weight=0.5"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    (tmp_path / "set.toml").write_text(done.stdout)
+    spec = load_config(FederationSpec, tmp_path / "set.toml", ['strategy="cream+"'])
+    assert method_of("cream+").cream(spec.cream).kd_weight == 0.5
