@@ -223,6 +223,7 @@ RELEASED_FIELDS = {
     "public_fingerprint": "hash of the public set",
     "data_fingerprint": "HMAC with the site's secret: no test of a guessed data set",
     "releases_final_model": "the site's policy (configuration)",
+    "shares_weights": "the site's policy (configuration): whether it accepts weights work",
 }
 
 
