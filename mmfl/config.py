@@ -414,12 +414,17 @@ class RunPlan(StrictModel):
     resume: bool = Field(False, description="continue from the newest checkpoint in output_dir")
 
     def to_json(self) -> str:
-        """``plan.json``. Fields left unset stay unset when the file is read back (every engine
-        and the daemon's ServerApp read it in another process): a method's own settings
+        """``plan.json``, complete except for the :data:`METHOD_SETTINGS` keys the spec left
+        unset, which stay unset when the file is read back (every engine but the in-process one,
+        and the daemon's ServerApp, read it in another process): a method's own settings
         (:meth:`~mmfl.strategies.methods.Method.cream`, ``fedavg``) fill only unset fields, so a
         written-out default would silently turn them off (cream+ ran without its temperature and
         contrastive distillation wherever the plan was read back)."""
-        return self.model_dump_json(indent=2, exclude_unset=True)
+        data = self.model_dump(mode="json")
+        for name in METHOD_SETTINGS:
+            kept = getattr(self.spec, name).model_fields_set
+            data["spec"][name] = {k: v for k, v in data["spec"][name].items() if k in kept}
+        return json.dumps(data, indent=2)
 
 
 class DaemonConfig(StrictModel):
@@ -664,6 +669,11 @@ def load_config(
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, source)) from None
+
+
+METHOD_SETTINGS = ("cream", "fedavg")
+"""The spec's tables whose unset keys a method fills with its own settings
+(``strategies/methods.py``): they are written only where set."""
 
 
 def dump_toml(model: BaseModel, unset_left_out: Sequence[str] = ()) -> str:

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mmfl import terminal
-from mmfl.config import FederationSpec, SiteSpec, dump_toml, load_config
+from mmfl.config import METHOD_SETTINGS, FederationSpec, SiteSpec, dump_toml, load_config
 from mmfl.errors import MmflError
 from mmfl.simulation.report import (
     compare_with_site_free,
@@ -458,7 +458,3 @@ def init(config: Path | None = ConfigOpt, set_: list[str] | None = SetOpt) -> No
             if name not in given.model_fields_set
         ]
     print("\n".join(unset) + ("\n" if unset else "") + dump_toml(spec, METHOD_SETTINGS))
-
-
-METHOD_SETTINGS = ("cream", "fedavg")
-"""The spec's tables whose unset keys a method fills with its own settings (``strategies/methods.py``)."""
