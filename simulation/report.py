@@ -14,7 +14,6 @@ import numpy as np
 
 from mmfl.files import atomic_write_text
 from mmfl.simulation.paired import paired_lines, paired_rows
-from mmfl.strategies.methods import METHODS
 
 
 def summary_schema() -> dict[str, Any]:
@@ -397,6 +396,7 @@ def write_comparison(summaries: Sequence[dict[str, Any]], out: Path) -> Path:
 def compare_with_site_free(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every federation of the comparison against every site-free run in it (server-only and
     the methods' controls), paired by seed (:func:`~mmfl.simulation.paired.paired_rows`)."""
+    from mmfl.strategies.methods import METHODS  # torch: not on the command line's start path
 
     def site_free(name: str) -> bool:
         return name == "server-only" or (name in METHODS and METHODS[name].control_of is not None)
