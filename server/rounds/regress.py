@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,11 +10,9 @@ from mmfl.data.mixing import draw_mix_plan
 from mmfl.errors import ConfigError
 from mmfl.protocols.messages import RepresentInstruction, TrainSettings, WeightsInstruction
 from mmfl.server.records import RoundRecord
+from mmfl.server.rounds.context import RoundContext
 from mmfl.server.rounds.timing import timed
 from mmfl.strategies.groups import Group, form_groups
-
-if TYPE_CHECKING:
-    from mmfl.server.rounds.pipeline import RoundPipeline
 
 
 class RegressRound:
@@ -25,7 +22,7 @@ class RegressRound:
     :math:`L = w \\cdot \\mathrm{mean}_{m,i}\\,(1 - \\cos(A_k f_m(x_i), t_{k,m,i}))` over participants
     :math:`k` (:mod:`mmfl.strategies.regression`). No global representations go down."""
 
-    def __init__(self, pipeline: RoundPipeline) -> None:
+    def __init__(self, pipeline: RoundContext) -> None:
         self.pipeline = pipeline
         self._announced: dict[str, list[str]] = {}
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from mmfl.protocols.messages import RepresentInstruction
 from mmfl.protocols.records import from_wire, to_wire
 from mmfl.server.records import RoundRecord
+from mmfl.server.rounds.context import RoundContext
 from mmfl.server.rounds.timing import timed
-
-if TYPE_CHECKING:
-    from mmfl.server.rounds.pipeline import RoundPipeline
 
 
 class RepresentRound:
@@ -22,7 +18,7 @@ class RepresentRound:
     :math:`\\hat v_m = \\sum_k w_{k,m} v_{k,m}` (the rule's weights), then ``kd_weight`` times
     the distillation loss toward :math:`\\hat v`. ``local``: the sites train alone."""
 
-    def __init__(self, pipeline: RoundPipeline) -> None:
+    def __init__(self, pipeline: RoundContext) -> None:
         self.pipeline = pipeline
 
     def run(self, record: RoundRecord) -> None:

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from mmfl.protocols.records import from_wire, to_wire
 from mmfl.server.records import RoundRecord
-
-if TYPE_CHECKING:
-    from mmfl.server.rounds.pipeline import RoundPipeline
+from mmfl.server.rounds.context import RoundContext
 
 
 class SiteFreeRound:
@@ -18,7 +14,7 @@ class SiteFreeRound:
     round's public rows, as sites would receive them, are the one contribution the rule merges;
     the server distils toward the result. No site is contacted."""
 
-    def __init__(self, pipeline: RoundPipeline) -> None:
+    def __init__(self, pipeline: RoundContext) -> None:
         self.pipeline = pipeline
 
     def run(self, record: RoundRecord) -> None:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from mmfl.protocols.messages import WeightsInstruction
 from mmfl.server.records import RoundRecord
+from mmfl.server.rounds.context import RoundContext
 from mmfl.server.rounds.timing import timed
 from mmfl.strategies.fedavg import momentum_step, weighted_average
-
-if TYPE_CHECKING:
-    from mmfl.server.rounds.pipeline import RoundPipeline
 
 
 class WeightsRound:
@@ -22,7 +18,7 @@ class WeightsRound:
     coordinator's copy trained on the public set is one more :math:`k`), then FedAvgM's
     :math:`v \\leftarrow \\beta v + (\\bar w - w)`, :math:`w \\leftarrow w + \\eta v`."""
 
-    def __init__(self, pipeline: RoundPipeline) -> None:
+    def __init__(self, pipeline: RoundContext) -> None:
         self.pipeline = pipeline
 
     def run(self, record: RoundRecord) -> None:
