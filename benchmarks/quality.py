@@ -43,7 +43,7 @@ from mmfl.simulation import paired as pairing
 from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.paired import sample_std
 from mmfl.simulation.plan import build_plan
-from mmfl.simulation.report import comparison_table, write_comparison
+from mmfl.simulation.report import comparison_table, federated_method, site_free_method, write_comparison
 from mmfl.strategies.methods import METHODS
 
 HERE = Path(__file__).resolve().parent
@@ -153,9 +153,7 @@ def offline_control(dataset: str, path: Path = OFFLINE_CONTROL_FILE, required: b
 
 def site_free(name: str) -> bool:
     """A run that uses no site's data: server-only, every control, the offline control."""
-    if name in ("server-only", OFFLINE_CONTROL):
-        return True
-    return name in METHODS and METHODS[name].control_of is not None
+    return name == OFFLINE_CONTROL or site_free_method(name)
 
 
 ENSEMBLE, DELIVERED = "{} ensemble", "{} delivered"
@@ -200,7 +198,7 @@ def deliverables(summaries: list[dict]) -> list[dict]:
 
 def compared(name: str) -> bool:
     """A federation with a server model, or a deliverable of one (its ensemble, what it delivers)."""
-    return name not in METHODS or (METHODS[name].uses_sites and METHODS[name].has_server_model)
+    return name not in METHODS or federated_method(name)
 
 
 def paired_rows(summaries: list[dict]) -> list[dict[str, Any]]:

@@ -178,7 +178,9 @@ def row(fed: Federation) -> list[str]:
             if ensemble
             else f"`{fed.method}`"
         )
-        delivered = Server(what, statistics.fmean(tests), statistics.stdev(tests) if len(tests) > 1 else None, None)
+        delivered = Server(
+            what, statistics.fmean(tests), statistics.stdev(tests) if len(tests) > 1 else None, None
+        )
         treated = f"{fed.method} delivered"
     diff = next(
         (

@@ -421,9 +421,7 @@ class RunPlan(StrictModel):
         written-out default would silently turn them off (cream+ ran without its temperature and
         contrastive distillation wherever the plan was read back)."""
         data = self.model_dump(mode="json")
-        for name in METHOD_SETTINGS:
-            kept = getattr(self.spec, name).model_fields_set
-            data["spec"][name] = {k: v for k, v in data["spec"][name].items() if k in kept}
+        data["spec"] = set_keys_only(self.spec, data["spec"], METHOD_SETTINGS)
         return json.dumps(data, indent=2)
 
 
@@ -680,13 +678,17 @@ def dump_toml(model: BaseModel, unset_left_out: Sequence[str] = ()) -> str:
     """Render a config as TOML (for ``mmfl simulate init`` and the run's record). The tables
     named in ``unset_left_out`` keep only the keys that were set (where a method's own
     settings fill the rest: ``cream``, ``fedavg``)."""
-    data = model.model_dump(mode="json", exclude_none=True)
-    for name in unset_left_out:
+    data = set_keys_only(model, model.model_dump(mode="json", exclude_none=True), unset_left_out)
+    return _toml_table({k: v for k, v in data.items() if v != {} or k not in unset_left_out}, [])
+
+
+def set_keys_only(model: BaseModel, data: dict[str, Any], tables: Sequence[str]) -> dict[str, Any]:
+    """``data`` (``model`` dumped) with the ``tables`` keeping only the keys that were set."""
+    out = dict(data)
+    for name in tables:
         kept = getattr(model, name).model_fields_set
-        data[name] = {k: v for k, v in data.get(name, {}).items() if k in kept}
-        if not data[name]:
-            del data[name]
-    return _toml_table(data, [])
+        out[name] = {k: v for k, v in data.get(name, {}).items() if k in kept}
+    return out
 
 
 def _toml_value(value: Any) -> str:

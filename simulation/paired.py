@@ -54,6 +54,7 @@ def paired_difference(
 ) -> PairedDifference:
     """The paired difference and its 95 % t interval over the seeds both mappings hold."""
     from scipy import stats  # not on the command line's start path
+
     seeds = sorted(set(treated_by_seed) & set(control_by_seed))
     if not seeds:
         raise ValueError(f"{treated} and {control} share no seed")

@@ -393,15 +393,21 @@ def write_comparison(summaries: Sequence[dict[str, Any]], out: Path) -> Path:
     return path
 
 
+def site_free_method(name: str) -> bool:
+    """A method that uses no site's data: ``server-only`` and every method's control."""
+    from mmfl.strategies.methods import METHODS  # torch: not on the command line's start path
+
+    return name == "server-only" or (name in METHODS and METHODS[name].control_of is not None)
+
+
+def federated_method(name: str) -> bool:
+    """A method whose sites take part and that ends with a server model."""
+    from mmfl.strategies.methods import METHODS
+
+    return name in METHODS and METHODS[name].uses_sites and METHODS[name].has_server_model
+
+
 def compare_with_site_free(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every federation of the comparison against every site-free run in it (server-only and
     the methods' controls), paired by seed (:func:`~mmfl.simulation.paired.paired_rows`)."""
-    from mmfl.strategies.methods import METHODS  # torch: not on the command line's start path
-
-    def site_free(name: str) -> bool:
-        return name == "server-only" or (name in METHODS and METHODS[name].control_of is not None)
-
-    def compared(name: str) -> bool:
-        return name in METHODS and METHODS[name].uses_sites and METHODS[name].has_server_model
-
-    return paired_rows(summaries, site_free, compared)
+    return paired_rows(summaries, site_free_method, federated_method)

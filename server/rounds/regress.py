@@ -90,11 +90,13 @@ class RegressRound:
         p = self.pipeline
         if p.group_models is None or p.spec.regress.groups == "off":
             return [], list(nodes)
-        sites = p.exchange.registry.sites if p.exchange is not None else {}
+        assert p.exchange is not None
+        registry = p.exchange.registry
+        sites = registry.sites
         groups, alone = form_groups(
             {n: (sites[n].modalities, sites[n].architectures, sites[n].shares_weights) for n in nodes}
         )
-        named = {g.name: [p.exchange.registry.site_id(n) for n in g.members] for g in groups}  # type: ignore[union-attr]
+        named = {g.name: [registry.site_id(n) for n in g.members] for g in groups}
         if named != self._announced:
             for name, members in named.items():
                 p.event("group", f"{name}: {', '.join(members)} averaged (FedAvgM), one participant")
