@@ -10,7 +10,7 @@ from rich.table import Table
 from mmfl import terminal
 from mmfl.data.builtin import BUILTIN, open_dataset, prepare
 from mmfl.data.manifest import load_manifest
-from mmfl.data.prepared import SPLITS, DatasetInfo, dataset_schema, info_summary, write_prepared
+from mmfl.data.prepared import POOL, SPLITS, DatasetInfo, dataset_schema, info_summary, write_prepared
 from mmfl.data.sample import Sample
 from mmfl.errors import MmflError
 
@@ -186,7 +186,7 @@ def _print_summary(ds) -> None:  # noqa: ANN001 - PreparedDataset
     for mod in ds.info.modalities:
         table.add_column(mod, justify="right")
     table.add_column("manifest")
-    for split in SPLITS:
+    for split in [s for s in (*SPLITS, POOL) if s in summary]:
         row = summary[split]
         table.add_row(
             split,

@@ -52,6 +52,12 @@ class Manifest:
     def subset(self, indices: Sequence[int]) -> Manifest:
         return Manifest(self.path, [self.samples[i] for i in indices], self.modalities)
 
+    def joined(self, other: Manifest) -> Manifest:
+        """This manifest's rows, then ``other``'s (a public set and its unpaired pool); the
+        fingerprint covers both, in that order."""
+        modalities = tuple(dict.fromkeys([*self.modalities, *other.modalities]))
+        return Manifest(self.path, [*self.samples, *other.samples], modalities)
+
     def fingerprint(self) -> str:
         """Content hash of rows and files (see :mod:`mmfl.data.fingerprint`); cached."""
         if self._fingerprint is None:

@@ -3,6 +3,9 @@ the JSON Schema ``mmfl/schemas/dataset.schema.json``) and one manifest per split
 ``public.jsonl`` (shared by coordinator and sites), ``private.jsonl`` (the pool partitioned
 across sites in simulation), ``val.jsonl`` (hyper-parameter choice) and ``test.jsonl``
 (held-out evaluation); ``mmfl data split`` may add ``sites/<id>.jsonl``, one manifest per site.
+An optional ``pool.jsonl`` holds the *unpaired public pool*: public rows that hold one modality
+only (images without texts, texts without images), appended after ``public.jsonl``'s rows when a
+federation uses it (:meth:`PreparedDataset.public_set`). Its rows never repeat a val or test row.
 
 :func:`read_dataset_info` is the one reader of ``dataset.json``; :func:`write_prepared` the one
 writer of a whole folder.
@@ -25,6 +28,7 @@ from mmfl.files import atomic_write_text, staged_folder
 from mmfl.modalities import Modality
 
 SPLITS = ("public", "private", "val", "test")
+POOL = "pool"
 INFO_FILE = "dataset.json"
 
 
@@ -117,6 +121,30 @@ class PreparedDataset:
         """Validate every split's rows and labels now (they are otherwise read on first use)."""
         for split in SPLITS:
             self.manifest(split)
+        if self.has_pool:
+            self.pool  # noqa: B018 - loaded and checked now
+
+    @property
+    def has_pool(self) -> bool:
+        """Whether the folder holds an unpaired public pool (``pool.jsonl``)."""
+        return (self.root / f"{POOL}.jsonl").exists()
+
+    @cached_property
+    def pool(self) -> Manifest:
+        """The unpaired public pool, checked: no row of it repeats a val or test row (by
+        :func:`~mmfl.data.fingerprint.sample_key`: content, or group id)."""
+        pool = load_manifest(self.root / f"{POOL}.jsonl", self.info.modalities)
+        check_labels(pool, self.info.classes)
+        check_pool(pool, [self.manifest("val"), self.manifest("test")])
+        return pool
+
+    def public_set(self, with_pool: bool) -> Manifest:
+        """The public set a federation shares: ``public.jsonl``'s rows, then (``with_pool`` and
+        a pool present) the pool's; public-set indices refer to this order."""
+        public = self.manifest("public")
+        if not (with_pool and self.has_pool):
+            return public
+        return public.joined(self.pool)
 
     def class_index(self, label: str | None) -> int:
         """Position of ``label`` in the class list (-1 for an unlabeled sample)."""
@@ -142,6 +170,28 @@ def check_labels(manifest: Manifest, classes: Sequence[str]) -> None:
             f"manifest {manifest.path}: row {lineno} (id {sample.id}) has label {sample.label!r}, "
             f"not one of dataset.json's {len(classes)} classes"
         )
+
+
+def check_pool(pool: Manifest, held_out: Sequence[Manifest]) -> None:
+    """Refuse a pool that holds an item of ``held_out`` (val, test), compared item by item (an
+    image without its caption is still that image): what the methods distil on must never be
+    what a model is chosen or scored on."""
+    from mmfl.data.fingerprint import item_fingerprint
+
+    held = {
+        (m, item_fingerprint(s, m)): (manifest.path, s.id)
+        for manifest in held_out
+        for s in manifest.samples
+        for m in s.values
+    }
+    for lineno, sample in enumerate(pool.samples, start=1):
+        for m in sample.values:
+            hit = held.get((m, item_fingerprint(sample, m)))
+            if hit is not None:
+                raise MmflError(
+                    f"manifest {pool.path}: row {lineno} (id {sample.id}) holds the {m} of row "
+                    f"{hit[1]} of {hit[0]}; a public pool never holds a val or test item"
+                )
 
 
 def write_prepared(
@@ -187,7 +237,7 @@ def dataset_schema() -> dict[str, object]:
 def info_summary(ds: PreparedDataset) -> dict[str, object]:
     """Counts per split and modality (for ``mmfl data info`` and tests)."""
     out: dict[str, object] = {"name": ds.info.name, "root": str(ds.root)}
-    for split in SPLITS:
-        m = ds.manifest(split)
+    for split in (*SPLITS, POOL) if ds.has_pool else SPLITS:
+        m = ds.pool if split == POOL else ds.manifest(split)
         out[split] = {"rows": len(m), **{mod: m.count(mod) for mod in ds.info.modalities}}
     return json.loads(json.dumps(out))

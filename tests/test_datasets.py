@@ -57,7 +57,7 @@ def test_openclipart_split_is_clean(openclipart_root: Path, tmp_path: Path) -> N
     ds = prepare("openclipart", tmp_path / "oc", source=openclipart_root)
     splits = read_dataset_info(tmp_path / "oc").splits
     manifests = {s: ds.manifest(s) for s in SPLITS}
-    assert {s: len(m) for s, m in manifests.items()} == splits
+    assert {s: len(m) for s, m in manifests.items()} == {s: n for s, n in splits.items() if s != "pool"}
     assert splits["test"] == 1000 and splits["val"] == 500
     assert splits["public"] == 1500 and splits["private"] > 1500
     assert len(ds.info.classes) == 22 and ds.info.pairing == "instance"
@@ -74,6 +74,16 @@ def test_openclipart_split_is_clean(openclipart_root: Path, tmp_path: Path) -> N
         assert all(caption_counts[normalise(s.values["text"])] == 1 for s in manifests[split].samples)
     # Repeated captions are capped in the pools.
     assert max(caption_counts.values()) <= 100
+    # The images the cap leaves out are the unpaired public pool: images only, no label, none of
+    # them a val or test image (nor any other split's), as many as the notes say were left out.
+    pool = ds.pool
+    assert splits["pool"] == len(pool) > 1000
+    assert f"({len(pool)} images left out;" in " ".join(ds.info.notes)
+    assert all(set(s.values) == {"image"} and s.label is None for s in pool.samples)
+    pooled = {file_sha256(s.values["image"]) for s in pool.samples}
+    assert len(pooled) == len(pool) and not pooled & set(hashes)
+    public = ds.public_set(with_pool=True)
+    assert len(public) == 1500 + len(pool) and public.samples[1500:] == pool.samples
 
 
 def test_openclipart_missing_files_say_what_to_install(tmp_path: Path) -> None:

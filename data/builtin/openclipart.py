@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from mmfl.data.fingerprint import file_sha256
 from mmfl.data.manifest import write_manifest
-from mmfl.data.prepared import DatasetInfo, PreparedDataset, write_info
+from mmfl.data.prepared import POOL, DatasetInfo, PreparedDataset, write_info
 from mmfl.data.sample import Sample
 from mmfl.errors import DataSetMissing
 
@@ -122,19 +122,26 @@ def prepare(
     test, val = singletons[: SIZES["test"]], singletons[SIZES["test"] : n_eval]
     used = set(test.tolist()) | set(val.tolist())
     pool: list[int] = []
-    capped = 0
+    left_out: list[int] = []
     for ix in by_caption.values():
         rest = [i for i in ix if i not in used]
         if len(rest) > max_per_caption:
-            capped += len(rest) - max_per_caption
-            rest = sorted(rng.choice(rest, size=max_per_caption, replace=False).tolist())
+            kept = sorted(rng.choice(rest, size=max_per_caption, replace=False).tolist())
+            left_out.extend(sorted(set(rest) - set(kept)))
+            rest = kept
         pool.extend(rest)
+    capped = len(left_out)
     pool_arr = rng.permutation(np.array(sorted(pool)))
     public, private = pool_arr[: SIZES["public"]], pool_arr[SIZES["public"] :]
 
     split_rows = {"public": public, "private": private, "val": val, "test": test}
     for split, idx in split_rows.items():
         write_manifest(root / f"{split}.jsonl", [samples[i] for i in idx], relative_to=root)
+    # The images the cap leaves out, without their (over-repeated) captions and labels: the
+    # unpaired public pool, images to distil on (data/prepared.py). Never val or test rows:
+    # those hold captions unique in the whole set, and every left-out caption repeats.
+    unpaired = [Sample(samples[i].id, {"image": samples[i].values["image"]}, None) for i in sorted(left_out)]
+    write_manifest(root / f"{POOL}.jsonl", unpaired, relative_to=root)
     categories = sorted({s.label for s in samples if s.label})
     info = DatasetInfo(
         name="openclipart",
@@ -144,14 +151,15 @@ def prepare(
         pairing="instance",
         image_size=64,
         image_channels=3,
-        splits={k: int(len(v)) for k, v in split_rows.items()},
+        splits={**{k: int(len(v)) for k, v in split_rows.items()}, POOL: len(unpaired)},
         source={"image": f"{png_root} (Debian openclipart-png)", "text": f"{svg_root} RDF metadata"},
         notes=[
             f"{len(pngs)} PNG files; kept {len(samples)}; dropped "
             + ", ".join(f"{v} {k}" for k, v in dropped.items()),
             f"{len(by_caption)} distinct captions, {len(singletons)} of them held by one image",
             "val and test: one image per caption, captions unique in the whole set",
-            f"training pools cap a caption at {max_per_caption} images ({capped} images left out)",
+            f"training pools cap a caption at {max_per_caption} images ({capped} images left out; "
+            f"they are the unpaired public pool, {POOL}.jsonl: images only)",
             "label = top-level category folder",
         ],
     )
