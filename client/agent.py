@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from mmfl.client.public_set import load_public_set
 from mmfl.config import SiteConfig, dump_toml
 from mmfl.data.manifest import load_manifest
 from mmfl.data.prepared import read_dataset_info
@@ -54,7 +55,7 @@ def validate_inputs(config: SiteConfig) -> str:
     """Load both manifests (every row checked) and the public set's description; returns a
     one-line account. Raises MmflError naming what is wrong."""
     info = read_dataset_info(config.public_manifest.parent)
-    public = load_manifest(config.public_manifest, info.modalities, root=config.public_folder)
+    public = load_public_set(config, info.modalities)
     private = load_manifest(config.manifest, info.modalities, root=config.data_folder)
     missing = [m for m in config.site.modalities if private.count(m) == 0]
     if missing:

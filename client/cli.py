@@ -171,6 +171,18 @@ def keygen_cmd(
     )
 
 
+def resolve_public_pool(public: Path, option: str | None) -> Path | None:
+    """The unpaired pool a site holds after its public set: none (the default, as a coordinator's
+    spec has ``public_pool = false``), ``beside`` (``pool.jsonl`` next to the public manifest, as
+    a prepared data set ships it) or a path."""
+    if option is None or option.lower() == "none":
+        return None
+    pool = public.parent / "pool.jsonl" if option.lower() == "beside" else Path(option)
+    if not pool.is_file():
+        raise MmflError(f"--public-pool {option}: {pool} does not exist")
+    return pool.resolve()
+
+
 @app.command("start")
 def start_cmd(
     server: str = typer.Option(..., "--server", help="the coordinator's public HOST:PORT"),
@@ -182,6 +194,12 @@ def start_cmd(
     ),
     public_root: Path | None = typer.Option(
         None, "--public-root", help="public-set files must lie below it (default: its manifest's folder)"
+    ),
+    public_pool: str | None = typer.Option(
+        None,
+        "--public-pool",
+        help="the unpaired public pool's manifest, when the coordinator's run uses one (its spec "
+        "says public_pool = true): a path, or 'beside' for pool.jsonl next to --public (default: none)",
     ),
     ca: Path = typer.Option(..., "--ca", help="the federation CA certificate"),
     key: Path = typer.Option(..., "--key", help="this site's private key (mmfl client keygen)"),
@@ -216,6 +234,9 @@ def start_cmd(
     }
     if threads is not None:
         base["threads"] = threads
+    pool = resolve_public_pool(public, public_pool)
+    if pool is not None:
+        base["public_pool"] = str(pool)
     for key_name, root in (("data_root", data_root), ("public_root", public_root)):
         if root is not None:
             base[key_name] = str(root.resolve())

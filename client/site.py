@@ -175,7 +175,8 @@ class Site:
         public = self.data.public
         for m in self.spec.modalities:
             if m in plan.weight:
-                used = torch.as_tensor([*plan.first, *plan.second], dtype=torch.long)
+                first, second = plan.rows_of(m)
+                used = torch.as_tensor([*first, *second], dtype=torch.long)
                 if not bool(public.present[m][used].all()):
                     raise ProtocolError(f"mix plan: an item of {m} mixes a public row without {m}")
 
@@ -204,7 +205,7 @@ class Site:
         settings = instruction.settings
         self.check_settings(settings, len(instruction.public_indices))
         if not self.private and settings.local_epochs:  # see mmfl.client.policy: not with DP
-            public = len(self.data.public_manifest) if settings.public_pairs else 0
+            public = self.data.public_rows if settings.public_pairs else 0
             self.policy.steps_of(settings, len(self.data.rows[0]) + public)
         pub = self._public_round(instruction, arrays)
         if instruction.mix is not None:
@@ -221,7 +222,11 @@ class Site:
         if self.private:
             metrics = self._represent_private(model, old, pub, instruction, rng, fresh_from)
         else:
-            train = concat([self.data.train, self.data.public]) if settings.public_pairs else self.data.train
+            train = (
+                concat([self.data.train, self.data.public_training])
+                if settings.public_pairs
+                else self.data.train
+            )
             metrics = train_round(
                 model,
                 old,
@@ -276,7 +281,7 @@ class Site:
         public_losses: list[float] = []
         # Task loss on the public pairs: public data, so its gradient joins each DP step
         # unclipped and unnoised, as the regularisers' does (accounting unchanged).
-        pairs = self.data.public if settings.public_pairs else None
+        pairs = self.data.public_training if settings.public_pairs else None
         pair_batches = (
             itertools.cycle(batches(len(pairs), settings.batch_size, rng)) if pairs is not None else None
         )
@@ -332,7 +337,7 @@ class Site:
     ) -> Callable[[], torch.Tensor | None]:
         """The task loss on a batch of public pairs, joined to each DP step unclipped and
         unnoised (public data: the accounting does not change); each value goes to ``losses``."""
-        pairs = self.data.public
+        pairs = self.data.public_training
         rng = np.random.default_rng([self.seed, 0x9A1F])
         order = itertools.cycle(batches(len(pairs), settings.batch_size, rng))
         temperature = self.config.train.task_temperature
@@ -362,7 +367,7 @@ class Site:
             )
         self.check_settings(settings, None)
         if not self.private and settings.local_epochs:
-            public = len(self.data.public_manifest) if settings.public_pairs else 0
+            public = self.data.public_rows if settings.public_pairs else 0
             self.policy.steps_of(settings, len(self.data.rows[0]) + public)
         model = self.new_model()
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
@@ -389,7 +394,11 @@ class Site:
             rng = np.random.default_rng([self.seed, instruction.round])
             # a group member (regress) also trains on the public pairs, as a lone regress site does;
             # it is weighted by its own rows only (every member holds the same public pairs)
-            train = concat([self.data.train, self.data.public]) if settings.public_pairs else self.data.train
+            train = (
+                concat([self.data.train, self.data.public_training])
+                if settings.public_pairs
+                else self.data.train
+            )
             metrics = train_round(
                 model,
                 None,

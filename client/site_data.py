@@ -7,6 +7,7 @@ from functools import cached_property
 
 import numpy as np
 
+from mmfl.client.public_set import load_public_set
 from mmfl.client.state import SiteState
 from mmfl.config import SiteConfig
 from mmfl.data.manifest import Manifest, load_manifest
@@ -39,12 +40,7 @@ class SiteData:
     # file still stops the site. Skipping the image decode keeps each ClientApp process fast.
     @cached_property
     def public_manifest(self) -> Manifest:
-        return load_manifest(
-            self.config.public_manifest,
-            self.info.modalities,
-            check_files=False,
-            root=self.config.public_folder,
-        )
+        return load_public_set(self.config, self.info.modalities, check_files=False)
 
     @cached_property
     def private_manifest(self) -> Manifest:
@@ -61,6 +57,20 @@ class SiteData:
         return load_tensors(
             self.public_manifest.samples, self.featurizers, self.info.classes, feature_cache_root()
         )
+
+    @cached_property
+    def public_training(self) -> Tensors:
+        """The public manifest's own rows, without the unpaired pool appended after them: what
+        the task loss and a DP round's negatives use (a pool row, one modality and no label,
+        carries no task loss; the pool is for the representations the coordinator asks for)."""
+        if self.config.public_pool is None:
+            return self.public
+        return self.public.subset(range(self.public_rows))
+
+    @cached_property
+    def public_rows(self) -> int:
+        """How many rows the public manifest itself holds (the pool's follow them)."""
+        return len(load_manifest(self.config.public_manifest, self.info.modalities, check_files=False))
 
     @cached_property
     def rows(self) -> tuple[np.ndarray, np.ndarray]:

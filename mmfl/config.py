@@ -283,6 +283,14 @@ class RegressConfig(StrictModel):
         "(mmfl.strategies.groups); off: every site takes part alone",
     )
     group_momentum: float = Field(0.5, ge=0, lt=1, description="FedAvgM's beta within a group")
+    pool_share: float | None = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="the share of a modality's mixed items built from the unpaired public pool "
+        "(when the public set has one; chosen on val among 0.1 and 0.25, docs/results.md); None: "
+        "the pool's share of that modality's rows",
+    )
 
 
 class FedAvgConfig(StrictModel):
@@ -337,6 +345,13 @@ class FederationSpec(StrictModel):
     )
     dataset: str = "digits"
     data_dir: Path | None = Field(None, description="prepared data; None uses the default cache")
+    public_pool: bool = Field(
+        False,
+        description="append the data set's unpaired public pool (pool.jsonl: rows of one modality, "
+        "e.g. OpenClipart's images without captions) to the public set; the methods distil on it "
+        "per modality, every control gets it too (off by default: OpenClipart's pool gained "
+        "nothing measurable on the all-paired benchmark, docs/results.md)",
+    )
     modalities: list[Modality] = Field(default_factory=lambda: ["image", "text"], min_length=2)
     embed_dim: int = Field(256, ge=2)
     rounds: int = Field(4, ge=1)
@@ -525,6 +540,11 @@ class SiteConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     manifest: Path
     public_manifest: Path = Field(description="the public set; its folder holds dataset.json")
+    public_pool: Path | None = Field(
+        None,
+        description="the unpaired public pool (rows of one modality), appended after the public "
+        "manifest's rows when the coordinator's run uses it; its files lie below public_root too",
+    )
     public_root: Path | None = Field(
         None, description="public-set files must lie below it; default: the public manifest's folder"
     )

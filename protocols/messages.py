@@ -134,22 +134,42 @@ class TrainSettings(BaseModel):
     )
 
 
+class MixRows(BaseModel):
+    """The public rows one modality's mixed items are built from, when they differ from the
+    plan's shared ``first``/``second`` (the modality has unpaired pool rows)."""
+
+    model_config = STRICT
+    first: list[int] = Field(min_length=1, max_length=MAX_PUBLIC_ROWS)
+    second: list[int] = Field(min_length=1, max_length=MAX_PUBLIC_ROWS)
+
+
 class MixPlan(BaseModel):
     """Mixed public items, drawn by the coordinator (public: they cost no privacy). Item k of
-    modality m mixes public rows ``first[k]`` and ``second[k]`` with weight ``weight[m][k]``
+    modality m mixes public rows ``first[k]`` and ``second[k]`` (or ``own_rows[m]``'s, when the
+    modality has unpaired pool rows to draw from) with weight ``weight[m][k]``
     (:func:`mmfl.data.mixing.mixed_inputs`)."""
 
     model_config = STRICT
     first: list[int] = Field(min_length=1, max_length=MAX_PUBLIC_ROWS)
     second: list[int] = Field(min_length=1, max_length=MAX_PUBLIC_ROWS)
     weight: dict[str, Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(max_length=MAX_PUBLIC_ROWS)]]
+    own_rows: dict[str, MixRows] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _same_length(self) -> MixPlan:
         n = len(self.first)
-        if len(self.second) != n or any(len(w) != n for w in self.weight.values()):
-            raise ValueError(f"mix plan: first, second and every weight list must hold {n} items")
+        lists = [self.second, *self.weight.values()]
+        lists += [r for rows in self.own_rows.values() for r in (rows.first, rows.second)]
+        if any(len(x) != n for x in lists):
+            raise ValueError(f"mix plan: first, second, every weight list and own row list must hold {n} items")
+        if set(self.own_rows) - set(self.weight):
+            raise ValueError("mix plan: own_rows names a modality without weights")
         return self
+
+    def rows_of(self, modality: str) -> tuple[list[int], list[int]]:
+        """(first, second): the public rows that ``modality``'s items mix."""
+        own = self.own_rows.get(modality)
+        return (self.first, self.second) if own is None else (own.first, own.second)
 
 
 class RepresentInstruction(Message):

@@ -35,9 +35,11 @@ def load_server_data(
     architectures: Mapping[str, str],
     modalities: Iterable[str],
     pool_sites: Path | None = None,
+    with_pool: bool = True,
 ) -> ServerData:
-    """The splits featurized for the server's architectures; with ``pool_sites`` (a JSON list
-    of site configurations) ``own`` adds every site's training rows."""
+    """The splits featurized for the server's architectures (the public set with its unpaired
+    pool when ``with_pool``, :meth:`~mmfl.data.prepared.PreparedDataset.public_set`); with
+    ``pool_sites`` (a JSON list of site configurations) ``own`` adds every site's training rows."""
     info = dataset.info
     wanted = set(modalities)
     feats = {
@@ -46,11 +48,15 @@ def load_server_data(
         if m in wanted
     }
     cache = feature_cache_root()
-    split = {
-        s: load_tensors(dataset.manifest(s).samples, feats, info.classes, cache)
-        for s in ("public", "val", "test")
+    manifests = {
+        "public": dataset.public_set(with_pool),
+        "val": dataset.manifest("val"),
+        "test": dataset.manifest("test"),
     }
-    own = split["public"]
+    split = {s: load_tensors(m.samples, feats, info.classes, cache) for s, m in manifests.items()}
+    # The task epochs run on the public rows proper: the pool's rows (one modality, no label)
+    # carry no task loss, and would only thin the batches.
+    own = split["public"].subset(range(len(dataset.manifest("public"))))
     if pool_sites is not None:
         own = concat([own, *pooled_site_rows(pool_sites, feats, dataset)])
     return ServerData(

@@ -27,8 +27,11 @@ from mmfl.strategies.groups import Group
 class GroupModels:
     """Every group's weights and velocity, by group name."""
 
-    def __init__(self, dataset: PreparedDataset, embed_dim: int, momentum: float, seed: int) -> None:
+    def __init__(
+        self, dataset: PreparedDataset, embed_dim: int, momentum: float, seed: int, with_pool: bool = True
+    ) -> None:
         self.dataset = dataset
+        self.with_pool = with_pool  # the run's public set holds the unpaired pool
         self.embed_dim = embed_dim
         self.momentum = momentum
         self.seed = seed
@@ -69,7 +72,7 @@ class GroupModels:
             info = self.dataset.info
             feats = featurizers_for(group.architecture_map, info.image_size, info.image_channels)
             self._public[group.name] = load_tensors(
-                self.dataset.manifest("public").samples, feats, info.classes, feature_cache_root()
+                self.dataset.public_set(self.with_pool).samples, feats, info.classes, feature_cache_root()
             )
         reps = encode_mixed(model, self._public[group.name].inputs, plan)
         return {m: torch.from_numpy(v) for m, v in reps.items()}

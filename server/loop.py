@@ -79,7 +79,7 @@ class FederatedRun:
         self.store = RunStore(open_store(plan.store_url), plan.run_id)
         self.rng = np.random.default_rng([self.spec.seed, 17])
         self.sampler = SiteSampler(self.cream.sites_per_round, self.spec.seed)
-        self.public_fingerprint = self.dataset.manifest("public").fingerprint()
+        self.public_fingerprint = self.dataset.public_set(self.spec.public_pool).fingerprint()
         self.registry = SiteRegistry(
             self.spec.modalities, self.public_fingerprint, self._event, plan.site_names, plan.site_keys
         )
@@ -155,7 +155,7 @@ class FederatedRun:
             raise ValueError(
                 f"the {self.method.name} baseline needs the sites' configurations (simulation only)"
             )
-        data = load_server_data(self.dataset, architectures, self.spec.modalities, pool)
+        data = load_server_data(self.dataset, architectures, self.spec.modalities, pool, self.spec.public_pool)
         model = MultiEncoder(
             {m: a for m, a in architectures.items() if m in self.spec.modalities},
             data.shapes,
@@ -190,7 +190,13 @@ class FederatedRun:
             self.sampler,
             exchange,
             self._event,
-            GroupModels(self.dataset, self.spec.embed_dim, self.spec.regress.group_momentum, self.spec.seed)
+            GroupModels(
+                self.dataset,
+                self.spec.embed_dim,
+                self.spec.regress.group_momentum,
+                self.spec.seed,
+                self.spec.public_pool,
+            )
             if self.method.transfer == "regress" and self.method.uses_sites
             else None,
         )
@@ -203,7 +209,7 @@ class FederatedRun:
         shapes = [
             SiteShape(modalities=list(c.modalities), architectures=dict(c.architectures)) for c in declared
         ]
-        pairs = public_pairs(self.dataset.manifest("public").samples, self.spec.modalities)
+        pairs = public_pairs(self.dataset.public_set(self.spec.public_pool).samples, self.spec.modalities)
         self.choice = choose_method(self.spec.modalities, shapes, pairs)
         sites = [
             SiteSpec(id=c.site_id, modalities=list(c.modalities), architectures=dict(c.architectures))

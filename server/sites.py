@@ -76,7 +76,11 @@ class SiteRegistry:
             )
             return None
         if caps.public_fingerprint != self.public_fingerprint:
-            self.event("site-refused", f"site {caps.site_id}: public-set fingerprint differs; excluded")
+            self.event(
+                "site-refused",
+                f"site {caps.site_id}: public-set fingerprint differs (not the same public set, or "
+                "not the same unpaired pool: see the spec's public_pool and the site's --public-pool); excluded",
+            )
             return None
         bad = [m for m in caps.modalities if m not in self.modalities]
         if bad:

@@ -51,7 +51,7 @@ def public_copies(spec: FederationSpec, ds: PreparedDataset) -> list[list[Sample
     for site in spec.sites:
         rows = [
             Sample(s.id, {m: v for m, v in s.values.items() if m in site.modalities}, s.label, s.group)
-            for s in ds.manifest("public").samples
+            for s in ds.public_set(spec.public_pool).samples
             if any(m in s.values for m in site.modalities)
         ]
         out.append(rows)
@@ -121,7 +121,7 @@ def build_plan(
         shapes = [
             SiteShape(modalities=list(s.modalities), architectures=dict(s.architectures)) for s in spec.sites
         ]
-        pairs = public_pairs(ds.manifest("public").samples, spec.modalities)
+        pairs = public_pairs(ds.public_set(spec.public_pool).samples, spec.modalities)
         choice = choose_method(spec.modalities, shapes, pairs)
         spec = spec.model_copy(update={"strategy": choice.chosen})
     if "name" not in spec.model_fields_set:  # the default name follows the data actually used
@@ -147,7 +147,8 @@ def build_plan(
     out.mkdir(parents=True, exist_ok=True)
     site_configs: list[SiteConfig] = []
     if method.needs_site_data and spec.sites:
-        public_root = folder_holding(ds.manifest("public").samples, ds.root)
+        public_root = folder_holding(ds.public_set(spec.public_pool).samples, ds.root)
+        pool = ds.root / "pool.jsonl" if spec.public_pool and ds.has_pool else None
         taking_part = method.site_architectures(spec)
         held = public_copies(spec, ds) if method.site_data == "public" else partition_sites(spec, ds)
         for site, rows in zip(spec.sites, held, strict=True):
@@ -162,6 +163,7 @@ def build_plan(
                     train=spec.train_for(site),
                     manifest=manifest,
                     public_manifest=ds.root / "public.jsonl",
+                    public_pool=pool,
                     public_root=public_root,
                     data_root=folder_holding(rows, folder),
                     state_dir=folder / "state",

@@ -23,9 +23,10 @@ from mmfl.protocols.messages import TrainSettings
 def public_negatives(
     model: MultiEncoder, data: SiteData
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The model's own representations of every public row holding each of its modalities,
-    and their labels: the negatives of a DP round that received no global representations."""
-    public = data.public
+    """The model's own representations of every public row holding each of its modalities
+    (the pool left out), and their labels: the negatives of a DP round that received no global
+    representations."""
+    public = data.public_training
     rows = {m: [i for i in range(len(public)) if bool(public.present[m][i])] for m in model.modalities}
     negatives = {m: torch.from_numpy(v) for m, v in encode_rows(model, public, rows).items()}
     labels = {m: public.labels[torch.as_tensor(r, dtype=torch.long)] for m, r in rows.items()}

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from mmfl.data.mixing import draw_mix_plan
+from mmfl.data.tensors import Tensors
 from mmfl.errors import ConfigError
 from mmfl.protocols.messages import RepresentInstruction, TrainSettings, WeightsInstruction
 from mmfl.server.records import RoundRecord
@@ -20,7 +21,8 @@ class RegressRound:
     :mod:`mmfl.strategies.groups`) send their representations of them, and the server regresses
     onto their concatenation through one map per participant:
     :math:`L = w \\cdot \\mathrm{mean}_{m,i}\\,(1 - \\cos(A_k f_m(x_i), t_{k,m,i}))` over participants
-    :math:`k` (:mod:`mmfl.strategies.regression`). No global representations go down."""
+    :math:`k` (:mod:`mmfl.strategies.regression`). A modality's items also mix the public set's
+    unpaired rows of it (the pool). No global representations go down."""
 
     def __init__(self, pipeline: RoundContext) -> None:
         self.pipeline = pipeline
@@ -40,7 +42,8 @@ class RegressRound:
                 f"({', '.join(p.spec.modalities)}); the public set has none"
             )
         items = p.spec.regress.mix_items or 10 * len(paired)
-        plan = draw_mix_plan(p.rng, paired, items, p.spec.modalities)
+        pool = unpaired_rows(public, p.spec.modalities)
+        plan = draw_mix_plan(p.rng, paired, items, p.spec.modalities, pool, p.spec.regress.pool_share)
         instruction = RepresentInstruction(
             run_id=p.run_id,
             round=record.round,
@@ -121,3 +124,9 @@ class RegressRound:
         p.group_models.update(group, [t.weights for t in trained], [t.examples for t in trained])
         with timed(record, "group-encode"):
             return {group.name: p.group_models.represent(group, instruction.mix)}
+
+
+def unpaired_rows(public: Tensors, modalities: Sequence[str]) -> dict[str, list[int]]:
+    """Per modality, the public rows that hold it but not every modality (the unpaired pool)."""
+    complete = set(public.complete_rows(modalities).tolist())
+    return {m: [i for i in public.rows_with(m).tolist() if i not in complete] for m in modalities}
