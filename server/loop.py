@@ -239,6 +239,18 @@ class FederatedRun:
             self.spec.model_dump(mode="json"),
             str(self.out),
         )
+        try:
+            return self._rounds_and_delivery(started)
+        except BaseException as exc:
+            # A run that stops on an error (or is interrupted) says so in the store, the console
+            # and `mmfl runs`, instead of showing "running" for ever; resuming it starts it again.
+            status = "failed" if isinstance(exc, Exception) else "interrupted"
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            self._event(status, error)
+            self.store.finish(status, {"error": error})
+            raise
+
+    def _rounds_and_delivery(self, started: float) -> dict[str, Any]:
         if self.choice is not None:  # chosen when the plan was built (a simulation)
             self._event("method", self.choice.line)
         if self.method.uses_sites:

@@ -195,6 +195,17 @@ def test_a_run_folder_is_read_while_running_and_when_finished(tmp_path: Path) ->
     assert detail is not None and detail.privacy[0].by_round == {1: 0.75}
     assert [e.kind for e in detail.events] == ["site-refused"]
 
+    # A run that stopped on an error says so (not "running" for ever); resumed, it runs again.
+    folder = _folder(tmp_path, finished=False)
+    with (folder / "rounds.jsonl").open("a") as fh:
+        fh.write("\n" + json.dumps({"event": "failed", "message": "OSError: disk full"}) + "\n")
+    (run,) = FolderSource(folder).overview().runs
+    assert (run.status, run.current_round) == ("failed", None)
+    assert [e.kind for e in FolderSource(folder).run("sim-1").events] == ["site-refused", "failed"]
+    with (folder / "rounds.jsonl").open("a") as fh:
+        fh.write(json.dumps({"event": "start", "rounds": 3, "first_round": 2}) + "\n")
+    assert FolderSource(folder).overview().runs[0].status == "running"
+
     source = FolderSource(_folder(tmp_path, finished=True))
     (run,) = source.overview().runs
     assert run.status == "completed" and run.current_round is None and run.final

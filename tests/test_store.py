@@ -113,6 +113,35 @@ def test_a_simulation_writes_to_the_store(store_url: str, digits, tmp_path: Path
         assert len(s.scalars(select(SiteRoundRow)).all()) == 4
 
 
+def test_a_run_that_stops_on_an_error_is_recorded_as_failed_not_running(
+    store_url: str, digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round after the first raises (as a bug or a full disk would): the store says
+    "failed" with the error, and the error still reaches the caller."""
+    from mmfl.server.rounds.pipeline import RoundPipeline
+
+    real = RoundPipeline.run
+
+    def second_round_breaks(self, r: int):  # noqa: ANN001, ANN202
+        if r == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, r)
+
+    monkeypatch.setattr(RoundPipeline, "run", second_round_breaks)
+    plan = build_plan(small_spec("rounds=2", "strategy=server-only"), tmp_path / "run", store=store_url)
+    with pytest.raises(OSError, match="No space left"):
+        run_inprocess(plan)
+    with Session(open_store(store_url)) as s:
+        run = s.get(Run, plan.run_id)
+        assert run is not None and run.status == "failed" and run.finished_at is not None
+        assert run.final_metrics == {"error": "OSError: [Errno 28] No space left on device"}
+        events = s.scalars(select(EventRow).where(EventRow.run_id == plan.run_id)).all()
+        assert [e.message for e in events if e.kind == "failed"] == [
+            "OSError: [Errno 28] No space left on device"
+        ]
+    assert RunStore(open_store(store_url), plan.run_id).summary().status == "failed"
+
+
 def test_a_store_made_before_migrations_is_refused_untouched(tmp_path: Path) -> None:
     import sqlite3
 

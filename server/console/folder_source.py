@@ -122,8 +122,11 @@ class RunFolder:
         records: dict[int, RoundView] = {}
         events: list[EventView] = []
         started: int | None = None
+        stopped: str | None = None  # the run ended on an error (or was interrupted)
         for item in _lines(self.path / "rounds.jsonl"):
             kind = item.get("event")
+            if kind in ("failed", "interrupted", "start"):
+                stopped = None if kind == "start" else kind  # "start" again: resumed
             if kind == "round" and isinstance(item.get("round"), int):
                 sites = [
                     SiteRoundView(
@@ -160,6 +163,8 @@ class RunFolder:
         failed = sum(1 for r in rounds if r.status != "completed")
         if summary:
             status = "completed" if not failed else "completed-with-failed-rounds"
+        elif stopped:
+            status = stopped
         else:
             status = "running" if (self.path / "rounds.jsonl").exists() else "planned"
         test = [next(iter(r.test.values())) for r in rounds if r.test]
