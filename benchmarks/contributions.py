@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +70,16 @@ def refused(spec: FederationSpec) -> dict[str, str]:
     return out
 
 
-def run_once(spec: FederationSpec, folder: Path, leave_out: str | None) -> dict[str, Any]:
-    """The run's val and test rsum (the federation's own model: no delivery selection)."""
+def run_once(spec: FederationSpec, folder: Path, leave_out: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's val and test rsum (the federation's own model: no delivery selection), with the
+    sites ``leave_out`` removed after the partition."""
     done = folder / "summary.json"
     if done.exists():
         summary = json.loads(done.read_text())
     else:
         build_plan(spec, folder, force=True)
-        if leave_out is not None:
-            without(folder, leave_out)
+        for site in leave_out:
+            without(folder, site)
         summary = run_inprocess(RunPlan.model_validate_json((folder / "plan.json").read_text()))
     final = summary["final"]
     return {"val": final["val_retrieval"]["rsum"], "test": final["retrieval"]["rsum"]}
@@ -111,7 +113,7 @@ def main() -> None:
         spec = spec0.model_copy(update={"seed": seed})
         for leave_out in [None, *sites]:
             folder = args.out / tag / f"s{seed}" / (f"without-{leave_out}" if leave_out else "all")
-            scores[leave_out][seed] = run_once(spec, folder, leave_out)
+            scores[leave_out][seed] = run_once(spec, folder, [leave_out] if leave_out else [])
             print(f"seed {seed} {'all sites' if leave_out is None else 'without ' + leave_out}: "
                   f"val {scores[leave_out][seed]['val']:.1f}, {time.perf_counter() - t0:.0f} s", flush=True)  # fmt: skip
     rows = []
