@@ -7,7 +7,7 @@ from functools import cached_property
 
 import numpy as np
 
-from mmfl.client.public_set import load_public_set
+from mmfl.client.public_set import load_public_parts
 from mmfl.client.state import SiteState
 from mmfl.config import SiteConfig
 from mmfl.data.manifest import Manifest, load_manifest
@@ -39,8 +39,13 @@ class SiteData:
     # start) and their content is hashed into the fingerprints below, so a changed or missing
     # file still stops the site. Skipping the image decode keeps each ClientApp process fast.
     @cached_property
+    def _public_parts(self) -> tuple[Manifest, Manifest | None]:
+        return load_public_parts(self.config, self.info.modalities, check_files=False)
+
+    @cached_property
     def public_manifest(self) -> Manifest:
-        return load_public_set(self.config, self.info.modalities, check_files=False)
+        public, pool = self._public_parts
+        return public if pool is None else public.joined(pool)
 
     @cached_property
     def private_manifest(self) -> Manifest:
@@ -67,10 +72,10 @@ class SiteData:
             return self.public
         return self.public.subset(range(self.public_rows))
 
-    @cached_property
+    @property
     def public_rows(self) -> int:
         """How many rows the public manifest itself holds (the pool's follow them)."""
-        return len(load_manifest(self.config.public_manifest, self.info.modalities, check_files=False))
+        return len(self._public_parts[0])
 
     @cached_property
     def rows(self) -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from mmfl.data.fingerprint import item_fingerprint
 from mmfl.data.manifest import Manifest, load_manifest, write_manifest
 from mmfl.data.sample import FILE_MODALITIES, Sample
 from mmfl.errors import MmflError
@@ -176,8 +177,6 @@ def check_pool(pool: Manifest, held_out: Sequence[Manifest]) -> None:
     """Refuse a pool that holds an item of ``held_out`` (val, test), compared item by item (an
     image without its caption is still that image): what the methods distil on must never be
     what a model is chosen or scored on."""
-    from mmfl.data.fingerprint import item_fingerprint
-
     held = {
         (m, item_fingerprint(s, m)): (manifest.path, s.id)
         for manifest in held_out

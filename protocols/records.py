@@ -140,8 +140,12 @@ def check_represent_instruction(
             raise ProtocolError(f"{modality}: rows outside this round's public indices")
     mix = instruction.mix
     if mix is not None:
-        used = [i for m in mix.weight for rows in mix.rows_of(m) for i in rows]
-        if any(i < 0 or i >= public_rows for i in used):
+        lists = [
+            mix.first,
+            mix.second,
+            *(r for own in mix.own_rows.values() for r in (own.first, own.second)),
+        ]
+        if any(i < 0 or i >= public_rows for rows in lists for i in rows):
             raise ProtocolError(f"mix plan: public index outside 0..{public_rows - 1}")
         if arrays:
             raise ProtocolError("global representations sent with a mix plan")

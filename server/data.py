@@ -56,7 +56,9 @@ def load_server_data(
     split = {s: load_tensors(m.samples, feats, info.classes, cache) for s, m in manifests.items()}
     # The task epochs run on the public rows proper: the pool's rows (one modality, no label)
     # carry no task loss, and would only thin the batches.
-    own = split["public"].subset(range(len(dataset.manifest("public"))))
+    own = split["public"]
+    if len(own) > len(dataset.manifest("public")):
+        own = own.subset(range(len(dataset.manifest("public"))))
     if pool_sites is not None:
         own = concat([own, *pooled_site_rows(pool_sites, feats, dataset)])
     return ServerData(

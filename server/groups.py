@@ -28,7 +28,7 @@ class GroupModels:
     """Every group's weights and velocity, by group name."""
 
     def __init__(
-        self, dataset: PreparedDataset, embed_dim: int, momentum: float, seed: int, with_pool: bool = True
+        self, dataset: PreparedDataset, embed_dim: int, momentum: float, seed: int, with_pool: bool = False
     ) -> None:
         self.dataset = dataset
         self.with_pool = with_pool  # the run's public set holds the unpaired pool
