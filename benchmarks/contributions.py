@@ -80,7 +80,7 @@ def run_once(spec: FederationSpec, folder: Path, leave_out: Sequence[str] = ()) 
         build_plan(spec, folder, force=True)
         for site in leave_out:
             without(folder, site)
-        summary = run_inprocess(RunPlan.model_validate_json((folder / "plan.json").read_text()))
+        summary = json.loads(run_inprocess(RunPlan.model_validate_json((folder / "plan.json").read_text())).to_json())
     final = summary["final"]
     return {"val": final["val_retrieval"]["rsum"], "test": final["retrieval"]["rsum"]}
 

@@ -76,7 +76,7 @@ def profile(rounds: int, strategy: str) -> dict[str, Any]:
         profiler = Profiler(interval=0.005)
         profiler.start()
         plan = build_plan(spec, Path(tmp) / "run")
-        summary = run_inprocess(plan)
+        summary = json.loads(run_inprocess(plan).to_json())
         profiler.stop()
         wall = time.perf_counter() - started
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)

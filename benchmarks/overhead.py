@@ -103,7 +103,7 @@ def plain_loop(spec: FederationSpec, out: Path) -> tuple[float, dict]:
 def inprocess(spec: FederationSpec, out: Path) -> tuple[float, dict]:
     plan = build_plan(spec, out)
     started = time.perf_counter()
-    summary = run_inprocess(plan)
+    summary = json.loads(run_inprocess(plan).to_json())
     return time.perf_counter() - started, summary["final"]
 
 

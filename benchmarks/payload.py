@@ -51,7 +51,7 @@ BYTES_PER_VALUE = {"fp32": 4, "fp16": 2, "int8": 1}
 
 def run(overrides: list[str], seed: int, out: Path) -> dict:
     spec = load_config(FederationSpec, SPEC, [*overrides, f"seed={seed}"])
-    summary = run_inprocess(build_plan(spec, out))
+    summary = json.loads(run_inprocess(build_plan(spec, out)).to_json())
     rounds = summary["rounds"]
     return {
         "seed": seed,

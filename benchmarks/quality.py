@@ -39,6 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mmfl.config import FederationSpec, load_config
+from mmfl.protocols.summary import RunSummary
 from mmfl.simulation import paired as pairing
 from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.paired import sample_std
@@ -97,7 +98,7 @@ def run(
             else:
                 shutil.rmtree(run_dir, ignore_errors=True)  # a run folder from older code is not reused
                 t0 = time.perf_counter()
-                summary = run_inprocess(build_plan(spec, run_dir, force=True))
+                summary = json.loads(run_inprocess(build_plan(spec, run_dir, force=True)).to_json())
                 rsum = (summary["final"]["retrieval"] or {}).get("rsum")
                 print(
                     f"{dataset} {strategy} seed {seed}: test rsum {rsum}, {time.perf_counter() - t0:.0f} s",
@@ -370,8 +371,9 @@ def main() -> None:
         name = f"{dataset}-{args.tag}" if args.tag else dataset
         runs = args.out / "runs" / name
         summaries = run(dataset, strategies, seeds, runs, args.set, args.reuse)
-        write_comparison(summaries, runs)
-        rows = comparison_table(summaries)
+        typed = [RunSummary.model_validate({k: v for k, v in s.items() if k != "_run_dir"}) for s in summaries]
+        write_comparison(typed, runs)
+        rows = comparison_table(typed)
         ran = {s["seed"] for s in summaries}
         offline_runs = [
             o for o in offline_control(dataset, args.offline_control, required) if o["seed"] in ran

@@ -90,7 +90,7 @@ def one_run(attack: str, defences: str, seed: int, rounds: int, root: Path) -> f
     )  # fmt: skip
     plan = build_plan(spec, root / f"{attack}-{defences}-s{seed}")
     node = 1000 + [c.site.id for c in json_configs(plan.site_configs)].index(HOSTILE)
-    summary = run_inprocess(plan, grid_class=None if attack == "none" else hostile_grid(attack, node, seed))
+    summary = json.loads(run_inprocess(plan, grid_class=None if attack == "none" else hostile_grid(attack, node, seed)).to_json())
     return float(summary["final"]["retrieval"]["rsum"])
 
 

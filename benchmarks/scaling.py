@@ -140,7 +140,7 @@ def run_setting(
         (folder / "spec.toml").write_text(dump_toml(spec))
         (folder / "summary.json").write_text(json.dumps(summary, indent=1))
     else:
-        summary = run_inprocess(build_plan(spec, folder, force=True))
+        summary = json.loads(run_inprocess(build_plan(spec, folder, force=True)).to_json())
     print(
         f"public {public}, {sites} sites, {strategy}, seed {seed}: "
         f"test rsum {summary['final']['retrieval']['rsum']:.1f}, {time.perf_counter() - t0:.0f} s",

@@ -102,7 +102,7 @@ def _val_rsum(spec_path: Path, overrides: list[str], folder: Path, threads: int)
     spec = load_config(FederationSpec, spec_path, overrides)
     shutil.rmtree(folder, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = run_inprocess(build_plan(spec, folder, force=True))
+    summary = json.loads(run_inprocess(build_plan(spec, folder, force=True)).to_json())
     shutil.rmtree(folder, ignore_errors=True)
     return summary["final"]["val_retrieval"]["rsum"], time.perf_counter() - t0
 

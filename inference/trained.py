@@ -40,6 +40,8 @@ from mmfl.models.ensemble import fuse
 from mmfl.models.metrics import accuracy, pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.paths import feature_cache_root
+from mmfl.protocols.delivery import EnsembleRecord
+from mmfl.protocols.summary import FinalMetrics, RunSummary, SiteSummary
 
 
 class TrainedModel:
@@ -302,27 +304,27 @@ def _load_run(folder: Path) -> TrainedModel:
             f"run {folder} has no final model (summary.json and final_model.pt are written when the "
             "last round ends); an unfinished run can be continued with `mmfl simulate --resume`"
         )
-    summary = _read_json(folder / "summary.json")
+    summary = RunSummary.read(folder)
     plan = _read_json(folder / "plan.json")
     raw = weights.read_bytes()
     try:
         state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises several types for a damaged file
         raise MmflError(f"unreadable {weights}: {type(exc).__name__}") from None
-    blob = weights_blob(state, summary["run_id"])
+    blob = weights_blob(state, summary.run_id)
     card = card_from_run(
         summary, plan, hashlib.sha256(blob).hexdigest(), state, _delivered_final(folder, summary)
     )
     return TrainedModel(card, state)
 
 
-def _delivered_final(folder: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+def _delivered_final(folder: Path, summary: RunSummary) -> FinalMetrics | None:
     """The final metrics of the control a run delivered (None: it delivered its own model)."""
-    delivery = summary.get("delivery") or {}
-    if delivery.get("source") != "control":
+    delivery = summary.delivery
+    if delivery is None or delivery.source != "control":
         return None
-    chosen = next(c for c in delivery["candidates"] if c["strategy"] == delivery["delivered"])
-    return _read_json(folder / chosen["folder"] / "summary.json")["final"]
+    chosen = next(c for c in delivery.candidates if c.strategy == delivery.delivered)
+    return RunSummary.read(folder / chosen.folder).final
 
 
 def weights_blob(state: dict[str, torch.Tensor], run_id: str, card_sha256: str | None = None) -> bytes:
@@ -358,34 +360,34 @@ def _trained_heads(
 
 
 def card_from_run(
-    summary: dict[str, Any],
+    summary: RunSummary,
     plan: dict[str, Any],
     weights_sha256: str,
     state: dict[str, torch.Tensor],
-    control_final: dict[str, Any] | None = None,
+    control_final: FinalMetrics | None = None,
 ) -> ModelCard:
     """The card of a finished run, from its ``summary.json``, ``plan.json`` and ``dataset.json``;
     ``control_final``: the final metrics of the site-free control it delivered, if it did (its
     weights then hold no site's data, so no site's privacy is listed)."""
     info = read_dataset_info(Path(plan["dataset_root"]))
-    modalities = list(summary["modalities"])
-    delivery = summary.get("delivery") or {}
-    if delivery.get("source") == "ensemble":
-        return _ensemble_card(summary, plan, weights_sha256, info, delivery)
-    architectures = {m: a for m, a in summary["server"]["architectures"].items() if m in modalities}
+    modalities = list(summary.modalities)
+    delivery = summary.delivery
+    if delivery is not None and delivery.source == "ensemble" and delivery.ensemble is not None:
+        return _ensemble_card(summary, plan, weights_sha256, info, delivery.ensemble)
+    architectures = {m: a for m, a in summary.server.architectures.items() if m in modalities}
     feats = featurizers_for(architectures, info.image_size, info.image_channels)
     encoders = _encoder_cards(architectures, info)
-    privacy = [_privacy_card(s) for s in summary["sites"] if control_final is None]
-    final = control_final if control_final is not None else summary["final"]
+    privacy = [_privacy_card(s) for s in summary.sites if control_final is None]
+    final = control_final if control_final is not None else summary.final
     return ModelCard(
         mmfl_version=__version__,
-        run_id=summary["run_id"],
-        name=summary["name"],
-        strategy=summary["strategy"],
-        seed=summary["seed"],
-        rounds=len(summary["rounds"]),
+        run_id=summary.run_id,
+        name=summary.name,
+        strategy=summary.strategy,
+        seed=summary.seed,
+        rounds=len(summary.rounds),
         modalities=list(architectures),
-        embed_dim=summary["embed_dim"],
+        embed_dim=summary.embed_dim,
         encoders=encoders,
         image_size=info.image_size,
         image_channels=info.image_channels,
@@ -394,31 +396,31 @@ def card_from_run(
             state,
             architectures,
             {m: f.shape for m, f in feats.items()},
-            summary["embed_dim"],
+            summary.embed_dim,
             len(info.classes),
-            summary["seed"],
+            summary.seed,
         ),
         pairing=info.pairing,
         eval_batch_size=plan["spec"]["server"]["eval_batch_size"],
-        dataset=summary["dataset"]["name"],
-        public_fingerprint=summary["dataset"]["public_fingerprint"],
+        dataset=summary.dataset.name,
+        public_fingerprint=summary.dataset.public_fingerprint,
         privacy=privacy,
-        metrics={"test": final.get("retrieval"), "val": final.get("val_retrieval")},
-        delivered=(summary.get("delivery") or {}).get("delivered"),
+        metrics={"test": final.retrieval, "val": final.val_retrieval},
+        delivered=delivery.delivered if delivery is not None else None,
         weights_sha256=weights_sha256,
     )
 
 
-def _privacy_card(site: dict[str, Any]) -> SitePrivacyCard:
+def _privacy_card(site: SiteSummary) -> SitePrivacyCard:
     """What a site of ``summary.json`` spent, as the model card lists it."""
-    p = site["privacy"]
+    p = site.privacy
     return SitePrivacyCard(
-        site=site["id"],
-        enabled=bool(p["enabled"]),
-        epsilon_spent=p.get("epsilon_spent"),
-        delta=p.get("delta"),
-        target_epsilon=p.get("target_epsilon"),
-        unit=p.get("unit"),
+        site=site.id,
+        enabled=p.enabled,
+        epsilon_spent=p.epsilon_spent,
+        delta=p.delta,
+        target_epsilon=p.target_epsilon,
+        unit=p.unit,
     )
 
 
@@ -439,34 +441,33 @@ def _encoder_cards(architectures: dict[str, str], info: Any) -> dict[str, Encode
 
 
 def _ensemble_card(
-    summary: dict[str, Any],
+    summary: RunSummary,
     plan: dict[str, Any],
     weights_sha256: str,
     info: Any,  # noqa: ANN401
-    delivery: dict[str, Any],
+    ensemble: EnsembleRecord,
 ) -> ModelCard:
     """The card of a run that delivered its sites' ensemble: one member per released site."""
-    modalities = list(summary["modalities"])
-    ensemble = delivery["ensemble"]
+    modalities = list(summary.modalities)
     members = [
         MemberCard(site=site, encoders=_encoder_cards({m: archs[m] for m in modalities}, info))
-        for site, archs in zip(ensemble["sites"], ensemble["architectures"], strict=True)
+        for site, archs in zip(ensemble.sites, ensemble.architectures, strict=True)
     ]
-    by_site = {s["id"]: s for s in summary["sites"]}
-    privacy = [_privacy_card(by_site[site]) for site in ensemble["sites"] if site in by_site]
+    by_site = {s.id: s for s in summary.sites}
+    privacy = [_privacy_card(by_site[site]) for site in ensemble.sites if site in by_site]
     return ModelCard(
         format_version=2,
         kind="ensemble",
         members=members,
-        member_embed_dim=summary["embed_dim"],
+        member_embed_dim=summary.embed_dim,
         mmfl_version=__version__,
-        run_id=summary["run_id"],
-        name=summary["name"],
-        strategy=summary["strategy"],
-        seed=summary["seed"],
-        rounds=len(summary["rounds"]),
+        run_id=summary.run_id,
+        name=summary.name,
+        strategy=summary.strategy,
+        seed=summary.seed,
+        rounds=len(summary.rounds),
         modalities=modalities,
-        embed_dim=summary["embed_dim"] * len(members),
+        embed_dim=summary.embed_dim * len(members),
         encoders={},
         image_size=info.image_size,
         image_channels=info.image_channels,
@@ -474,10 +475,10 @@ def _ensemble_card(
         trained_heads=[],
         pairing=info.pairing,
         eval_batch_size=plan["spec"]["server"]["eval_batch_size"],
-        dataset=summary["dataset"]["name"],
-        public_fingerprint=summary["dataset"]["public_fingerprint"],
+        dataset=summary.dataset.name,
+        public_fingerprint=summary.dataset.public_fingerprint,
         privacy=privacy,
-        metrics={"test": ensemble.get("test"), "val": ensemble.get("val")},
+        metrics={"test": ensemble.test, "val": ensemble.val},
         delivered="ensemble",
         weights_sha256=weights_sha256,
     )

@@ -14,9 +14,9 @@ A negative gain is a federation that lost to the coordinator alone, and is state
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Candidate(BaseModel):
@@ -31,6 +31,21 @@ class Candidate(BaseModel):
     """Where its run lies, relative to the run folder (``.`` for the federation)."""
 
 
+class EnsembleRecord(BaseModel):
+    """The sites' ensemble, when consenting sites released their final models
+    (:mod:`mmfl.server.release`): its members, val rsum per number of members, the released sites
+    left out and why, each member's contribution (leave-one-out on val), its val and test blocks."""
+
+    model_config = ConfigDict(extra="forbid")
+    sites: list[str] = Field(min_length=1)
+    architectures: list[dict[str, str]]
+    val_rsum_by_members: dict[str, float]
+    left_out: dict[str, str]
+    contributions_val: dict[str, float] = Field(default_factory=dict)
+    val: dict[str, float]
+    test: dict[str, float]
+
+
 class Delivery(BaseModel):
     """The run's deliverable and why (``selection`` off: the federation's, unchosen)."""
 
@@ -43,8 +58,7 @@ class Delivery(BaseModel):
     gain_val: float | None = None
     gain_test: float | None = None
     line: str
-    ensemble: dict[str, Any] | None = None
-    """The sites' ensemble, when sites released their models: members, val rsum per size, left out."""
+    ensemble: EnsembleRecord | None = None
 
     @classmethod
     def choose(

@@ -12,21 +12,21 @@ mmfl.simulation.controls FOLDER``); the simulation engine passes an in-process r
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from mmfl.config import DeliveryConfig, FederationSpec, SiteSpec
 from mmfl.errors import MmflError
 from mmfl.files import atomic_write_text
 from mmfl.protocols.delivery import Candidate
 from mmfl.protocols.messages import Capabilities
+from mmfl.protocols.summary import RunSummary
 from mmfl.strategies.methods import Method
 
-ControlRunner = Callable[[FederationSpec, Path], dict[str, Any]]
+ControlRunner = Callable[[FederationSpec, Path], RunSummary]
 """Runs a control's spec with its output in the given folder; returns its summary."""
 
 CONTROL_FILE = "control.json"
@@ -69,19 +69,18 @@ def control_spec(
     )
 
 
-def candidate(summary: dict[str, Any], source: str, folder: str) -> Candidate:
+def candidate(summary: RunSummary, source: Literal["federation", "control"], folder: str) -> Candidate:
     """A run's summary as a delivery candidate."""
-    final = summary.get("final") or {}
     return Candidate(
-        strategy=summary["strategy"],
-        source=source,  # type: ignore[arg-type]
-        val_rsum=(final.get("val_retrieval") or {}).get("rsum"),
-        test_rsum=(final.get("retrieval") or {}).get("rsum"),
+        strategy=summary.strategy,
+        source=source,
+        val_rsum=summary.final.val_rsum,
+        test_rsum=summary.final.test_rsum,
         folder=folder,
     )
 
 
-def run_in_child(spec: FederationSpec, folder: Path) -> dict[str, Any]:
+def run_in_child(spec: FederationSpec, folder: Path) -> RunSummary:
     """Run a control in a child process with the simulation engine (see the module)."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / CONTROL_FILE, spec.model_dump_json(indent=2))
@@ -93,4 +92,4 @@ def run_in_child(spec: FederationSpec, folder: Path) -> dict[str, Any]:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise MmflError(f"the {spec.strategy} control failed: {last}")
-    return json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    return RunSummary.read(folder)

@@ -12,7 +12,6 @@ is done).
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from mmfl.files import atomic_write_bytes, atomic_write_text
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.protocols.delivery import Candidate, Delivery
 from mmfl.protocols.messages import CapabilitiesQuery, ReleaseInstruction
+from mmfl.protocols.summary import SUMMARY_FILE, FinalMetrics, RunSummary
 from mmfl.server.checkpoint import load_checkpoint, save_checkpoint
 from mmfl.server.data import load_server_data
 from mmfl.server.delivery import ControlRunner, candidate, control_spec, control_strategies, run_in_child
@@ -225,7 +225,7 @@ class FederatedRun:
         )  # fmt: skip
         self._event("method", self.choice.line)
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> RunSummary:
         started = time.perf_counter()
         if self.plan.threads:
             torch.set_num_threads(self.plan.threads)
@@ -250,7 +250,7 @@ class FederatedRun:
             self.store.finish(status, {"error": error})
             raise
 
-    def _rounds_and_delivery(self, started: float) -> dict[str, Any]:
+    def _rounds_and_delivery(self, started: float) -> RunSummary:
         if self.choice is not None:  # chosen when the plan was built (a simulation)
             self._event("method", self.choice.line)
         if self.method.uses_sites:
@@ -270,9 +270,10 @@ class FederatedRun:
             record = pipeline.run(r)
             self.records.append(record)
             self._checkpoint(pipeline, record)
-        final: dict[str, Any] = {**pipeline.final(), "site_metrics": {}}
+        site_metrics = {}
         if self.grid is not None and self.registry.sites:
-            final["site_metrics"] = pipeline.evaluate_sites(self.registry.online(self.grid))
+            site_metrics = pipeline.evaluate_sites(self.registry.online(self.grid))
+        final = FinalMetrics.model_validate({**pipeline.final(), "site_metrics": site_metrics})
         self.ensemble = self._release(pipeline)
         wall = time.perf_counter() - started
         sites = list(self.registry.sites.values())
@@ -290,19 +291,20 @@ class FederatedRun:
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in pipeline.trainer.model.state_dict().items()}, buffer)
         delivery, model_bytes = self._deliver(summary, buffer.getvalue())
-        summary["delivery"] = delivery.model_dump()
+        summary.delivery = delivery
         if delivery.source != "federation":  # the federation's own model stays beside it
             atomic_write_bytes(self.out / FEDERATION_MODEL, buffer.getvalue())
         atomic_write_bytes(self.out / "final_model.pt", model_bytes)
         evidence = build_evidence(summary, sites, self.records, model_bytes)
         atomic_write_text(self.out / "evidence.json", to_json(evidence))
         failed = sum(1 for rec in self.records if rec.status != "completed")
-        self.store.finish("completed" if not failed else "completed-with-failed-rounds", final)
+        final_json = final.model_dump(mode="json")
+        self.store.finish("completed" if not failed else "completed-with-failed-rounds", final_json)
         # summary.json last: whoever sees it (CLI, console, tests) may rely on the model, the
         # evidence and the store's final status being there already.
-        atomic_write_text(self.out / "summary.json", to_json(summary))
-        self._emit({"event": "finish", "wall_seconds": wall, "final": final})
-        return json.loads(to_json(summary))
+        atomic_write_text(self.out / SUMMARY_FILE, summary.to_json())
+        self._emit({"event": "finish", "wall_seconds": wall, "final": final_json})
+        return summary
 
     # -- delivery ----------------------------------------------------------------------------------
     def _release(self, pipeline: RoundPipeline) -> EnsembleResult | None:
@@ -338,7 +340,7 @@ class FederatedRun:
             )
         return ensemble
 
-    def _deliver(self, summary: dict[str, Any], federation_model: bytes) -> tuple[Delivery, bytes]:
+    def _deliver(self, summary: RunSummary, federation_model: bytes) -> tuple[Delivery, bytes]:
         """Build the site-free controls (a finished one is reused on resume), choose on val, and
         return the choice with the delivered model's bytes (:mod:`mmfl.server.delivery`)."""
         federation = candidate(summary, "federation", ".")
@@ -370,9 +372,9 @@ class FederatedRun:
             folder = self.out / "controls" / name.replace("+", "plus")
             self._emit({"event": "control-start", "strategy": name})
             try:
-                done = folder / "summary.json"
+                done = folder / SUMMARY_FILE
                 if done.exists() and (folder / "final_model.pt").exists():
-                    control = json.loads(done.read_text(encoding="utf-8"))
+                    control = RunSummary.read(done)
                 else:
                     control = self.controls(control_spec(self.spec, self.method, name, registered), folder)
             except Exception as exc:  # noqa: BLE001 - a failed control never costs the run

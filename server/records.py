@@ -6,9 +6,13 @@ after it: the run store, the checkpoint, ``rounds.jsonl``, ``summary.json`` and 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
+
+from mmfl.protocols.summary import RoundSummary, ServerMetrics, SiteRoundSummary
+
+__all__ = ["RoundRecord", "ServerMetrics", "SiteReport"]
 
 
 class SiteReport(BaseModel):
@@ -27,15 +31,6 @@ class SiteReport(BaseModel):
     def refuse(self, reason: str) -> SiteReport:
         self.accepted, self.reason = False, reason
         return self
-
-
-class ServerMetrics(BaseModel):
-    """The server model's round: its losses and its retrieval on val and test."""
-
-    train_loss: float | None = None
-    distill_loss: float | None = None
-    val: dict[str, float] | None = None
-    test: dict[str, float] | None = None
 
 
 class RoundRecord(BaseModel):
@@ -70,26 +65,28 @@ class RoundRecord(BaseModel):
     def fail(self, reason: str) -> None:
         self.status, self.reason = "failed", reason
 
-    def server_metrics(self) -> dict[str, Any]:
+    def server_metrics(self) -> dict[str, object]:
         """The server's metrics as a plain dict, without the ones this round did not have."""
         return self.server.model_dump(exclude_none=True)
 
-    def summary_row(self) -> dict[str, Any]:
+    def summary_row(self) -> RoundSummary:
         """This round as ``summary.json`` and ``rounds.jsonl`` carry it."""
-        return {
-            "round": self.round,
-            "status": self.status,
-            "reason": self.reason,
-            "wall_seconds": self.wall_seconds,
-            "phase_seconds": self.phase_seconds,
-            "bytes_down": self.bytes_down,
-            "bytes_up": self.bytes_up,
-            "server_metrics": self.server_metrics(),
-            "weight_entropy": self.weight_entropy,
-            "sites": [
-                s.model_dump(
-                    include={"site_id", "accepted", "reason", "bytes_down", "bytes_up", "epsilon", "metrics"}
+        return RoundSummary(
+            round=self.round,
+            status=self.status,
+            reason=self.reason,
+            wall_seconds=self.wall_seconds,
+            phase_seconds=self.phase_seconds,
+            bytes_down=self.bytes_down,
+            bytes_up=self.bytes_up,
+            server_metrics=self.server,
+            weight_entropy=self.weight_entropy,
+            sites=[
+                SiteRoundSummary.model_validate(
+                    s.model_dump(
+                        include={"site_id", "accepted", "reason", "bytes_down", "bytes_up", "epsilon", "metrics"}
+                    )
                 )
                 for s in self.sites
             ],
-        }
+        )

@@ -25,6 +25,7 @@ from mmfl.models.ensemble import choose_members, fuse
 from mmfl.models.metrics import pairwise_retrieval
 from mmfl.models.multimodal import MultiEncoder
 from mmfl.paths import feature_cache_root
+from mmfl.protocols.delivery import EnsembleRecord
 from mmfl.protocols.messages import Capabilities
 from mmfl.server.exchange import ReleasedModel
 
@@ -76,17 +77,17 @@ class EnsembleResult:
         torch.save(state, buffer)
         return buffer.getvalue()
 
-    def record(self) -> dict[str, object]:
+    def record(self) -> EnsembleRecord:
         """What ``summary.json`` keeps of the ensemble (``delivery.ensemble``)."""
-        return {
-            "sites": self.sites,
-            "architectures": [m.architectures for m in self.members],
-            "val_rsum_by_members": {str(k): v for k, v in self.val_by_k.items()},
-            "left_out": self.left_out,
-            "contributions_val": self.contributions,
-            "val": self.val,
-            "test": self.test,
-        }
+        return EnsembleRecord(
+            sites=self.sites,
+            architectures=[m.architectures for m in self.members],
+            val_rsum_by_members={str(k): v for k, v in self.val_by_k.items()},
+            left_out=self.left_out,
+            contributions_val=self.contributions,
+            val=self.val,
+            test=self.test,
+        )
 
 
 def build_ensemble(

@@ -225,8 +225,8 @@ class LastRound:
 
 
 @dataclass(frozen=True)
-class RunSummary:
-    """One run as ``mmfl server status`` lists it."""
+class RunStatus:
+    """One run as ``mmfl server status`` lists it (its store rows; the run folder holds its ``summary.json``)."""
 
     run_id: str
     status: str
@@ -236,7 +236,7 @@ class RunSummary:
     epsilon: dict[str, float]  # site -> the epsilon it reported last
 
 
-def _summarize(session: Session, run: Run) -> RunSummary:
+def _summarize(session: Session, run: Run) -> RunStatus:
     rounds = session.scalars(select(RoundRow).where(RoundRow.run_id == run.id).order_by(RoundRow.round)).all()
     eps: dict[str, float] = {}
     for row in rounds:
@@ -244,7 +244,7 @@ def _summarize(session: Session, run: Run) -> RunSummary:
             if sr.epsilon is not None:
                 eps[sr.site_id] = sr.epsilon
     last = rounds[-1] if rounds else None
-    return RunSummary(
+    return RunStatus(
         run_id=run.id,
         status=run.status,
         strategy=run.strategy,
@@ -395,14 +395,14 @@ class RunStore:
                 s.scalars(select(RoundRow).where(RoundRow.run_id == self.run_id).order_by(RoundRow.round))
             )
 
-    def summary(self) -> RunSummary | None:
-        """This run's summary; None when it was never started."""
+    def status(self) -> RunStatus | None:
+        """This run's status; None when it was never started."""
         with Session(self.engine) as s:
             run = s.get(Run, self.run_id)
             return None if run is None else _summarize(s, run)
 
     @staticmethod
-    def recent(engine: Engine, limit: int = 10) -> list[RunSummary]:
+    def recent(engine: Engine, limit: int = 10) -> list[RunStatus]:
         """The ``limit`` most recently started runs of the store, newest first."""
         with Session(engine) as s:
             runs = s.scalars(select(Run).order_by(Run.started_at.desc()).limit(limit))

@@ -20,12 +20,18 @@ import mmfl
 from mmfl.config import FederationSpec, MethodChoice, dump_toml
 from mmfl.data.prepared import DatasetInfo
 from mmfl.protocols.messages import Capabilities, PrivacyStatus
+from mmfl.protocols.summary import (
+    DatasetSummary,
+    FinalMetrics,
+    RunSummary,
+    ServerSummary,
+    SiteSummary,
+    Versions,
+)
 from mmfl.server.records import RoundRecord
 
-SUMMARY_SCHEMA_VERSION = 3
 
-
-def versions() -> dict[str, str]:
+def versions() -> Versions:
     # From the installed metadata: importing opacus only to read its version took 2.4 s.
     out = {
         "mmfl": mmfl.__version__,
@@ -44,7 +50,7 @@ def versions() -> dict[str, str]:
             out["code"] = commit.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return out
+    return Versions(**out)
 
 
 def privacy_statement(status: PrivacyStatus) -> str:
@@ -72,64 +78,64 @@ def build_summary(
     public_fingerprint: str,
     sites: Sequence[Capabilities],
     records: Sequence[RoundRecord],
-    final: dict[str, Any],
+    final: FinalMetrics,
     wall_seconds: float,
     choice: MethodChoice | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """``summary.json``: each site's privacy as it last reported it, each round once; ``choice``
-    how the method was chosen where the spec asked for ``auto``."""
-    return {
-        "schema_version": SUMMARY_SCHEMA_VERSION,
-        "run_id": run_id,
-        "name": spec.name,
-        "strategy": spec.strategy,
-        "method_choice": choice.model_dump() if choice is not None else None,
-        "dataset": {
-            "name": info.name,
-            "pairing": info.pairing,
-            "splits": info.splits,
-            "public_fingerprint": public_fingerprint,
-        },
-        "modalities": spec.modalities,
-        "embed_dim": spec.embed_dim,
-        "seed": spec.seed,
-        "server": {"architectures": spec.server.architectures},
-        "sites": [
-            {
-                "id": c.site_id,
-                "modalities": c.modalities,
-                "architectures": c.architectures,
-                "private_samples": c.samples,
-                "paired_samples": c.paired_samples,
-                "private_units_noisy": c.privacy.noisy_units,
-                "device": c.device.model_dump(),
-                "privacy": c.privacy.model_dump(),
-            }
+    how the method was chosen where the spec asked for ``auto``. Its ``delivery`` is added once
+    the run has chosen what it delivers."""
+    return RunSummary(
+        run_id=run_id,
+        name=spec.name,
+        strategy=spec.strategy,
+        method_choice=choice,
+        dataset=DatasetSummary(
+            name=info.name,
+            pairing=info.pairing,
+            splits=info.splits,
+            public_fingerprint=public_fingerprint,
+        ),
+        modalities=spec.modalities,
+        embed_dim=spec.embed_dim,
+        seed=spec.seed,
+        server=ServerSummary(architectures=spec.server.architectures),
+        sites=[
+            SiteSummary(
+                id=c.site_id,
+                modalities=c.modalities,
+                architectures=c.architectures,
+                private_samples=c.samples,
+                paired_samples=c.paired_samples,
+                private_units_noisy=c.privacy.noisy_units,
+                device=c.device,
+                privacy=c.privacy,
+            )
             for c in sites
         ],
-        "rounds": [r.summary_row() for r in records],
-        "final": final,
+        rounds=[r.summary_row() for r in records],
+        final=final,
         # DP sites draw noise and batches from OS entropy: their runs cannot be replayed.
-        "reproducible": not any(c.privacy.enabled for c in sites),
-        "wall_seconds": wall_seconds,
-        "versions": versions(),
-        "config": json.loads(json.dumps(spec.model_dump(mode="json"))),
-        "config_toml": dump_toml(spec),
-    }
+        reproducible=not any(c.privacy.enabled for c in sites),
+        wall_seconds=wall_seconds,
+        versions=versions(),
+        config=json.loads(to_json(spec.model_dump(mode="json"))),
+        config_toml=dump_toml(spec),
+    )
 
 
 def build_evidence(
-    summary: dict[str, Any], sites: Sequence[Capabilities], records: Sequence[RoundRecord], model_bytes: bytes
+    summary: RunSummary, sites: Sequence[Capabilities], records: Sequence[RoundRecord], model_bytes: bytes
 ) -> dict[str, Any]:
     """``evidence.json``: code, config, public set, each site's data fingerprint and privacy
     statement, rounds, and the final model's hash."""
     return {
-        "run_id": summary["run_id"],
-        "code": summary["versions"],
-        "config": summary["config"],
+        "run_id": summary.run_id,
+        "code": summary.versions.model_dump(exclude_none=True),
+        "config": summary.config,
         "public_set": {
-            "name": summary["dataset"]["name"],
-            "fingerprint": summary["dataset"]["public_fingerprint"],
+            "name": summary.dataset.name,
+            "fingerprint": summary.dataset.public_fingerprint,
         },
         "sites": [
             {
@@ -143,17 +149,17 @@ def build_evidence(
             for c in sites
         ],
         "rounds": {
-            "planned": summary["config"]["rounds"],
+            "planned": summary.spec.rounds,
             "completed": sum(1 for r in records if r.status == "completed"),
             "failed": sum(1 for r in records if r.status != "completed"),
         },
         "final_model": {
             "path": "final_model.pt",
             "sha256": hashlib.sha256(model_bytes).hexdigest(),
-            "delivered": (summary.get("delivery") or {}).get("delivered", summary["strategy"]),
+            "delivered": summary.delivered,
         },
-        "delivery": summary.get("delivery"),
-        "final_metrics": summary["final"],
+        "delivery": summary.delivery.model_dump() if summary.delivery is not None else None,
+        "final_metrics": summary.final.model_dump(),
     }
 
 

@@ -15,12 +15,12 @@ from rich.table import Table
 from mmfl import terminal
 from mmfl.config import METHOD_SETTINGS, FederationSpec, SiteSpec, dump_toml, load_config
 from mmfl.errors import MmflError
+from mmfl.protocols.summary import SUMMARY_FILE, RunSummary, rsum
 from mmfl.simulation.report import (
     compare_with_site_free,
     comparison_table,
     pair_names,
-    pair_rsum,
-    validate_summary,
+    round_pair_rsum,
     write_comparison,
     write_report,
 )
@@ -79,15 +79,15 @@ class RoundProgress:
             )
         elif kind == "round":
             sm = event["server"]
-            rsum = (sm.get("test") or {}).get("rsum")
+            test_rsum = (sm.get("test") or {}).get("rsum")
             loss = sm.get("train_loss")
             accepted = sum(1 for s in event["sites"] if s["accepted"])
             mb = (event["bytes_down"] + event["bytes_up"]) / 1e6
             parts = [f"round {event['round']} {event['status']}", f"sites {accepted}/{len(event['sites'])}"]
             if loss is not None:
                 parts.append(f"loss {loss:.3f}")
-            if rsum is not None:
-                parts.append(f"rsum {rsum:.1f}")
+            if test_rsum is not None:
+                parts.append(f"rsum {test_rsum:.1f}")
             parts.append(f"{mb:.1f} MB")
             self.progress.update(self.task, advance=1, status=", ".join(parts))
             self._line(", ".join(parts) + f" ({event['round']}/{self.total})")
@@ -124,7 +124,7 @@ def run_one(
     on_plan: Callable[[Path], None] | None = None,
     tracking: tuple[str, ...] = (),
     tracking_root: Path | None = None,
-) -> tuple[dict[str, Any], Path]:
+) -> tuple[RunSummary, Path]:
     """Run one spec; with ``tracking`` backends, log it as it runs into ``tracking_root``
     (default: the run's ``tracking`` folder)."""
     if engine not in ENGINES:
@@ -161,7 +161,6 @@ def run_one(
             if engine == "flower"
             else run_inprocess(plan, watcher)
         )
-        validate_summary(summary)
         write_report(summary, run_dir)
         tracker.finish(summary)
     return summary, run_dir
@@ -178,10 +177,10 @@ def _progress() -> Progress:
     )
 
 
-def print_summary(summary: dict[str, Any], out: Path) -> None:
-    pairs = pair_names(summary["final"].get("retrieval"))
+def print_summary(summary: RunSummary, out: Path) -> None:
+    pairs = pair_names(summary.final.retrieval)
     extra = pairs[1:]  # beyond the headline pair (the rsum columns)
-    table = Table(title=f"{summary['strategy']} on {summary['dataset']['name']} (seed {summary['seed']})")
+    table = Table(title=f"{summary.strategy} on {summary.dataset.name} (seed {summary.seed})")
     headline = f" ({pairs[0]})" if extra else ""
     for col in ("round", "status", "sites", "train loss", f"val rsum{headline}", f"test rsum{headline}"):
         table.add_column(col, justify="right")
@@ -189,25 +188,25 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         table.add_column(f"test {pair}", justify="right")
     for col in ("MB down", "MB up", "s"):
         table.add_column(col, justify="right")
-    for r in summary["rounds"]:
-        sm = r["server_metrics"]
+    for r in summary.rounds:
+        sm = r.server_metrics
         fmt = lambda v, d=1: "—" if v is None else f"{v:.{d}f}"  # noqa: E731
         table.add_row(
-            str(r["round"]),
-            r["status"],
-            f"{sum(s['accepted'] for s in r['sites'])}/{len(r['sites'])}",
-            fmt(sm.get("train_loss"), 3),
-            fmt((sm.get("val") or {}).get("rsum")),
-            fmt((sm.get("test") or {}).get("rsum")),
-            *(fmt(pair_rsum(sm, pair)) for pair in extra),
-            f"{r['bytes_down'] / 1e6:.2f}",
-            f"{r['bytes_up'] / 1e6:.2f}",
-            f"{r['wall_seconds']:.1f}",
+            str(r.round),
+            r.status,
+            f"{sum(s.accepted for s in r.sites)}/{len(r.sites)}",
+            fmt(sm.train_loss, 3),
+            fmt(rsum(sm.val)),
+            fmt(rsum(sm.test)),
+            *(fmt(round_pair_rsum(sm, pair)) for pair in extra),
+            f"{r.bytes_down / 1e6:.2f}",
+            f"{r.bytes_up / 1e6:.2f}",
+            f"{r.wall_seconds:.1f}",
         )
     terminal.console().print(table)
-    final = summary["final"]
-    if final.get("retrieval"):
-        ret = final["retrieval"]
+    final = summary.final
+    if final.retrieval:
+        ret = final.retrieval
         for pair in pairs or [""]:
             prefix = f"{pair}/" if pair else ""
             shown = {
@@ -219,7 +218,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
                 f"final test retrieval{' ' + pair if pair else ''}: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in shown.items())
             )
-    for site, metrics in sorted((final.get("site_metrics") or {}).items()):
+    for site, metrics in sorted(final.site_metrics.items()):
         shown = {
             k: v
             for k, v in metrics.items()
@@ -230,7 +229,7 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
         terminal.console().print(
             f"site {site}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items() if v is not None)
         )
-    terminal.console().print(f"wall time {summary['wall_seconds']:.1f} s; report: {out / 'report.md'}")
+    terminal.console().print(f"wall time {summary.wall_seconds:.1f} s; report: {out / 'report.md'}")
 
 
 @app.callback()
@@ -299,9 +298,10 @@ def simulate(
     others = control_summaries(summary, run_dir)
     if others:
         print_controls(summary, others)
-    delivery = summary.get("delivery") or {}
-    terminal.console().print(delivery.get("line", ""), highlight=False, soft_wrap=True)
-    valued = (delivery.get("ensemble") or {}).get("contributions_val") or {}
+    delivery = summary.delivery
+    if delivery is not None:
+        terminal.console().print(delivery.line, highlight=False, soft_wrap=True)
+    valued = delivery.ensemble.contributions_val if delivery and delivery.ensemble else {}
     if valued:
         parts = ", ".join(f"{site} {v:+.1f}" for site, v in sorted(valued.items(), key=lambda kv: -kv[1]))
         terminal.console().print(
@@ -316,15 +316,14 @@ def simulate(
         keep_serving(served[0])
 
 
-def control_summaries(summary: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
+def control_summaries(summary: RunSummary, run_dir: Path) -> list[RunSummary]:
     """The summaries of the site-free controls the run built for its delivery."""
-    candidates = (summary.get("delivery") or {}).get("candidates") or []
-    out = []
-    for c in candidates:
-        path = run_dir / c["folder"] / "summary.json"
-        if c["source"] == "control" and path.exists():
-            out.append(json.loads(path.read_text(encoding="utf-8")))
-    return out
+    candidates = summary.delivery.candidates if summary.delivery else []
+    return [
+        RunSummary.read(run_dir / c.folder)
+        for c in candidates
+        if c.source == "control" and (run_dir / c.folder / SUMMARY_FILE).exists()
+    ]
 
 
 def print_tracking(backends: tuple[str, ...], root: Path) -> None:
@@ -333,26 +332,26 @@ def print_tracking(backends: tuple[str, ...], root: Path) -> None:
         terminal.console().print(f"tracking: {command}", highlight=False, soft_wrap=True)
 
 
-def print_controls(summary: dict[str, Any], controls: list[dict[str, Any]]) -> None:
+def print_controls(summary: RunSummary, controls: list[RunSummary]) -> None:
     """The federation next to the servers that use no site, on the same seed."""
-    table = Table(title=f"what the sites added (seed {summary['seed']}; benchmarks/quality.py pairs 5 seeds)")
-    extra = pair_names(summary["final"].get("retrieval"))[1:]
+    table = Table(title=f"what the sites added (seed {summary.seed}; benchmarks/quality.py pairs 5 seeds)")
+    extra = pair_names(summary.final.retrieval)[1:]
     for col in (
         "server",
         "val rsum",
         "test rsum",
         *(f"test {p}" for p in extra),
         "test mAP",
-        f"test rsum − {controls[-1]['strategy']}",
+        f"test rsum − {controls[-1].strategy}",
     ):
         table.add_column(col, justify="right")
-    reference = (controls[-1]["final"].get("retrieval") or {}).get("rsum")
+    reference = controls[-1].final.test_rsum
     for s in [summary, *controls]:
-        test = s["final"].get("retrieval") or {}
-        val = s["final"].get("val_retrieval") or {}
+        test = s.final.retrieval or {}
+        val = s.final.val_retrieval or {}
         diff = "—" if reference is None or "rsum" not in test else f"{test['rsum'] - reference:+.1f}"
         table.add_row(
-            s["strategy"],
+            s.strategy,
             f"{val.get('rsum', float('nan')):.1f}",
             f"{test.get('rsum', float('nan')):.1f}",
             *(f"{test.get(f'{p}/rsum', float('nan')):.1f}" for p in extra),

@@ -35,6 +35,7 @@ from mmfl.config import FederationSpec, RunPlan
 from mmfl.errors import MmflError
 from mmfl.flower_runtime import flower_bin, flower_env
 from mmfl.ports import free_port
+from mmfl.protocols.summary import RunSummary
 from mmfl.server.loop import FederatedRun
 
 STATUS_EVERY_SECONDS = 15.0
@@ -133,7 +134,7 @@ def _set_task_identity() -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
 
 
-def run_control(spec: FederationSpec, folder: Path) -> dict[str, Any]:
+def run_control(spec: FederationSpec, folder: Path) -> RunSummary:
     """A site-free control of a run's delivery (:mod:`mmfl.server.delivery`), in this process,
     with its output in ``folder``."""
     from mmfl.simulation.plan import build_plan
@@ -143,7 +144,7 @@ def run_control(spec: FederationSpec, folder: Path) -> dict[str, Any]:
 
 def run_inprocess(
     plan: RunPlan, progress: Progress | None = None, grid_class: type[InProcessGrid] | None = None
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run the plan with the in-process grid (no Ray, no SuperLink); ``grid_class`` replaces it
     (``benchmarks/robustness.py`` plays hostile sites with one)."""
     _set_task_identity()
@@ -198,7 +199,7 @@ def _tail(path: Path, offset: int, progress: Progress | None) -> int:
 
 def run_flower(
     plan: RunPlan, progress: Progress | None = None, timeout: float = 3600.0, ray_address: str | None = None
-) -> dict[str, Any]:
+) -> RunSummary:
     """Run the plan on Flower's simulation engine; returns the summary the ServerApp wrote.
 
     ``ray_address``: an existing Ray cluster's head (``HOST:PORT``). Flower's engine calls
@@ -283,7 +284,7 @@ def run_flower(
     summary_path = out / "summary.json"
     if not summary_path.exists():
         raise MmflError(f"the run finished without writing {summary_path}")
-    return json.loads(summary_path.read_text(encoding="utf-8"))
+    return RunSummary.read(summary_path)
 
 
 def _run_status(env: dict[str, str], run_id: int) -> str:

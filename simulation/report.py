@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -13,37 +13,30 @@ from typing import Any
 import numpy as np
 
 from mmfl.files import atomic_write_text
+from mmfl.protocols.delivery import Delivery, EnsembleRecord
+from mmfl.protocols.summary import RunSummary, ServerMetrics, rsum
 from mmfl.simulation.paired import paired_lines, paired_rows
 
 
 def summary_schema() -> dict[str, Any]:
+    """The published JSON schema of ``summary.json`` (generated from :class:`RunSummary`)."""
     return json.loads((files("mmfl") / "schemas" / "summary.schema.json").read_text(encoding="utf-8"))
 
 
-def validate_summary(summary: dict[str, Any]) -> None:
-    """Raise ``jsonschema.ValidationError`` if ``summary`` does not follow the schema."""
-    import jsonschema
-
-    jsonschema.validate(summary, summary_schema())
-
-
-def _rsum(metrics: dict[str, Any] | None, split: str = "test") -> float | None:
-    if not metrics:
-        return None
-    block = metrics.get(split)
-    return None if not block else block.get("rsum")
-
-
-def pair_names(metrics: dict[str, Any] | None) -> list[str]:
+def pair_names(block: Mapping[str, float] | None) -> list[str]:
     """The modality pairs a retrieval block measured (``image-text``, ``image-audio``, ...), in
     its order; the first is the headline (its metrics also appear unprefixed)."""
-    return [k.removesuffix("/rsum") for k in (metrics or {}) if k.endswith("/rsum")]
+    return [k.removesuffix("/rsum") for k in (block or {}) if k.endswith("/rsum")]
 
 
-def pair_rsum(metrics: dict[str, Any] | None, pair: str, split: str = "test") -> float | None:
-    """A round's (or a final block's, with ``split=None``) rsum of one modality pair."""
-    block = metrics if split is None else (metrics or {}).get(split)
+def pair_rsum(block: Mapping[str, float] | None, pair: str) -> float | None:
+    """One modality pair's rsum in a retrieval block."""
     return None if not block else block.get(f"{pair}/rsum")
+
+
+def round_pair_rsum(metrics: ServerMetrics, pair: str) -> float | None:
+    """A round's test rsum of one modality pair."""
+    return pair_rsum(metrics.test, pair)
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -77,30 +70,28 @@ def plot_rounds(series: dict[str, list[tuple[int, float]]], ylabel: str, title: 
     plt.close(fig)
 
 
-def delivery_lines(delivery: dict[str, Any] | None) -> list[str]:
+def delivery_lines(delivery: Delivery | None) -> list[str]:
     """What the run delivered, and the candidates it chose from (val decides, test reported)."""
-    if not delivery:
+    if delivery is None:
         return []
-    lines = ["## Delivered", "", f"**{delivery['line']}**", ""]
-    if len(delivery["candidates"]) > 1:
+    lines = ["## Delivered", "", f"**{delivery.line}**", ""]
+    if len(delivery.candidates) > 1:
         fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
         lines += ["| candidate | built by | val rsum | test rsum | delivered |", "|---|---|---:|---:|---|"]
-        for c in delivery["candidates"]:
-            mark = "yes" if c["strategy"] == delivery["delivered"] else ""
-            who = "the federation" if c["source"] == "federation" else "the coordinator alone"
-            lines.append(
-                f"| {c['strategy']} | {who} | {fmt(c['val_rsum'])} | {fmt(c['test_rsum'])} | {mark} |"
-            )
+        for c in delivery.candidates:
+            mark = "yes" if c.strategy == delivery.delivered else ""
+            who = "the federation" if c.source == "federation" else "the coordinator alone"
+            lines.append(f"| {c.strategy} | {who} | {fmt(c.val_rsum)} | {fmt(c.test_rsum)} | {mark} |")
         lines.append("")
-    lines += contribution_lines(delivery.get("ensemble"))
+    lines += contribution_lines(delivery.ensemble)
     return lines
 
 
-def contribution_lines(ensemble: dict[str, Any] | None) -> list[str]:
+def contribution_lines(ensemble: EnsembleRecord | None) -> list[str]:
     """Each released site's contribution to the sites' ensemble, leave-one-out on val."""
-    valued = (ensemble or {}).get("contributions_val") or {}
-    if not valued:
+    if ensemble is None or not ensemble.contributions_val:
         return []
+    valued = ensemble.contributions_val
     lines = [
         "Each released site's contribution to the sites' ensemble (leave-one-out on val: a member's "
         "is the ensemble's val rsum minus the ensemble's without it; a left-out site's, what adding "
@@ -110,71 +101,61 @@ def contribution_lines(ensemble: dict[str, Any] | None) -> list[str]:
         "|---|---|---:|",
     ]
     for site, value in sorted(valued.items(), key=lambda kv: -kv[1]):
-        lines.append(f"| {site} | {'yes' if site in ensemble['sites'] else ''} | {value:+.1f} |")  # type: ignore[index]
+        lines.append(f"| {site} | {'yes' if site in ensemble.sites else ''} | {value:+.1f} |")
     return [*lines, ""]
 
 
-def write_report(summary: dict[str, Any], out: Path) -> Path:
+def write_report(summary: RunSummary, out: Path) -> Path:
     """``report.md``, ``rsum.png`` and ``bytes.png`` in ``out``."""
-    rounds = summary["rounds"]
-    pairs = pair_names(summary["final"].get("retrieval"))
+    rounds = summary.rounds
+    pairs = pair_names(summary.final.retrieval)
     curves = {
-        f"{summary['strategy']} test": [
-            (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"])) is not None
+        f"{summary.strategy} test": [
+            (r.round, v) for r in rounds if (v := rsum(r.server_metrics.test)) is not None
         ],
-        f"{summary['strategy']} val": [
-            (r["round"], v) for r in rounds if (v := _rsum(r["server_metrics"], "val")) is not None
-        ],
+        f"{summary.strategy} val": [(r.round, v) for r in rounds if (v := rsum(r.server_metrics.val)) is not None],
     }
     if len(pairs) > 1:  # every modality pair, test split
         curves = {
             f"{pair} test": [
-                (r["round"], v) for r in rounds if (v := pair_rsum(r["server_metrics"], pair)) is not None
+                (r.round, v) for r in rounds if (v := round_pair_rsum(r.server_metrics, pair)) is not None
             ]
             for pair in pairs
-        } | {f"{pairs[0]} val": curves[f"{summary['strategy']} val"]}
-    plot_rounds(
-        curves,
-        "rsum",
-        f"server retrieval, {summary['dataset']['name']}",
-        out / "rsum.png",
-    )
+        } | {f"{pairs[0]} val": curves[f"{summary.strategy} val"]}
+    plot_rounds(curves, "rsum", f"server retrieval, {summary.dataset.name}", out / "rsum.png")
     plot_rounds(
         {
-            "down": [(r["round"], r["bytes_down"] / 1e6) for r in rounds],
-            "up": [(r["round"], r["bytes_up"] / 1e6) for r in rounds],
+            "down": [(r.round, r.bytes_down / 1e6) for r in rounds],
+            "up": [(r.round, r.bytes_up / 1e6) for r in rounds],
         },
         "MB",
         "bytes per round",
         out / "bytes.png",
     )
+    choice = summary.method_choice
     lines = [
-        f"# {summary['name']}: {summary['strategy']} on {summary['dataset']['name']}",
+        f"# {summary.name}: {summary.strategy} on {summary.dataset.name}",
         "",
-        f"Run `{summary['run_id']}`, seed {summary['seed']}, {len(rounds)} rounds, "
-        f"{summary['wall_seconds']:.1f} s; modalities {', '.join(summary['modalities'])}, "
-        f"representations of dimension {summary['embed_dim']}; public set `{summary['dataset']['public_fingerprint'][:16]}`.",
+        f"Run `{summary.run_id}`, seed {summary.seed}, {len(rounds)} rounds, "
+        f"{summary.wall_seconds:.1f} s; modalities {', '.join(summary.modalities)}, "
+        f"representations of dimension {summary.embed_dim}; public set `{summary.dataset.public_fingerprint[:16]}`.",
         "",
-        *(
-            [f"Method chosen by its shape: **{c['chosen']}** ({c['why']}).", ""]
-            if (c := summary.get("method_choice"))
-            else []
-        ),
-        *delivery_lines(summary.get("delivery")),
+        *([f"Method chosen by its shape: **{choice.chosen}** ({choice.why}).", ""] if choice else []),
+        *delivery_lines(summary.delivery),
         "## Sites",
         "",
         "| site | modalities | architectures | private samples | device | DP |",
         "|---|---|---|---|---|---|",
     ]
-    for s in summary["sites"]:
-        if s["private_samples"] is None:  # a DP site: only its noisy count left it
-            samples = f"≈{s.get('private_units_noisy') or '?'} (ε-DP count)"
+    for site in summary.sites:
+        if site.private_samples is None:  # a DP site: only its noisy count left it
+            samples = f"≈{site.private_units_noisy or '?'} (ε-DP count)"
         else:
-            samples = ", ".join(f"{m} {n}" for m, n in s["private_samples"].items())
-        archs = ", ".join(f"{m}: {a}" for m, a in s["architectures"].items())
-        dp = f"ε ≤ {s['privacy']['target_epsilon']}" if s["privacy"]["enabled"] else "off"
+            samples = ", ".join(f"{m} {n}" for m, n in site.private_samples.items())
+        archs = ", ".join(f"{m}: {a}" for m, a in site.architectures.items())
+        dp = f"ε ≤ {site.privacy.target_epsilon}" if site.privacy.enabled else "off"
         lines.append(
-            f"| {s['id']} | {', '.join(s['modalities'])} | {archs} | {samples} | {s['device']['name']} | {dp} |"
+            f"| {site.id} | {', '.join(site.modalities)} | {archs} | {samples} | {site.device.name} | {dp} |"
         )
     extra = pairs[1:]  # the headline pair is the val/test rsum columns
     lines += [
@@ -188,25 +169,23 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
         "|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|",
     ]
     for r in rounds:
-        sm = r["server_metrics"]
-        accepted = sum(1 for s in r["sites"] if s["accepted"])
+        sm = r.server_metrics
+        accepted = sum(1 for x in r.sites if x.accepted)
         lines.append(
-            f"| {r['round']} | {r['status']} | {accepted}/{len(r['sites'])} | {_fmt(sm.get('train_loss'), 3)} | "
-            f"{_fmt(sm.get('distill_loss'), 4)} | {_fmt(_rsum(sm, 'val'))} | {_fmt(_rsum(sm))} | "
-            + "".join(f"{_fmt(pair_rsum(sm, p))} | " for p in extra)
-            + f"{r['bytes_down'] / 1e6:.2f} | {r['bytes_up'] / 1e6:.2f} | {r['wall_seconds']:.1f} |"
+            f"| {r.round} | {r.status} | {accepted}/{len(r.sites)} | {_fmt(sm.train_loss, 3)} | "
+            f"{_fmt(sm.distill_loss, 4)} | {_fmt(rsum(sm.val))} | {_fmt(rsum(sm.test))} | "
+            + "".join(f"{_fmt(round_pair_rsum(sm, p))} | " for p in extra)
+            + f"{r.bytes_down / 1e6:.2f} | {r.bytes_up / 1e6:.2f} | {r.wall_seconds:.1f} |"
         )
-    dropped = [
-        (r["round"], s["site_id"], s["reason"]) for r in rounds for s in r["sites"] if not s["accepted"]
-    ]
+    dropped = [(r.round, x.site_id, x.reason) for r in rounds for x in r.sites if not x.accepted]
     if dropped:
         lines += ["", "Dropped replies:", ""] + [
             f"- round {n}, {site}: {reason}" for n, site, reason in dropped
         ]
-    final = summary["final"]
+    final = summary.final
     lines += ["", "## Final", ""]
-    if final.get("retrieval"):
-        ret = final["retrieval"]
+    if final.retrieval:
+        ret = final.retrieval
         for pair in pairs or [None]:
             prefix = "" if pair is None else f"{pair}/"
             keys = [k for k in ret if k.startswith(prefix) and (pair is not None or "/" not in k)]
@@ -218,10 +197,8 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
                 "| " + " | ".join(_fmt(ret[k]) for k in keys) + " |",
                 "",
             ]
-        lines.append(
-            f"Validation rsum {_fmt(final['val_retrieval'].get('rsum'))}; test rsum {_fmt(ret.get('rsum'))}."
-        )
-    if final.get("site_metrics"):
+        lines.append(f"Validation rsum {_fmt(final.val_rsum)}; test rsum {_fmt(final.test_rsum)}.")
+    if final.site_metrics:
         lines += [
             "",
             "Per-site task metrics (held-out private rows):",
@@ -229,20 +206,20 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
             "| site | metric | value |",
             "|---|---|---|",
         ]
-        for site, metrics in sorted(final["site_metrics"].items()):
+        for site_id, metrics in sorted(final.site_metrics.items()):
             for k, v in metrics.items():
                 if k == "holdout_samples" or (k.startswith("retrieval_") and not k.endswith("rsum")):
                     continue
-                lines.append(f"| {site} | {k} | {_fmt(v)} |")
+                lines.append(f"| {site_id} | {k} | {_fmt(v)} |")
     eps = defaultdict(list)
     for r in rounds:
-        for s in r["sites"]:
-            if s["epsilon"] is not None:
-                eps[s["site_id"]].append((r["round"], s["epsilon"]))
+        for x in r.sites:
+            if x.epsilon is not None:
+                eps[x.site_id].append((r.round, x.epsilon))
     if eps:
         lines += ["", "## Privacy spent (ε after each round)", ""]
-        for site, pts in eps.items():
-            lines.append(f"- {site}: " + ", ".join(f"r{n} {e:.3f}" for n, e in pts))
+        for site_id, pts in eps.items():
+            lines.append(f"- {site_id}: " + ", ".join(f"r{n} {e:.3f}" for n, e in pts))
         lines += [
             "",
             "ε is add-or-remove-one DP of a sample (or group) at the site's δ, covering everything the "
@@ -255,13 +232,13 @@ def write_report(summary: dict[str, Any], out: Path) -> Path:
     return path
 
 
-def best_val_round(summary: dict[str, Any]) -> tuple[int, float] | None:
+def best_val_round(summary: RunSummary) -> tuple[int, float] | None:
     """The round whose server val rsum is highest (the first on ties) and its test rsum."""
     best: tuple[float, int, float] | None = None
-    for r in summary["rounds"]:
-        val, test = _rsum(r["server_metrics"], "val"), _rsum(r["server_metrics"])
+    for r in summary.rounds:
+        val, test = rsum(r.server_metrics.val), rsum(r.server_metrics.test)
         if val is not None and test is not None and (best is None or val > best[0]):
-            best = (val, r["round"], test)
+            best = (val, r.round, test)
     return None if best is None else (best[1], best[2])
 
 
@@ -272,29 +249,29 @@ def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def comparison_table(summaries: Sequence[RunSummary]) -> list[dict[str, Any]]:
     """One row per strategy: mean and sample std (ddof 1) over seeds of the test and val rsum
     after the last round and of the test rsum at each run's best-val round, and the mean of
     each site metric."""
-    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by: dict[str, list[RunSummary]] = defaultdict(list)
     for s in summaries:
-        by[s["strategy"]].append(s)
+        by[s.strategy].append(s)
     rows = []
     for strategy, runs in by.items():
-        test = [r["final"]["retrieval"]["rsum"] for r in runs if r["final"].get("retrieval")]
-        val = [r["final"]["val_retrieval"]["rsum"] for r in runs if r["final"].get("val_retrieval")]
+        test = [v for r in runs if (v := r.final.test_rsum) is not None]
+        val = [v for r in runs if (v := r.final.val_rsum) is not None]
         best = [b for r in runs if (b := best_val_round(r)) is not None]
         site_values: dict[str, list[float]] = defaultdict(list)
         for r in runs:
-            for site, metrics in (r["final"].get("site_metrics") or {}).items():
+            for site, metrics in r.final.site_metrics.items():
                 for k, v in metrics.items():
                     if v is not None and (k.endswith("accuracy") or k == "retrieval_rsum"):
                         site_values[f"{site}/{k}"].append(v)
         pair_tests = {
             pair: _mean_std(
-                [t for r in runs if (t := pair_rsum(r["final"].get("retrieval"), pair, None)) is not None]
+                [t for r in runs if (t := pair_rsum(r.final.retrieval, pair)) is not None]
             )
-            for pair in pair_names(runs[0]["final"].get("retrieval"))
+            for pair in pair_names(runs[0].final.retrieval)
         }
         test_mean, test_std = _mean_std(test)
         val_mean, val_std = _mean_std(val)
@@ -302,7 +279,7 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]
         rows.append(
             {
                 "strategy": strategy,
-                "seeds": [r["seed"] for r in runs],
+                "seeds": [r.seed for r in runs],
                 "test_rsum_mean": test_mean,
                 "test_rsum_std": test_std,
                 "val_rsum_mean": val_mean,
@@ -314,32 +291,30 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]
                 "site_metrics": {
                     k: dict(zip(("mean", "std"), _mean_std(v), strict=True)) for k, v in site_values.items()
                 },
-                "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in runs])),
-                "bytes_per_round_mean": float(
-                    np.mean([x["bytes_down"] + x["bytes_up"] for r in runs for x in r["rounds"]])
-                ),
+                "wall_seconds_mean": float(np.mean([r.wall_seconds for r in runs])),
+                "bytes_per_round_mean": float(np.mean([x.bytes_down + x.bytes_up for r in runs for x in r.rounds])),
             }
         )
     return rows
 
 
-def write_comparison(summaries: Sequence[dict[str, Any]], out: Path) -> Path:
+def write_comparison(summaries: Sequence[RunSummary], out: Path) -> Path:
     """``comparison.json``, ``comparison.md`` and ``rsum.png`` (mean test rsum per round)."""
     rows = comparison_table(summaries)
     atomic_write_text(out / "comparison.json", json.dumps(rows, indent=2))
     curves: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for s in summaries:
-        for r in s["rounds"]:
-            v = _rsum(r["server_metrics"])
+        for r in s.rounds:
+            v = rsum(r.server_metrics.test)
             if v is not None:
-                curves[s["strategy"]][r["round"]].append(v)
+                curves[s.strategy][r.round].append(v)
     plot_rounds(
         {k: sorted((n, float(np.mean(v))) for n, v in c.items()) for k, c in curves.items()},
         "test rsum (mean over seeds)",
         "server retrieval per round",
         out / "rsum.png",
     )
-    dataset = summaries[0]["dataset"]["name"] if summaries else "?"
+    dataset = summaries[0].dataset.name if summaries else "?"
     lines = [
         f"# Comparison on {dataset}",
         "",
@@ -407,7 +382,8 @@ def federated_method(name: str) -> bool:
     return name in METHODS and METHODS[name].uses_sites and METHODS[name].has_server_model
 
 
-def compare_with_site_free(summaries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def compare_with_site_free(summaries: Sequence[RunSummary]) -> list[dict[str, Any]]:
     """Every federation of the comparison against every site-free run in it (server-only and
     the methods' controls), paired by seed (:func:`~mmfl.simulation.paired.paired_rows`)."""
-    return paired_rows(summaries, site_free_method, federated_method)
+    rows = [s.model_dump(mode="json", include={"strategy", "seed", "final"}) for s in summaries]
+    return paired_rows(rows, site_free_method, federated_method)

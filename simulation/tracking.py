@@ -33,6 +33,8 @@ from typing import Any, Protocol
 
 from mmfl.config import FederationSpec, dump_toml
 from mmfl.errors import MmflError
+from mmfl.protocols.summary import SUMMARY_FILE, FinalMetrics, RoundSummary, RunSummary
+from mmfl.server.records import RoundRecord
 
 BACKENDS = ("tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"
@@ -71,36 +73,39 @@ def _numbers(prefix: Sequence[object], value: Any) -> Iterable[tuple[str, float]
         yield metric_name(*prefix), float(value)
 
 
-def round_metrics(row: Event) -> dict[str, float]:
-    """One round of ``summary.json`` (or the round loop's ``round`` event, which holds the same
-    record) as ``name -> value``: ``server/{train_loss,distill_loss}``, ``server/{val,test}/<key>``
-    for every retrieval key (R@k, mAP, rsum, per modality pair), ``bytes/{down,up}``,
-    ``sites/{accepted,dropped}``, ``epsilon/<site>`` (DP sites), ``site/<site>/<metric>``,
-    ``weight_entropy/<modality>``, ``time/wall_seconds`` and ``time/<phase>``. Missing, null and
-    non-finite values are left out."""
-    server = row.get("server_metrics", row.get("server")) or {}
-    sites = row.get("sites") or []
-    accepted = sum(1 for s in sites if s["accepted"])
-    out = dict(_numbers(["server"], server))
-    out[metric_name("bytes", "down")] = float(row["bytes_down"])
-    out[metric_name("bytes", "up")] = float(row["bytes_up"])
+def round_metrics(row: RoundSummary) -> dict[str, float]:
+    """One round of ``summary.json`` as ``name -> value``: ``server/{train_loss,distill_loss}``,
+    ``server/{val,test}/<key>`` for every retrieval key (R@k, mAP, rsum, per modality pair),
+    ``bytes/{down,up}``, ``sites/{accepted,dropped}``, ``epsilon/<site>`` (DP sites),
+    ``site/<site>/<metric>``, ``weight_entropy/<modality>``, ``time/wall_seconds`` and
+    ``time/<phase>``. Missing, null and non-finite values are left out."""
+    accepted = sum(1 for s in row.sites if s.accepted)
+    out = dict(_numbers(["server"], row.server_metrics.model_dump(exclude_none=True)))
+    out[metric_name("bytes", "down")] = float(row.bytes_down)
+    out[metric_name("bytes", "up")] = float(row.bytes_up)
     out[metric_name("sites", "accepted")] = float(accepted)
-    out[metric_name("sites", "dropped")] = float(len(sites) - accepted)
-    for site in sites:
-        out.update(_numbers(["epsilon", site["site_id"]], site.get("epsilon")))
-        out.update(_numbers(["site", site["site_id"]], site.get("metrics") or {}))
-    out.update(_numbers(["weight_entropy"], row.get("weight_entropy") or {}))
-    out.update(_numbers(["time", "wall_seconds"], row.get("wall_seconds")))
-    out.update(_numbers(["time"], row.get("phase_seconds") or {}))
+    out[metric_name("sites", "dropped")] = float(len(row.sites) - accepted)
+    for site in row.sites:
+        out.update(_numbers(["epsilon", site.site_id], site.epsilon))
+        out.update(_numbers(["site", site.site_id], site.metrics))
+    out.update(_numbers(["weight_entropy"], row.weight_entropy))
+    out.update(_numbers(["time", "wall_seconds"], row.wall_seconds))
+    out.update(_numbers(["time"], row.phase_seconds))
     return out
 
 
-def final_metrics(final: Event) -> dict[str, float]:
+def round_of_event(event: Event) -> RoundSummary:
+    """The round loop's ``round`` event (a :class:`~mmfl.server.records.RoundRecord` as JSON) as
+    ``summary.json`` will carry it."""
+    return RoundRecord.model_validate({k: event[k] for k in RoundRecord.model_fields if k in event}).summary_row()
+
+
+def final_metrics(final: FinalMetrics) -> dict[str, float]:
     """``summary.json``'s ``final`` block: ``final/test/<key>``, ``final/val/<key>`` and
     ``final/site/<site>/<metric>``."""
-    out = dict(_numbers(["final", "test"], final.get("retrieval") or {}))
-    out.update(_numbers(["final", "val"], final.get("val_retrieval") or {}))
-    out.update(_numbers(["final", "site"], final.get("site_metrics") or {}))
+    out = dict(_numbers(["final", "test"], final.retrieval or {}))
+    out.update(_numbers(["final", "val"], final.val_retrieval or {}))
+    out.update(_numbers(["final", "site"], final.site_metrics))
     return out
 
 
@@ -298,7 +303,7 @@ class RunTracker:
     def __call__(self, event: Event) -> None:
         """A progress event: a finished round (``event == "round"``) is logged at once."""
         if self.sinks and event.get("event") == "round":
-            self._log(round_metrics(event), int(event["round"]))
+            self._log(round_metrics(round_of_event(event)), int(event["round"]))
 
     def watch(self, progress: Callable[[Event], None]) -> Callable[[Event], None]:
         """``progress``, then this tracker, for each event."""
@@ -311,18 +316,17 @@ class RunTracker:
 
         return both
 
-    def finish(self, summary: Mapping[str, Any]) -> None:
+    def finish(self, summary: RunSummary) -> None:
         """Make the logged rounds equal ``summary``'s (log what differs or is missing), log the
         final metrics at the last round, and the summary and model card as artifacts."""
         if not self.sinks:
             return
-        for row in summary["rounds"]:
-            step = int(row["round"])
-            logged = self._logged.get(step, {})
-            self._log({k: v for k, v in round_metrics(row).items() if logged.get(k) != v}, step)
-        last = int(summary["rounds"][-1]["round"]) if summary["rounds"] else 0
-        self._log(final_metrics(summary["final"]), last)
-        card = model_card(self.run_dir, summary["strategy"])
+        for row in summary.rounds:
+            logged = self._logged.get(row.round, {})
+            self._log({k: v for k, v in round_metrics(row).items() if logged.get(k) != v}, row.round)
+        last = summary.rounds[-1].round if summary.rounds else 0
+        self._log(final_metrics(summary.final), last)
+        card = model_card(self.run_dir, summary.strategy)
         for sink in self.sinks:
-            sink.finish(self.run_dir / "summary.json", card)
+            sink.finish(self.run_dir / SUMMARY_FILE, card)
         self._finished = True

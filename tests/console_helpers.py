@@ -29,6 +29,33 @@ SHOTS_ENV = "MMFL_CONSOLE_SCREENSHOTS"
 """A folder to copy the tests' screenshots into (e.g. ``docs/console``); unset: tmp only."""
 
 
+def finished_summary(run_id: str, sites: list[dict]) -> str:
+    """A finished run's ``summary.json`` text: ``sites`` as ``{"id", "modalities", "privacy"}``
+    (the privacy as the site last reported it), the public set :data:`FINGERPRINT`."""
+    from helpers import tiny_summary
+    from mmfl.protocols.messages import DeviceInfo, PrivacyStatus
+    from mmfl.protocols.summary import SiteSummary
+
+    summary = tiny_summary("cream", 0, [(100.0, 180.0)])
+    return summary.model_copy(
+        update={
+            "run_id": run_id,
+            "dataset": summary.dataset.model_copy(update={"public_fingerprint": FINGERPRINT}),
+            "sites": [
+                SiteSummary(
+                    id=s["id"],
+                    modalities=s["modalities"],
+                    architectures={},
+                    private_samples=None,
+                    device=DeviceInfo(kind="cpu", name="cpu"),
+                    privacy=PrivacyStatus.model_validate(s["privacy"]),
+                )
+                for s in sites
+            ],
+        }
+    ).to_json()
+
+
 def caps(site: str, modalities: list[str], dp: bool) -> dict:
     return {
         "site_id": site,

@@ -107,3 +107,49 @@ def node_context(config, path: Path, run: int = 1):  # noqa: ANN001, ANN201
         state=RecordDict(),
         run_config={"site-configs": str(path)},
     )
+
+
+def as_json(summary) -> dict:  # noqa: ANN001 - a RunSummary
+    """A run's summary as ``summary.json`` holds it (what a user reads; NaN written as null)."""
+    import json
+
+    return json.loads(summary.to_json())
+
+
+def tiny_summary(strategy: str, seed: int, curve: list[tuple[float, float]], wall_seconds: float = 1.0):  # noqa: ANN201
+    """A valid :class:`~mmfl.protocols.summary.RunSummary` whose server scored ``curve``, one
+    (val, test) rsum per round; the last round's are the final ones. The rest is placeholder."""
+    from mmfl.protocols.summary import RunSummary
+
+    rounds = [
+        {
+            "round": i + 1,
+            "status": "completed",
+            "wall_seconds": 0.0,
+            "bytes_down": 0,
+            "bytes_up": 0,
+            "server_metrics": {"val": {"rsum": v}, "test": {"rsum": t}},
+            "sites": [],
+        }
+        for i, (v, t) in enumerate(curve)
+    ]
+    v, t = curve[-1]
+    return RunSummary.model_validate(
+        {
+            "run_id": f"{strategy}-s{seed}",
+            "name": "tiny",
+            "strategy": strategy,
+            "dataset": {"name": "digits", "pairing": "class", "splits": {}, "public_fingerprint": "0" * 64},
+            "modalities": ["image", "text"],
+            "embed_dim": 8,
+            "seed": seed,
+            "server": {"architectures": {}},
+            "sites": [],
+            "rounds": rounds,
+            "final": {"retrieval": {"rsum": t}, "val_retrieval": {"rsum": v}},
+            "reproducible": True,
+            "wall_seconds": wall_seconds,
+            "versions": {"mmfl": "0", "flwr": "0", "torch": "0", "opacus": "0", "python": "3"},
+            "config": {},
+        }
+    )

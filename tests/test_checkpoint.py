@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import small_spec
+from helpers import as_json, small_spec
 from mmfl.errors import MmflError
 from mmfl.server.checkpoint import load_checkpoint
 from mmfl.server.store import RunStore, open_store
@@ -27,7 +27,7 @@ class _Payload:
 def test_real_checkpoints_load_as_data_and_a_changed_byte_is_refused(
     digits, tmp_path: Path, strategy: str
 ) -> None:
-    summary = run_inprocess(build_plan(small_spec(f'strategy="{strategy}"'), tmp_path / "run"))
+    summary = as_json(run_inprocess(build_plan(small_spec(f'strategy="{strategy}"'), tmp_path / "run")))
     newest = sorted((tmp_path / "run" / "checkpoints").glob("round-*.pt"))[-1]
     store = RunStore(open_store(tmp_path / "run" / "runs.sqlite"), summary["run_id"])
     digest = store.checkpoint_digest(2)

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from console_helpers import (
     FAILED,
-    FINGERPRINT,
     chromium,
     console_process,
     epsilon_cells,
+    finished_summary,
     free_port,
     https_status,
     ledger_epsilons,
@@ -161,19 +161,9 @@ def _folder(tmp_path: Path, finished: bool) -> Path:
     text = "\n".join(json.dumps(x) for x in lines) + "\n" + '{"event": "sites", "rou'  # a line being written
     (folder / "rounds.jsonl").write_text(text)
     if finished:
-        summary = {
-            "run_id": "sim-1",
-            "dataset": {"public_fingerprint": FINGERPRINT},
-            "sites": [
-                {
-                    "id": "img",
-                    "modalities": ["image"],
-                    "device": {"kind": "cpu", "name": "cpu"},
-                    "privacy": {"enabled": True, "target_epsilon": 4.0, "epsilon_spent": 0.8},
-                }
-            ],
-        }
-        (folder / "summary.json").write_text(json.dumps(summary))
+        privacy = {"enabled": True, "target_epsilon": 4.0, "delta": 1e-5, "epsilon_spent": 0.8}
+        summary = finished_summary("sim-1", [{"id": "img", "modalities": ["image"], "privacy": privacy}])
+        (folder / "summary.json").write_text(summary)
     return folder
 
 

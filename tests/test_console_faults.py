@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from console_helpers import (
     FAILED,
-    FINGERPRINT,
     caps,
     chromium,
     console_thread,
+    finished_summary,
     metrics,
     rows,
     wait_until,
@@ -96,20 +96,11 @@ class SimulatedRun:
 
     def finish(self) -> None:
         self.store.finish("completed", {})
-        summary = {
-            "run_id": self.run_id,
-            "dataset": {"public_fingerprint": FINGERPRINT},
-            "sites": [
-                {
-                    "id": s["id"],
-                    "modalities": s["modalities"],
-                    "device": {"kind": "cpu", "name": "cpu"},
-                    "privacy": {**s["privacy"], "epsilon_spent": 1.0 if s["privacy"]["enabled"] else 0.0},
-                }
-                for s in self.sites
-            ],
-        }
-        (self.folder / "summary.json").write_text(json.dumps(summary))
+        sites = [
+            {**s, "privacy": {**s["privacy"], "epsilon_spent": 1.0 if s["privacy"]["enabled"] else 0.0}}
+            for s in self.sites
+        ]
+        (self.folder / "summary.json").write_text(finished_summary(self.run_id, sites))
         self.line({"event": "finish", "wall_seconds": 1.0, "final": {}})
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import small_spec
+from helpers import as_json, small_spec, tiny_summary
 from mmfl.config import SiteConfig
 from mmfl.data.manifest import load_manifest
 from mmfl.data.prepared import PreparedDataset
@@ -40,29 +40,9 @@ def test_gap_closed_and_sample_std() -> None:
     assert sample_std([4.0]) is None
 
 
-def _summary(strategy: str, seed: int, curve: list[tuple[float, float]]) -> dict:
-    rounds = [
-        {
-            "round": i + 1,
-            "server_metrics": {"val": {"rsum": v}, "test": {"rsum": t}},
-            "bytes_down": 0,
-            "bytes_up": 0,
-        }
-        for i, (v, t) in enumerate(curve)
-    ]
-    v, t = curve[-1]
-    return {
-        "strategy": strategy,
-        "seed": seed,
-        "rounds": rounds,
-        "final": {"retrieval": {"rsum": t}, "val_retrieval": {"rsum": v}},
-        "wall_seconds": 1.0,
-    }
-
-
 def test_comparison_reports_best_val_round_and_sample_std() -> None:
-    a = _summary("cream+", 0, [(10.0, 1.0), (30.0, 5.0), (20.0, 9.0)])
-    b = _summary("cream+", 1, [(40.0, 7.0), (40.0, 8.0), (30.0, 2.0)])
+    a = tiny_summary("cream+", 0, [(10.0, 1.0), (30.0, 5.0), (20.0, 9.0)])
+    b = tiny_summary("cream+", 1, [(40.0, 7.0), (40.0, 8.0), (30.0, 2.0)])
     assert best_val_round(a) == (2, 5.0) and best_val_round(b) == (1, 7.0)  # first round on ties
     (row,) = comparison_table([a, b])
     assert row["test_rsum_mean"] == 5.5 and row["test_rsum_std"] == pytest.approx(math.sqrt(24.5))
@@ -107,7 +87,7 @@ def test_public_teachers_sites_hold_the_public_set_and_nothing_private(digits, t
 
 
 def test_site_free_control_distils_toward_its_own_representations(digits, tmp_path: Path) -> None:
-    summary = run_inprocess(build_plan(small_spec('strategy="site-free"'), tmp_path / "run"))
+    summary = as_json(run_inprocess(build_plan(small_spec('strategy="site-free"'), tmp_path / "run")))
     assert summary["sites"] == [] and json.loads((tmp_path / "run" / "site_configs.json").read_text()) == []
     for r in summary["rounds"]:
         assert r["status"] == "completed" and r["sites"] == []
@@ -121,12 +101,8 @@ def test_simulate_compare_pairs_every_federation_with_every_site_free_run() -> N
     marks the strongest of those by val (never by test)."""
     from mmfl.simulation.report import compare_with_site_free
 
-    def run(strategy: str, seed: int, test: float, val: float) -> dict:
-        return {
-            "strategy": strategy,
-            "seed": seed,
-            "final": {"retrieval": {"rsum": test}, "val_retrieval": {"rsum": val}},
-        }
+    def run(strategy: str, seed: int, test: float, val: float):  # noqa: ANN202
+        return tiny_summary(strategy, seed, [(val, test)])
 
     summaries = [
         run("regress", 0, 110.0, 150.0),

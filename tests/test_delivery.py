@@ -37,39 +37,41 @@ def test_a_federation_built_to_lose_delivers_the_coordinators_model(digits, tmp_
     """Sites that learn nothing useful (a learning rate of 10) against the same server alone:
     the run delivers server-only's model, keeps the federation's beside it, and says it lost."""
     from mmfl.inference import load
+    from mmfl.protocols.summary import RunSummary
     from mmfl.simulation.engines import run_inprocess
     from mmfl.simulation.plan import build_plan
-    from mmfl.simulation.report import validate_summary, write_report
+    from mmfl.simulation.report import write_report
 
     spec = small_spec('strategy="regress"', "rounds=1", "train.lr=10.0", "delivery.select=true")
     out = tmp_path / "lose"
     summary = run_inprocess(build_plan(spec, out))
-    validate_summary(summary)
-    delivery = summary["delivery"]
-    by_name = {c["strategy"]: c for c in delivery["candidates"]}
+    assert RunSummary.read(out) == summary  # what the run returns is what it wrote
+    delivery = summary.delivery
+    assert delivery is not None
+    by_name = {c.strategy: c for c in delivery.candidates}
     assert list(by_name) == ["regress", "server-only", "regress-public"]
-    best = max(delivery["candidates"], key=lambda c: c["val_rsum"])
-    assert best["source"] == "control", "the case is built so that the federation loses on val"
-    assert delivery["delivered"] == best["strategy"] and delivery["gain_val"] < 0
-    assert "lost to the coordinator alone" in delivery["line"]
+    best = max(delivery.candidates, key=lambda c: c.val_rsum or 0.0)
+    assert best.source == "control", "the case is built so that the federation loses on val"
+    assert delivery.delivered == best.strategy and delivery.gain_val is not None and delivery.gain_val < 0
+    assert "lost to the coordinator alone" in delivery.line
     # The delivered bytes are the control's; the federation's model is kept beside them.
-    control_dir = out / best["folder"]
+    control_dir = out / best.folder
     assert (out / "final_model.pt").read_bytes() == (control_dir / "final_model.pt").read_bytes()
     assert (out / "federation_model.pt").exists()
     evidence = json.loads((out / "evidence.json").read_text())
-    assert evidence["final_model"]["delivered"] == best["strategy"]
+    assert evidence["final_model"]["delivered"] == best.strategy
     # What a user loads from the run folder is the delivered model: its val rsum is the best.
     from mmfl.data.builtin import open_dataset
 
     model = load(out)
     val = model.evaluate(open_dataset("digits").manifest("val"))
-    assert val["retrieval"]["rsum"] == pytest.approx(best["val_rsum"], abs=1e-4)
+    assert val["retrieval"]["rsum"] == pytest.approx(best.val_rsum, abs=1e-4)
     # Its card says what it is: the control's metrics, and no site's data (so no site's privacy).
-    assert model.card.delivered == best["strategy"] and model.card.privacy == []
-    assert model.card.metrics["val"]["rsum"] == pytest.approx(best["val_rsum"])
+    assert model.card.delivered == best.strategy and model.card.privacy == []
+    assert model.card.metrics["val"]["rsum"] == pytest.approx(best.val_rsum)
     write_report(summary, out)
     report = (out / "report.md").read_text()
-    assert "## Delivered" in report and delivery["line"] in report
+    assert "## Delivered" in report and delivery.line in report
 
 
 def test_a_control_runs_in_a_child_process(digits, tmp_path: Path) -> None:
@@ -81,5 +83,5 @@ def test_a_control_runs_in_a_child_process(digits, tmp_path: Path) -> None:
     control = control_spec(spec, METHODS["cream+"], "server-only", None)
     assert control.strategy == "server-only" and not control.delivery.select
     summary = run_in_child(control, tmp_path / "control")
-    assert summary["strategy"] == "server-only" and summary["final"]["val_retrieval"]["rsum"] > 0
+    assert summary.strategy == "server-only" and (summary.final.val_rsum or 0) > 0
     assert (tmp_path / "control" / "final_model.pt").exists()

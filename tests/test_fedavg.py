@@ -7,7 +7,7 @@ import re
 import numpy as np
 from flwr.app import Message
 
-from helpers import SETTINGS
+from helpers import SETTINGS, as_json
 from mmfl.protocols.messages import MSG_WEIGHTS, PrivacyStatus, WeightsInstruction, WeightsReply
 from mmfl.protocols.records import encode
 from mmfl.server.exchange import read_weights_reply
@@ -103,9 +103,11 @@ def test_fedavg_family_runs_and_fedavgm_checkpoints_its_velocity(digits, tmp_pat
     from mmfl.simulation.engines import run_inprocess
     from mmfl.simulation.plan import build_plan
 
-    plain = run_inprocess(build_plan(small_spec('strategy="fedavg"', "rounds=1"), tmp_path / "plain"))
-    public = run_inprocess(
-        build_plan(small_spec('strategy="fedavg-public"', "rounds=1"), tmp_path / "public")
+    plain = as_json(
+        run_inprocess(build_plan(small_spec('strategy="fedavg"', "rounds=1"), tmp_path / "plain"))
+    )
+    public = as_json(
+        run_inprocess(build_plan(small_spec('strategy="fedavg-public"', "rounds=1"), tmp_path / "public"))
     )
     for r in public["rounds"]:  # the coordinator took part: it trained on the public set
         assert r["status"] == "completed" and r["server_metrics"]["train_loss"] is not None

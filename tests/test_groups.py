@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from helpers import small_spec
+from helpers import as_json, small_spec
 from mmfl.data.mixing import draw_mix_plan, encode_mixed
 from mmfl.data.prepared import PreparedDataset
 from mmfl.data.tensors import load_tensors
@@ -106,7 +106,7 @@ def _last_checkpoint(run: Path) -> dict:
 def test_a_grouped_federation_averages_the_group_and_regresses_onto_it_as_one_participant(
     digits, tmp_path: Path
 ) -> None:
-    summary = run_inprocess(build_plan(_grouped_spec(), tmp_path / "grouped"))
+    summary = as_json(run_inprocess(build_plan(_grouped_spec(), tmp_path / "grouped")))
     lines = (tmp_path / "grouped" / "rounds.jsonl").read_text().splitlines()
     said = [json.loads(line)["message"] for line in lines if json.loads(line)["event"] == "group"]
     # announced once; b2 refuses weights work (its policy), so b1 has no partner and is alone
@@ -121,7 +121,7 @@ def test_a_grouped_federation_averages_the_group_and_regresses_onto_it_as_one_pa
     maps = checkpoint["trainer"]["site_maps"]["sites"]
     assert sorted(maps) == ["b1", "b2", "group:image=cnn-small,text=glove-mlp"]
 
-    alone = run_inprocess(build_plan(_grouped_spec('regress.groups="off"'), tmp_path / "alone"))
+    alone = as_json(run_inprocess(build_plan(_grouped_spec('regress.groups="off"'), tmp_path / "alone")))
     checkpoint = _last_checkpoint(tmp_path / "alone")
     assert [r["contributors"] for r in checkpoint["records"]] == [{"image": 4, "text": 4}] * 2
     assert checkpoint["groups"]["weights"] == {}

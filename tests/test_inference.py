@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mmfl
-from helpers import mmfl_cli, small_spec
+from helpers import as_json, mmfl_cli, small_spec
 from mmfl.data.manifest import load_manifest
 from mmfl.errors import MmflError
 from mmfl.inference.export import export_model
@@ -24,7 +24,7 @@ from mmfl.simulation.plan import build_plan
 @pytest.fixture(scope="module")
 def trained_run(digits, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("inference") / "run"
-    summary = run_inprocess(build_plan(small_spec(), run))
+    summary = as_json(run_inprocess(build_plan(small_spec(), run)))
     return run, summary
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import small_spec
+from helpers import as_json, small_spec
 from mmfl.strategies.choice import SiteShape, choose_method
 
 MODALITIES = ["image", "text"]
@@ -67,6 +67,7 @@ def test_the_default_digits_federation_keeps_regress(digits) -> None:
 def test_an_auto_run_resolves_its_method_and_says_why(digits, tmp_path: Path) -> None:
     """The plan, the run id, the summary, the report and the progress log carry the chosen
     method; the run is the same as one that named it."""
+    from mmfl.protocols.summary import RunSummary
     from mmfl.simulation.engines import run_inprocess
     from mmfl.simulation.plan import build_plan
     from mmfl.simulation.report import write_report
@@ -78,19 +79,21 @@ def test_an_auto_run_resolves_its_method_and_says_why(digits, tmp_path: Path) ->
     plan = build_plan(small_spec("strategy=auto", one_architecture, "rounds=1"), tmp_path / "auto")
     assert plan.spec.strategy == "fedavgm" and plan.run_id.startswith("digits-default-fedavgm-s0-")
     assert plan.method_choice is not None and plan.method_choice.chosen == "fedavgm"
-    summary = run_inprocess(plan)
+    summary = as_json(run_inprocess(plan))
     assert summary["strategy"] == "fedavgm"
     assert summary["method_choice"] == {
         "asked": "auto",
         "chosen": "fedavgm",
         "why": "all 2 sites hold every modality with one architecture: their weights average",
     }
-    write_report(summary, tmp_path / "auto")
+    write_report(RunSummary.model_validate(summary), tmp_path / "auto")
     assert "Method chosen by its shape: **fedavgm**" in (tmp_path / "auto" / "report.md").read_text()
     events = [json.loads(line) for line in (tmp_path / "auto" / "rounds.jsonl").read_text().splitlines()]
     assert [e["message"] for e in events if e.get("event") == "method"] == [plan.method_choice.line]
-    named = run_inprocess(
-        build_plan(small_spec("strategy=fedavgm", one_architecture, "rounds=1"), tmp_path / "named")
+    named = as_json(
+        run_inprocess(
+            build_plan(small_spec("strategy=fedavgm", one_architecture, "rounds=1"), tmp_path / "named")
+        )
     )
     assert named["method_choice"] is None
     assert named["final"]["retrieval"] == summary["final"]["retrieval"]

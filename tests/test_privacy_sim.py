@@ -19,7 +19,7 @@ from flwr.app import Message, RecordDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpers import SETTINGS, instruction, node_context, small_spec
+from helpers import SETTINGS, as_json, instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
 from mmfl.client.privacy.dp_sgd import PoissonSampler
 from mmfl.client.privacy.ledger import LedgerError, PrivacyLedger, epsilon_of
@@ -40,17 +40,17 @@ from mmfl.protocols.messages import (
     WeightsReply,
 )
 from mmfl.protocols.records import arrays_of, decode, encode
+from mmfl.protocols.summary import RunSummary
 from mmfl.server.store import SiteRoundRow, open_store
 from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.plan import build_plan
-from mmfl.simulation.report import validate_summary, write_report
+from mmfl.simulation.report import write_report
 
 DP_ALL = [f"sites.{i}.privacy.enabled=true" for i in range(4)]
 
 
 def test_dp_federation_reports_epsilon_per_site_per_round(digits, tmp_path: Path) -> None:
-    summary = run_inprocess(build_plan(small_spec(*DP_ALL), tmp_path / "dp"))
-    validate_summary(summary)
+    summary = as_json(run_inprocess(build_plan(small_spec(*DP_ALL), tmp_path / "dp")))
     eps = [{s["site_id"]: s["epsilon"] for s in r["sites"]} for r in summary["rounds"]]
     assert set(eps[0]) == set(eps[1]) == {"img", "txt", "pair-a", "pair-b"}
     for site in eps[0]:
@@ -71,7 +71,7 @@ def test_dp_federation_reports_epsilon_per_site_per_round(digits, tmp_path: Path
     with Session(open_store(tmp_path / "dp" / "runs.sqlite")) as s:
         stored = s.scalars(select(SiteRoundRow)).all()
     assert len(stored) == 8 and all(row.epsilon is not None and row.epsilon > 0 for row in stored)
-    write_report(summary, tmp_path / "dp")
+    write_report(RunSummary.model_validate(summary), tmp_path / "dp")
     report = (tmp_path / "dp" / "report.md").read_text()
     assert "Privacy spent" in report and "(ε-DP count)" in report
     evidence = json.loads((tmp_path / "dp" / "evidence.json").read_text())
@@ -85,7 +85,7 @@ def test_a_site_refuses_the_round_that_would_exceed_its_budget(digits, tmp_path:
         "sites.0.privacy.planned_rounds=1",
         "sites.0.privacy.target_epsilon=2.0",
     )
-    summary = run_inprocess(build_plan(spec, tmp_path / "budget"))
+    summary = as_json(run_inprocess(build_plan(spec, tmp_path / "budget")))
     by_round = [{s["site_id"]: s for s in r["sites"]} for r in summary["rounds"]]
     assert by_round[0]["img"]["accepted"] and 0 < by_round[0]["img"]["epsilon"] <= 2.0
     for later in by_round[1:]:
@@ -230,7 +230,7 @@ RELEASED_FIELDS = {
 def test_fedavg_with_dp_sites_runs_dp_sgd_and_is_accounted(
     site_configs, tmp_path: Path, flower_identity
 ) -> None:
-    summary = run_inprocess(build_plan(small_spec(*DP_ALL, "strategy=fedavg"), tmp_path / "fedavg"))
+    summary = as_json(run_inprocess(build_plan(small_spec(*DP_ALL, "strategy=fedavg"), tmp_path / "fedavg")))
     eps = [{s["site_id"]: s["epsilon"] for s in r["sites"]} for r in summary["rounds"]]
     assert set(eps[0]) == {"pair-a", "pair-b"} and all(0 < eps[0][s] < eps[1][s] for s in eps[0])
     for site in ("pair-a", "pair-b"):

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from helpers import SETTINGS, small_spec
+from helpers import SETTINGS, as_json, small_spec
 from mmfl.data.mixing import draw_mix_plan, mixed_inputs
 from mmfl.data.prepared import PreparedDataset
 from mmfl.errors import MmflError
@@ -122,7 +122,7 @@ def pooled_digits(digits, tmp_path_factory) -> Path:
 
 
 def _run(data: Path, out: Path, *extra: str) -> dict:
-    return run_inprocess(build_plan(small_spec(f'data_dir="{data}"', *extra), out))
+    return as_json(run_inprocess(build_plan(small_spec(f'data_dir="{data}"', *extra), out)))
 
 
 def test_regress_distils_on_the_pool_and_every_site_holds_the_same_public_set(

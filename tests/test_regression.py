@@ -13,7 +13,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from helpers import SETTINGS, small_spec
+from helpers import SETTINGS, as_json, small_spec
 from mmfl.client.site import Site
 from mmfl.config import CreamConfig, ServerConfig, SiteConfig
 from mmfl.data.mixing import draw_mix_plan, mixed_inputs
@@ -229,7 +229,7 @@ def test_a_regress_federation_learns_from_its_sites(digits, tmp_path: Path) -> N
         'strategy="regress"', "regress.mix_items=1500", "regress.teacher_rounds=1",
         "regress.teacher_epochs=1", "sites.3.privacy.enabled=true", 'regress.sites="all"',
     )  # fmt: skip
-    summary = run_inprocess(build_plan(spec, tmp_path / "run"))
+    summary = as_json(run_inprocess(build_plan(spec, tmp_path / "run")))
     for r in summary["rounds"]:
         assert r["status"] == "completed" and len(r["sites"]) == 4
         assert all(s["accepted"] for s in r["sites"])
@@ -277,7 +277,7 @@ def test_regress_on_paired_sites_refuses_the_uni_modal_ones_before_they_train(di
         'strategy="regress"', 'regress.sites="paired"', "rounds=1", "regress.mix_items=300",
         "regress.teacher_epochs=1",
     )  # fmt: skip
-    summary = run_inprocess(build_plan(spec, tmp_path / "run"))
+    summary = as_json(run_inprocess(build_plan(spec, tmp_path / "run")))
     (only,) = summary["rounds"]
     assert only["status"] == "completed"
     assert sorted(s["site_id"] for s in only["sites"]) == ["pair-a", "pair-b"]

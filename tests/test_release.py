@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flwr.app import Context, Message
 
-from helpers import instruction, node_context, small_spec
+from helpers import as_json, instruction, node_context, small_spec
 from mmfl.client.app import app as client_app
 from mmfl.client.privacy.audit import read as read_audit
 from mmfl.client.privacy.ledger import PrivacyLedger
@@ -91,15 +91,15 @@ def test_a_federation_delivers_its_sites_ensemble_as_a_model_like_any_other(digi
     from mmfl.data.builtin import open_dataset
     from mmfl.inference import load
     from mmfl.inference.export import export_model
+    from mmfl.protocols.summary import RunSummary
     from mmfl.simulation.engines import run_inprocess
-    from mmfl.simulation.report import validate_summary
 
     spec = small_spec(
         'strategy="cream+"', "rounds=1", "delivery.select=true", 'delivery.controls=["server-only"]', *CONSENT
     )
     out = tmp_path / "run"
-    summary = run_inprocess(build_plan(spec, out))
-    validate_summary(summary)
+    summary = as_json(run_inprocess(build_plan(spec, out)))
+    assert RunSummary.read(out).delivery is not None  # summary.json parses as the typed record
     delivery = summary["delivery"]
     ensemble = delivery["ensemble"]
     assert set(ensemble["sites"]) <= {"pair-a", "pair-b"} and ensemble["sites"]
@@ -143,8 +143,8 @@ def test_without_selection_the_ensemble_is_still_recorded_for_comparisons(digits
     server is delivered, and the ensemble of the released models is recorded beside it."""
     from mmfl.simulation.engines import run_inprocess
 
-    summary = run_inprocess(
-        build_plan(small_spec('strategy="cream+"', "rounds=1", *CONSENT), tmp_path / "run")
+    summary = as_json(
+        run_inprocess(build_plan(small_spec('strategy="cream+"', "rounds=1", *CONSENT), tmp_path / "run"))
     )
     delivery = summary["delivery"]
     assert not delivery["selection"] and delivery["delivered"] == "cream+"

@@ -13,12 +13,13 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from helpers import SMALL, small_spec
+from helpers import SMALL, as_json, small_spec
 from mmfl.config import FederationSpec, load_config
+from mmfl.protocols.summary import RunSummary
 from mmfl.server.store import CheckpointRow, EventRow, RoundRow, Run, SiteRoundRow, open_store
 from mmfl.simulation.engines import run_flower, run_inprocess
 from mmfl.simulation.plan import build_plan
-from mmfl.simulation.report import validate_summary, write_report
+from mmfl.simulation.report import write_report
 
 
 def server_numbers(summary: dict) -> list[float]:
@@ -39,13 +40,13 @@ def server_numbers(summary: dict) -> list[float]:
 def cream_run(digits, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     out = tmp_path_factory.mktemp("cream")
     plan = build_plan(small_spec(), out)
-    summary = run_inprocess(plan)
+    summary = as_json(run_inprocess(plan))
     return summary, out
 
 
 def test_a_run_records_summary_store_report_checkpoints_and_site_state(cream_run) -> None:
     summary, out = cream_run
-    validate_summary(json.loads((out / "summary.json").read_text()))
+    assert as_json(RunSummary.read(out)) == summary  # the file parses as the typed record, unchanged
     assert [r["status"] for r in summary["rounds"]] == ["completed", "completed"]
     assert {s["id"] for s in summary["sites"]} == {"img", "txt", "pair-a", "pair-b"}
     r1 = summary["rounds"][0]
@@ -75,7 +76,7 @@ def test_a_run_records_summary_store_report_checkpoints_and_site_state(cream_run
     for site in ("img", "pair-a"):
         state = json.loads((out / "sites" / site / "state" / "model.json").read_text())
         assert state["round"] == 2
-    write_report(summary, out)
+    write_report(RunSummary.model_validate(summary), out)
     report = (out / "report.md").read_text()
     assert "| 2 | completed | 4/4 |" in report
     assert (out / "rsum.png").stat().st_size > 1000 and (out / "bytes.png").stat().st_size > 1000
@@ -83,9 +84,9 @@ def test_a_run_records_summary_store_report_checkpoints_and_site_state(cream_run
 
 def test_same_seed_same_numbers_other_seed_other_numbers(cream_run, tmp_path: Path) -> None:
     first, _ = cream_run
-    again = run_inprocess(build_plan(small_spec(), tmp_path / "again"))
+    again = as_json(run_inprocess(build_plan(small_spec(), tmp_path / "again")))
     assert server_numbers(again) == server_numbers(first)
-    other = run_inprocess(build_plan(small_spec("seed=5"), tmp_path / "other"))
+    other = as_json(run_inprocess(build_plan(small_spec("seed=5"), tmp_path / "other")))
     assert server_numbers(other) != server_numbers(first)
 
 
@@ -93,8 +94,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(cream_run, tmp_path: Pa
 def test_flower_engine_runs_two_rounds_and_equals_inprocess(cream_run, tmp_path: Path) -> None:
     first, _ = cream_run
     events: list[dict] = []
-    summary = run_flower(build_plan(small_spec(), tmp_path / "flower"), events.append)
-    validate_summary(summary)
+    summary = as_json(run_flower(build_plan(small_spec(), tmp_path / "flower"), events.append))
     assert [r["status"] for r in summary["rounds"]] == ["completed", "completed"]
     assert [e["round"] for e in events if e.get("event") == "round"] == [1, 2]
     assert any(e.get("event") == "sites" for e in events)  # progress while sites trained
@@ -108,7 +108,7 @@ def test_flower_engine_runs_two_rounds_and_equals_inprocess(cream_run, tmp_path:
 def test_int8_payloads_quarter_the_representation_bytes(cream_run, tmp_path: Path) -> None:
     """Both directions travel as int8 rows; the server and the sites still learn."""
     first, _ = cream_run
-    summary = run_inprocess(build_plan(small_spec('cream.payload_dtype="int8"'), tmp_path / "int8"))
+    summary = as_json(run_inprocess(build_plan(small_spec('cream.payload_dtype="int8"'), tmp_path / "int8")))
     for fp32, int8 in zip(first["rounds"], summary["rounds"], strict=True):
         for key in ("bytes_down", "bytes_up"):
             ratio = int8[key] / fp32[key]
@@ -120,10 +120,12 @@ def test_int8_payloads_quarter_the_representation_bytes(cream_run, tmp_path: Pat
 
 
 def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
-    server_only = run_inprocess(build_plan(small_spec("strategy=server-only", "rounds=1"), tmp_path / "so"))
+    server_only = as_json(
+        run_inprocess(build_plan(small_spec("strategy=server-only", "rounds=1"), tmp_path / "so"))
+    )
     assert server_only["sites"] == [] and server_only["rounds"][0]["sites"] == []
     assert server_only["final"]["retrieval"]["rsum"] > 0
-    local = run_inprocess(build_plan(small_spec("strategy=local", "rounds=1"), tmp_path / "local"))
+    local = as_json(run_inprocess(build_plan(small_spec("strategy=local", "rounds=1"), tmp_path / "local")))
     assert local["final"]["retrieval"] is None and len(local["final"]["site_metrics"]) == 4
     assert "public_loss" not in local["rounds"][0]["sites"][0]["metrics"]
     # Sites train alone: nothing public goes out, no representation comes back, nothing merges.
@@ -133,11 +135,15 @@ def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
     audit = (tmp_path / "local" / "sites" / "pair-a" / "state" / "audit.jsonl").read_text().splitlines()
     assert [json.loads(x)["shapes"] for x in audit if "represent" in x] == [{}]
     assert "distill_loss" not in local["rounds"][0]["server_metrics"]
-    mean = run_inprocess(build_plan(small_spec("strategy=mean", "rounds=1"), tmp_path / "mean"))
+    mean = as_json(run_inprocess(build_plan(small_spec("strategy=mean", "rounds=1"), tmp_path / "mean")))
     assert abs(mean["rounds"][0]["weight_entropy"]["image"] - math.log(3)) < 1e-6
-    central = run_inprocess(build_plan(small_spec("strategy=centralized", "rounds=1"), tmp_path / "central"))
+    central = as_json(
+        run_inprocess(build_plan(small_spec("strategy=centralized", "rounds=1"), tmp_path / "central"))
+    )
     assert central["sites"] == [] and central["final"]["retrieval"]["rsum"] > 0
-    fedavg = run_inprocess(build_plan(small_spec("strategy=fedavg", "rounds=2"), tmp_path / "fedavg"))
+    fedavg = as_json(
+        run_inprocess(build_plan(small_spec("strategy=fedavg", "rounds=2"), tmp_path / "fedavg"))
+    )
     # Only the paired sites take part, all with the first paired site's architectures.
     assert {s["id"] for s in fedavg["sites"]} == {"pair-a", "pair-b"}
     assert all(s["architectures"] == {"image": "cnn-small", "text": "glove-mlp"} for s in fedavg["sites"])
@@ -145,7 +151,7 @@ def test_baselines_share_the_harness(digits, tmp_path: Path) -> None:
     assert fedavg["rounds"][0]["bytes_up"] > 4 * 100_000  # weights travel, not representations
     assert fedavg["final"]["retrieval"]["rsum"] > 0
     for s in (server_only, local, mean, central, fedavg):
-        validate_summary(s)
+        RunSummary.model_validate(s)
 
 
 def test_centralized_pools_site_rows_as_the_sites_hold_them(digits, tmp_path: Path) -> None:
@@ -169,7 +175,9 @@ def test_centralized_pools_site_rows_as_the_sites_hold_them(digits, tmp_path: Pa
 
 
 def test_a_round_below_the_minimum_of_sites_is_failed(digits, tmp_path: Path) -> None:
-    summary = run_inprocess(build_plan(small_spec("server.min_sites=5", "rounds=1"), tmp_path / "min"))
+    summary = as_json(
+        run_inprocess(build_plan(small_spec("server.min_sites=5", "rounds=1"), tmp_path / "min"))
+    )
     r = summary["rounds"][0]
     assert r["status"] == "failed" and "4 sites accepted, fewer than the minimum of 5" in r["reason"]
     assert "distill_loss" not in r["server_metrics"]
@@ -184,7 +192,7 @@ def test_a_site_holding_another_public_set_is_excluded(digits, tmp_path: Path) -
     configs = json.loads(Path(plan.site_configs).read_text())
     configs[1]["public_manifest"] = str(Path(configs[1]["public_manifest"]).with_name("val.jsonl"))
     Path(plan.site_configs).write_text(json.dumps(configs))
-    summary = run_inprocess(plan)
+    summary = as_json(run_inprocess(plan))
     assert {s["id"] for s in summary["sites"]} == {"img", "pair-a", "pair-b"}
     assert summary["rounds"][0]["status"] == "completed"
     with Session(open_store(tmp_path / "fp" / "runs.sqlite")) as s:
@@ -198,7 +206,7 @@ def test_only_image_sites_skip_text_without_crashing(digits, tmp_path: Path) -> 
         'sites=[{id = "i1", modalities = ["image"], architectures = {image = "mlp"}},'
         ' {id = "i2", modalities = ["image"], architectures = {image = "cnn-small"}}]',
     )
-    summary = run_inprocess(build_plan(spec, tmp_path / "img"))
+    summary = as_json(run_inprocess(build_plan(spec, tmp_path / "img")))
     assert summary["rounds"][0]["status"] == "completed"
     assert "text" not in summary["rounds"][0]["weight_entropy"]
     assert summary["rounds"][0]["server_metrics"]["distill_loss"] is not None

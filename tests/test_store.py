@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.orm import Session
 
-from helpers import small_spec
+from helpers import as_json, small_spec
 from mmfl.server.records import RoundRecord, ServerMetrics, SiteReport
 from mmfl.server.store import (
     CheckpointRow,
@@ -16,8 +16,8 @@ from mmfl.server.store import (
     LastRound,
     RoundRow,
     Run,
+    RunStatus,
     RunStore,
-    RunSummary,
     SiteRoundRow,
     SiteRow,
     open_store,
@@ -90,7 +90,7 @@ def test_a_run_is_recorded_and_read_back(store_url: str) -> None:
         assert s.scalars(select(EventRow)).one().kind == "site-refused"
         assert s.scalars(select(SiteRow)).one().capabilities["samples"] == {"image": 10}
     assert [r.round for r in store.rounds()] == [1, 2]
-    summary = RunSummary(
+    summary = RunStatus(
         run_id="run-1",
         status="completed-with-failed-rounds",
         strategy="cream",
@@ -98,14 +98,14 @@ def test_a_run_is_recorded_and_read_back(store_url: str) -> None:
         last_round=LastRound(round=2, status="failed", rsum=None),
         epsilon={"site-a": 1.5},
     )
-    assert store.summary() == summary
+    assert store.status() == summary
     assert RunStore.recent(open_store(store_url)) == [summary]
-    assert RunStore(open_store(store_url), "never-started").summary() is None
+    assert RunStore(open_store(store_url), "never-started").status() is None
 
 
 def test_a_simulation_writes_to_the_store(store_url: str, digits, tmp_path: Path) -> None:
     plan = build_plan(small_spec("rounds=1", "strategy=mean"), tmp_path / "run", store=store_url)
-    summary = run_inprocess(plan)
+    summary = as_json(run_inprocess(plan))
     with Session(open_store(store_url)) as s:
         run = s.get(Run, plan.run_id)
         assert run is not None and run.status == "completed"
@@ -139,7 +139,7 @@ def test_a_run_that_stops_on_an_error_is_recorded_as_failed_not_running(
         assert [e.message for e in events if e.kind == "failed"] == [
             "OSError: [Errno 28] No space left on device"
         ]
-    assert RunStore(open_store(store_url), plan.run_id).summary().status == "failed"
+    assert RunStore(open_store(store_url), plan.run_id).status().status == "failed"
 
 
 def test_a_store_made_before_migrations_is_refused_untouched(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mmfl.errors import MmflError
+from mmfl.protocols.summary import SUMMARY_FILE, RunSummary
 from mmfl.server.console.convert import (
     failed_round_events,
     privacy_of,
@@ -39,7 +40,7 @@ from mmfl.server.console.views import (
 )
 from mmfl.server.store import EventRow, RoundRow
 
-MARKERS = ("plan.json", "rounds.jsonl", "summary.json")
+MARKERS = ("plan.json", "rounds.jsonl", SUMMARY_FILE)
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -96,7 +97,7 @@ class FolderRun:
     rounds: list[RoundView]
     events: list[EventView]
     plan: dict[str, Any]
-    summary: dict[str, Any]
+    summary: RunSummary | None
     round_times: dict[int, str]
 
     def failed_round_events(self) -> list[EventView]:
@@ -114,9 +115,9 @@ class RunFolder:
         """The run's row, rounds (the newest record of each), events (with the time each was
         recorded, where known), plan and summary."""
         plan = _json(self.path / "plan.json") or {}
-        summary = _json(self.path / "summary.json") or {}
-        spec = plan.get("spec") or summary.get("config") or {}
-        run_id = str(plan.get("run_id") or summary.get("run_id") or self.path.name)
+        summary = RunSummary.read_if_done(self.path)
+        spec = plan.get("spec") or (summary.config if summary else {})
+        run_id = str(plan.get("run_id") or (summary.run_id if summary else "") or self.path.name)
         recorded = self.times(plan, self.path, run_id) if self.times else Recorded()
         round_times = dict(recorded.rounds)
         records: dict[int, RoundView] = {}
@@ -161,7 +162,7 @@ class RunFolder:
                 events.append(EventView(at=at, run_id=run_id, kind=kind, message=message))
         rounds = [records[k] for k in sorted(records)]
         failed = sum(1 for r in rounds if r.status != "completed")
-        if summary:
+        if summary is not None:
             status = "completed" if not failed else "completed-with-failed-rounds"
         elif stopped:
             status = stopped
@@ -171,7 +172,7 @@ class RunFolder:
         row = RunRow(
             run_id=run_id,
             name=str(spec.get("name", "")),
-            strategy=str(spec.get("strategy", summary.get("strategy", ""))),
+            strategy=str(spec.get("strategy") or (summary.strategy if summary else "")),
             dataset=str(spec.get("dataset", "")),
             status=status,
             rounds_planned=spec.get("rounds"),
@@ -180,7 +181,7 @@ class RunFolder:
             current_round=started if status == "running" and started not in records else None,
             last_test_rsum=test[-1] if test else None,
             started_at=_mtime(self.path / "plan.json"),
-            finished_at=_mtime(self.path / "summary.json") if summary else None,
+            finished_at=_mtime(self.path / SUMMARY_FILE) if summary else None,
         )
         return FolderRun(self.path, row, rounds, events, plan, summary, round_times)
 
@@ -299,19 +300,19 @@ def _dp_sites(run: FolderRun, privacy: list[PrivacySite]) -> list[str] | None:
     while not known (a coordinator's run, whose sites describe themselves, before its first
     round)."""
     reported = {p.site_id for p in privacy if p.latest is not None}
-    if run.summary:
-        described = run.summary.get("sites") or []
+    if run.summary is not None:
+        enabled = set(run.summary.dp_sites)
     elif run.plan.get("site_configs"):  # a simulation: its sites are the plan's
         described = (run.plan.get("spec") or {}).get("sites") or []
+        enabled = {str(s.get("id")) for s in described if (s.get("privacy") or {}).get("enabled")}
     elif reported or run.rounds or run.row.final or run.plan.get("expected_sites") == 0:
-        described = []
+        enabled = set()
     else:
         return None
-    enabled = {str(s.get("id")) for s in described if (s.get("privacy") or {}).get("enabled")}
     return sorted(enabled | reported)
 
 
-def _sites(plan: dict[str, Any], summary: dict[str, Any], rounds: list[RoundView]) -> dict[str, SiteView]:
+def _sites(plan: dict[str, Any], summary: RunSummary | None, rounds: list[RoundView]) -> dict[str, SiteView]:
     """The simulated sites: as planned, then as they last described themselves (summary)."""
     out: dict[str, SiteView] = {}
     for s in (plan.get("spec") or {}).get("sites") or []:
@@ -323,21 +324,21 @@ def _sites(plan: dict[str, Any], summary: dict[str, Any], rounds: list[RoundView
             dp=bool(privacy.get("enabled")),
             epsilon_budget=privacy.get("target_epsilon") if privacy.get("enabled") else None,
         )
-    public = ((summary.get("dataset") or {}).get("public_fingerprint")) or None
-    for s in summary.get("sites") or []:
-        privacy, device = s.get("privacy") or {}, s.get("device") or {}
-        out[s["id"]] = SiteView(
-            name=s["id"],
-            modalities=list(s.get("modalities") or []),
-            device=f"{device.get('kind', '?')}: {device.get('name', '?')}" if device else None,
+    public = summary.dataset.public_fingerprint if summary else None
+    for site in summary.sites if summary else []:
+        privacy = site.privacy
+        out[site.id] = SiteView(
+            name=site.id,
+            modalities=list(site.modalities),
+            device=f"{site.device.kind}: {site.device.name}",
             public_fingerprint=public,
             fingerprint_match=True if public else None,
-            dp=bool(privacy.get("enabled")),
-            epsilon_spent=privacy.get("epsilon_spent") if privacy.get("enabled") else None,
-            epsilon_budget=privacy.get("target_epsilon") if privacy.get("enabled") else None,
+            dp=privacy.enabled,
+            epsilon_spent=privacy.epsilon_spent if privacy.enabled else None,
+            epsilon_budget=privacy.target_epsilon if privacy.enabled else None,
         )
     for r in rounds:  # while running: the newest epsilon each site reported
         for x in r.sites:
-            if x.site_id in out and x.epsilon is not None and not summary:
+            if x.site_id in out and x.epsilon is not None and summary is None:
                 out[x.site_id].epsilon_spent = x.epsilon
     return out
