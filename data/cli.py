@@ -170,6 +170,21 @@ def init_cmd(
     _print_summary(write_prepared(out, parts, info, overwrite=force))
 
 
+@app.command("example")
+def example_cmd(
+    out: Path = typer.Option(Path("."), "--out", help="where to write mine.csv and scans/"),
+    items: int = typer.Option(420, "--items", min=20, help="image-caption pairs to copy"),
+) -> None:
+    """No data of your own yet? Write a small real one laid out as yours would be: OpenClipart
+    images in scans/ and mine.csv (id, image, text, label), for docs/own-data.md's walkthrough."""
+    from mmfl.data.example import write_example
+
+    manifest = write_example(out, items)
+    console.print(
+        f"written: {manifest} ({items} images with captions and categories) and {manifest.parent / 'scans'}/"
+    )
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of a prepared folder's dataset.json."""

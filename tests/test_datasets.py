@@ -171,3 +171,30 @@ def test_a_set_prepared_into_a_relative_folder_names_its_own_files(tmp_path: Pat
     PreparedDataset(Path("digits")).check()  # every row's file exists
     first = (tmp_path / "digits" / "public.jsonl").read_text().splitlines()[0]
     assert '"image": "images/' in first and "staging" not in first
+
+
+def test_the_own_data_example_is_real_openclipart_laid_out_as_a_users_files(
+    openclipart_root: Path, tmp_path: Path
+) -> None:
+    """``mmfl data example``: the images are the prepared set's files, byte for byte, each row's
+    caption and category are its own, the draw is the same every time, and nothing is
+    overwritten."""
+    from mmfl.data.example import write_example
+    from mmfl.data.manifest import load_manifest
+
+    manifest = load_manifest(write_example(tmp_path / "a", items=40))
+    assert len(manifest) == 40 and manifest.modalities == ("image", "text")
+    source = {s.id: s for split in SPLITS for s in open_dataset("openclipart").manifest(split).samples}
+    for sample in manifest.samples:
+        original = source[sample.id]
+        assert file_sha256(Path(sample.values["image"])) == file_sha256(Path(original.values["image"]))
+        assert Path(sample.values["image"]).parent == tmp_path / "a" / "scans"
+        assert (sample.values["text"], sample.label) == (original.values["text"], original.label)
+    again = load_manifest(write_example(tmp_path / "b", items=40))
+    assert [s.id for s in again.samples] == [s.id for s in manifest.samples]
+    before = (tmp_path / "a" / "mine.csv").read_bytes()
+    with pytest.raises(MmflError, match=r"mine\.csv already exists; choose another --out$"):
+        write_example(tmp_path / "a", items=40)
+    assert (tmp_path / "a" / "mine.csv").read_bytes() == before
+    with pytest.raises(MmflError, match="at least 20 items"):
+        write_example(tmp_path / "c", items=5)
