@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime
 from importlib.resources import files
@@ -332,8 +333,15 @@ def run_submit(
     dir_: Path = DirOpt,
     sites: int | None = typer.Option(None, "--sites", help="sites to wait for (default: all registered)"),
     set_: list[str] | None = typer.Option(None, "--set", help="override a spec key (repeatable)"),
+    wait: bool = typer.Option(
+        False, "--wait", help="follow the run until it ends: a line per round, then what it delivered"
+    ),
+    timeout: float | None = typer.Option(
+        None, "--timeout", min=1, help="with --wait: give up following after this many seconds"
+    ),
 ) -> None:
-    """Start a run on the connected sites; prints the run id."""
+    """Start a run on the connected sites; prints the run id (with --wait, follows it to its end
+    and exits 1 when it failed)."""
     layout = ServerLayout(dir_.resolve())
     # The run writes to the store from its first round: a damaged one fails here, not in the run.
     read_store(layout.store(), lambda engine: RunStore.recent(engine, limit=1))
@@ -367,7 +375,61 @@ def run_submit(
     atomic_write_text(out_dir / "plan.json", plan.to_json())
     flower_run = _submit(layout, plan)
     console.print(f"run {run_id} submitted (Flower run {flower_run}); output in {out_dir}")
-    print(run_id)
+    print(run_id, flush=True)
+    if wait:
+        follow_run(layout, run_id, out_dir, timeout)
+
+
+def follow_run(layout: ServerLayout, run_id: str, out_dir: Path, timeout: float | None) -> None:
+    """A line per round of ``run_id`` as it completes, then its delivery line once its
+    ``summary.json`` is written; a run that failed, a daemon that stopped, or ``timeout`` seconds
+    passing raise :class:`MmflError`. Reads only the run's files and the store."""
+    from mmfl.protocols.summary import SUMMARY_FILE, RunSummary
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    progress, offset = out_dir / "rounds.jsonl", 0
+    while True:
+        offset = _print_rounds(progress, offset)
+        if (out_dir / SUMMARY_FILE).exists():
+            summary = RunSummary.read(out_dir)
+            console.print(
+                summary.delivery.line if summary.delivery else f"run {run_id} completed", soft_wrap=True
+            )
+            return
+        status = read_store(layout.store(), lambda engine: RunStore(engine, run_id).status())
+        if status is not None and status.status in ("failed", "interrupted"):
+            raise MmflError(
+                f"run {run_id} {status.status} (mmfl runs show {run_id} --store {layout.store()})"
+            )
+        if daemon_pid(layout) is None:
+            raise MmflError(
+                f"the daemon stopped during run {run_id}; start it, then mmfl server resume {run_id}"
+            )
+        if deadline is not None and time.monotonic() > deadline:
+            raise MmflError(f"run {run_id} is still running after {timeout:g} s (mmfl server status)")
+        time.sleep(1.0)
+
+
+def _print_rounds(progress: Path, offset: int) -> int:
+    """Print the completed lines of ``rounds.jsonl`` after byte ``offset`` that end a round;
+    returns the new offset."""
+    try:
+        with progress.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
+        return offset
+    complete = data[: data.rfind(b"\n") + 1]
+    for line in complete.decode("utf-8").splitlines():
+        event = json.loads(line) if line.strip() else {}
+        if event.get("event") == "round":
+            test = ((event.get("server") or {}).get("test") or {}).get("rsum")
+            accepted = sum(1 for x in event.get("sites") or [] if x.get("accepted"))
+            shown = "" if test is None else f", test rsum {test:.1f}"
+            console.print(
+                f"round {event['round']} {event['status']}: {accepted}/{len(event.get('sites') or [])} sites{shown}"
+            )
+    return offset + len(complete)
 
 
 @app.command("resume")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,34 @@ def test_runs_show_takes_a_unique_prefix_or_the_run_folder(store_url: str, tmp_p
     folder.mkdir()
     (folder / "plan.json").write_text(json.dumps({"run_id": "demoXregress"}))
     assert resolve_run(str(folder), store_url) == (store_url, "demoXregress")
+
+
+def test_submit_wait_follows_a_run_to_its_end_and_fails_on_a_failed_run(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``mmfl server run submit --wait``: a line per finished round as ``rounds.jsonl`` grows,
+    the delivery line once ``summary.json`` is there, and an error (exit 1) for a run the store
+    records as failed."""
+    from helpers import tiny_summary
+    from mmfl.config import DaemonConfig
+    from mmfl.errors import MmflError
+    from mmfl.server.cli import follow_run
+    from mmfl.server.daemon import init_server
+
+    layout = init_server(tmp_path / "srv", DaemonConfig())
+    out = layout.runs / "r1"
+    out.mkdir(parents=True)
+    round_line = {"event": "round", "round": 1, "status": "completed", "server": {"test": {"rsum": 42.0}},
+                  "sites": [{"accepted": True}, {"accepted": False}]}  # fmt: skip
+    (out / "rounds.jsonl").write_text(json.dumps(round_line) + "\n" + '{"event": "round", "rou')  # one half-written
+    summary = tiny_summary("regress", 0, [(10.0, 42.0)])
+    (out / "summary.json").write_text(summary.to_json())
+    follow_run(layout, "r1", out, timeout=30)
+    shown = capsys.readouterr().out
+    assert "round 1 completed: 1/2 sites, test rsum 42.0" in shown and shown.count("round 1") == 1
+    assert "run r1 completed" in shown  # no delivery recorded: nothing was compared
+
+    store = RunStore(open_store(layout.store()), "r2")
+    store.start("r2", "regress", "digits", 0, {}, str(layout.runs / "r2"))
+    store.finish("failed", {"error": "OSError: disk full"})
+    (layout.runs / "r2").mkdir()
+    with pytest.raises(MmflError, match=r"^run r2 failed \(mmfl runs show r2"):
+        follow_run(layout, "r2", layout.runs / "r2", timeout=30)
