@@ -11,7 +11,7 @@ site model) and the target site's paired samples, unlabeled. No source data is u
    dimensions and modalities.
 3. The switch picks agreement filtering (conservative, for a large gap) or entropy weighting
    (for a small one) by comparing the gap with ``gap_threshold``. That threshold must come from
-   scenarios other than the target (``benchmarks/adapt_switch.py``; ``benchmarks/adapt.py``
+   scenarios other than the target (``benchmarks/adaptation/adapt_switch.py``; ``benchmarks/adaptation/adapt.py``
    calibrates it leave-one-scenario-out); the default is calibrated on all of that benchmark's
    scenarios and lies above every gap measured there, so it picks EW on each of them. The
    default fusion is EW, not the switch: AF won no benchmark scenario by a margin.

@@ -3,7 +3,7 @@
 Flower 1.42's SuperNode asks the SuperLink for a message, and when there is none sleeps 3 s
 (``start_client_internal``: ``time.sleep(3)``). A message therefore waits 1.5 s on average, 3 s
 at worst, before the site sees it — most of a deployed round on a small site
-(``benchmarks/deployed_rounds.py``). Once its ClientApp is running it waits for the reply, and
+(``benchmarks/speed/deployed_rounds.py``). Once its ClientApp is running it waits for the reply, and
 for each of the reply's objects, in sleeps of 0.5 s: on its own state, not on the network, so a
 finished reply left 0.25 s later on average. Flower has no setting for either, so this entry
 point runs Flower's own ``flower_supernode`` with that module's ``time.sleep`` capped: sleeps

@@ -74,7 +74,7 @@ FEDERATIONS = (
     ),
 )
 
-# Servers built without any site's data (benchmarks/quality.py, `site_free`).
+# Servers built without any site's data (benchmarks/quality/quality.py, `site_free`).
 SITE_FREE = ("server-only", "site-free", "public-teachers", "regress-public")
 OFFLINE_CONTROL = "offline public teachers, regression"
 DEFAULT_OFFLINE_FILE = "benchmarks/results/transfer_bound.json"
@@ -113,7 +113,7 @@ def _score(server: Server | None, named: bool = True) -> str:
 
 
 def _offline_control(data: dict) -> Server | None:
-    """The offline control as benchmarks/quality.py compares it: the transfer bound's student of
+    """The offline control as benchmarks/quality/quality.py compares it: the transfer bound's student of
     public-only teachers, over the quality run's seeds."""
     path = ROOT / (data.get("offline_control_file") or DEFAULT_OFFLINE_FILE)
     if not path.exists():

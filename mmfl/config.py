@@ -505,13 +505,13 @@ class AdaptConfig(StrictModel):
     fusion: Literal["switch", "af", "ew"] = Field(
         "ew",
         description="pseudo-label fusion; EW is the default because AF won no scenario of "
-        "benchmarks/adapt.py by a margin (docs/adaptation.md)",
+        "benchmarks/adaptation/adapt.py by a margin (docs/adaptation.md)",
     )
     gap_threshold: float = Field(
         0.906,
         ge=0,
         description="the switch picks AF above this gap; the default is calibrated on every "
-        "scenario of benchmarks/adapt.py from their adaptation rows (results/adapt.md)",
+        "scenario of benchmarks/adaptation/adapt.py from their adaptation rows (results/adapt.md)",
     )
     certainty_cap: float = Field(0.9, gt=0, le=1)
     hypothesis_test: bool = False

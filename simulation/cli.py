@@ -334,7 +334,7 @@ def print_tracking(backends: tuple[str, ...], root: Path) -> None:
 
 def print_controls(summary: RunSummary, controls: list[RunSummary]) -> None:
     """The federation next to the servers that use no site, on the same seed."""
-    table = Table(title=f"what the sites added (seed {summary.seed}; benchmarks/quality.py pairs 5 seeds)")
+    table = Table(title=f"what the sites added (seed {summary.seed}; benchmarks/quality/quality.py pairs 5 seeds)")
     extra = pair_names(summary.final.retrieval)[1:]
     for col in (
         "server",

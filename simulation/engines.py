@@ -146,7 +146,7 @@ def run_inprocess(
     plan: RunPlan, progress: Progress | None = None, grid_class: type[InProcessGrid] | None = None
 ) -> RunSummary:
     """Run the plan with the in-process grid (no Ray, no SuperLink); ``grid_class`` replaces it
-    (``benchmarks/robustness.py`` plays hostile sites with one)."""
+    (``benchmarks/security/robustness.py`` plays hostile sites with one)."""
     _set_task_identity()
     run_config = {
         "plan": str(Path(plan.output_dir) / "plan.json"),

@@ -12,7 +12,7 @@ seeds both hold:
 
 (Student's t interval; ``s_d`` is the sample standard deviation, ddof 1). The share of a gap
 closed is ``(treated - control) / (ceiling - control)`` on the means. ``mmfl simulate compare``
-and ``benchmarks/quality.py`` compare every federation with every site-free run this way
+and ``benchmarks/quality/quality.py`` compare every federation with every site-free run this way
 (:func:`paired_rows`).
 """
 

@@ -84,8 +84,8 @@ def mmfl_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[st
 
 
 def load_benchmark(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module (benchmarks are scripts, not installed)."""
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    """``benchmarks/<question>/<name>.py`` as a module (benchmarks are scripts, not installed)."""
+    (path,) = (Path(__file__).parents[1] / "benchmarks").glob(f"*/{name}.py")
     spec = importlib.util.spec_from_file_location(f"{name}_benchmark", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -436,7 +436,7 @@ def test_telephone_channel_is_an_additive_cepstral_offset(tmp_path: Path) -> Non
 
 
 def test_benchmark_refuses_an_unknown_adaptation_setting_in_one_line() -> None:
-    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "adapt.py"
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "adaptation" / "adapt.py"
     for bad, said in (("class_weights=often", "--set class_weights:"), ("epochs", "--set takes KEY=VALUE")):
         res = subprocess.run(
             [sys.executable, str(bench), "--set", bad], capture_output=True, text=True, timeout=120

@@ -1,4 +1,4 @@
-"""Leave-one-site-out (benchmarks/contributions.py): a site is left out after the partition is
+"""Leave-one-site-out (benchmarks/quality/contributions.py): a site is left out after the partition is
 drawn, so every other site holds exactly its rows of the full run; a refused site is 0 by
 construction."""
 

@@ -1,7 +1,7 @@
 """Fuzzing (hypothesis) of everything that crosses a trust boundary: the protocol decoders and
 array checks in both directions, manifests, configs. Each input is either accepted as valid or
 refused with the module's own one-line error; nothing else may happen (no crash, no other
-exception, nothing invalid accepted). CI runs the ``ci`` profile; ``benchmarks/fuzz.py`` runs
+exception, nothing invalid accepted). CI runs the ``ci`` profile; ``benchmarks/security/fuzz.py`` runs
 the ``long`` one (``MMFL_FUZZ_PROFILE=long``) and records the counts."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``benchmarks/gpu_round.py``: skips cleanly without a GPU; its CPU leg times a real round."""
+"""``benchmarks/speed/gpu_round.py``: skips cleanly without a GPU; its CPU leg times a real round."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).parents[1] / "benchmarks" / "gpu_round.py"
+BENCH = Path(__file__).parents[1] / "benchmarks" / "speed" / "gpu_round.py"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

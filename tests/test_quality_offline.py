@@ -1,4 +1,4 @@
-"""``benchmarks/quality.py`` reads the offline control from a transfer_bound result file."""
+"""``benchmarks/quality/quality.py`` reads the offline control from a transfer_bound result file."""
 
 from __future__ import annotations
 

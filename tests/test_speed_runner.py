@@ -1,4 +1,4 @@
-"""``benchmarks/speed.py`` names every speed benchmark by a script that exists."""
+"""``benchmarks/speed/speed.py`` names every speed benchmark by a script that exists."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from helpers import load_benchmark
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks" / "speed"
 
 
 def test_every_speed_benchmark_is_a_script_and_unknown_names_are_refused() -> None:

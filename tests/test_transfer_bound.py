@@ -1,4 +1,4 @@
-"""``benchmarks/transfer_bound.py``: seeds run side by side are merged only when they ran alike."""
+"""``benchmarks/quality/transfer_bound.py``: seeds run side by side are merged only when they ran alike."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing", catego
 
 def grad_sample_mode(model: nn.Module, requested: str) -> str:
     """``auto`` is ghost clipping: on every default site model it was the faster engine
-    (benchmarks/dp_overhead.py: 1.2-3x the non-private step against up to 6x with hooks,
+    (benchmarks/privacy/dp_overhead.py: 1.2-3x the non-private step against up to 6x with hooks,
     which materialise per-sample gradients of the word-embedding table)."""
     del model
     return "ghost" if requested == "auto" else requested

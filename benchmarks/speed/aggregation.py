@@ -7,8 +7,8 @@ every row against all 50,000 global rows at once would need a 50,000 x 50,000 fl
 so the peak is the inputs plus one (chunk x 50,000) block; the goal is a peak under 2 GiB with
 every row scored.
 
-    python benchmarks/aggregation.py                 # chunks 256, 1024, 4096; all rows scored
-    python benchmarks/aggregation.py --rows 20000 --chunks 1024
+    python benchmarks/speed/aggregation.py                 # chunks 256, 1024, 4096; all rows scored
+    python benchmarks/speed/aggregation.py --rows 20000 --chunks 1024
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 GOAL_BYTES = 2 * 1024**3
 
 CASE = """

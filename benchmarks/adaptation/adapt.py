@@ -51,14 +51,14 @@ of an evaluation row appears in an adaptation row (``shared_items`` is 0 and is 
 Rows of the table (accuracy % on the evaluation rows, fused predictor unless named): each
 source alone; the best source (picked with evaluation labels: a generous baseline); naive
 fusion (mean probabilities); the trivial teacher-student baseline
-(``benchmarks/adapt_baselines.py``); AF; EW; the switch, whose threshold for each scenario is
-calibrated leave-one-scenario-out (``benchmarks/adapt_switch.py``) from the other scenarios'
+(``benchmarks/adaptation/adapt_baselines.py``); AF; EW; the switch, whose threshold for each scenario is
+calibrated leave-one-scenario-out (``benchmarks/adaptation/adapt_switch.py``) from the other scenarios'
 gaps and AF/EW accuracies on *their adaptation rows*, so no evaluation row ever sets it; the
 oracle (both models fine-tuned with the adaptation rows' true labels: an upper bound).
 5 seeds, mean ± sample std; method − strongest baseline as the paired per-seed difference with
 its 95 % t interval.
 
-    python benchmarks/adapt.py [--seeds 0,1,2,3,4] [--epochs 5]
+    python benchmarks/adaptation/adapt.py [--seeds 0,1,2,3,4] [--epochs 5]
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ from mmfl.data.sample import Sample
 from mmfl.models.multimodal import MultiEncoder, batches
 from mmfl.simulation.paired import paired_difference, sample_std
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
 import adapt_baselines as baselines  # noqa: E402
 from adapt_switch import CalibrationPoint, calibrate_threshold, leave_one_out  # noqa: E402
 

@@ -8,9 +8,9 @@ no controls; ``--strategy`` regress, the default, or cream+, profiled first) onc
 * inside them, from pyinstrument (a sampling profiler of the main thread), the seconds under
   chosen frames: Adam's step and autograd's backward in the server, manifest loading, tensors.
 
-    python benchmarks/hot_paths.py --label before   # at the code before a fix
-    python benchmarks/hot_paths.py --label after    # after it; both land in results/hot_paths.*
-    python benchmarks/hot_paths.py --label before --strategy cream+   # the first profiles' strategy
+    python benchmarks/speed/hot_paths.py --label before   # at the code before a fix
+    python benchmarks/speed/hot_paths.py --label after    # after it; both land in results/hot_paths.*
+    python benchmarks/speed/hot_paths.py --label before --strategy cream+   # the first profiles' strategy
 
 Each label is one run at the checked-out code (its commit is recorded); the table puts the runs
 side by side. On a shared machine compare CPU seconds as well as wall seconds.
@@ -36,7 +36,7 @@ from mmfl.config import FederationSpec, load_config
 from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.plan import build_plan
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 # Phases of a round are the run's own clocks (``phase_seconds`` of every round, summed): the
 # sites work in the in-process grid's threads, so their time is the server's wait, "exchange".
 # Inside the server's phases the profiler (main thread) splits out these frames:

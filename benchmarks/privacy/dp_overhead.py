@@ -8,7 +8,7 @@ sites use) and with torch's seeded generator (Opacus' default, which a coordinat
 to show what unpredictable noise costs. Prints a table and writes
 ``benchmarks/results/dp_overhead.json``. Target: DP at most 3x the non-private time per step.
 
-    python benchmarks/dp_overhead.py [--batch 64] [--steps 30]
+    python benchmarks/privacy/dp_overhead.py [--batch 64] [--steps 30]
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> None:
     )
     parser.add_argument("--sites", default="", help="comma-separated subset of the site models")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "dp_overhead.json"
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "dp_overhead.json"
     )
     args = parser.parse_args()
     if args.child:

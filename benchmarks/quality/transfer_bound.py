@@ -47,7 +47,7 @@ with :math:`\\hat z` each teacher's unit-norm embedding. The weight and passes
 If the oracle's student is no better than the public teachers' student, no method that learns
 from teachers' outputs on this public set can make the sites' private pairs reach the server.
 
-    python benchmarks/transfer_bound.py --seeds 0,1,2
+    python benchmarks/quality/transfer_bound.py --seeds 0,1,2
 
 The students are trained for the protocol's budget by default (100 passes: 10 rounds of 15,000
 mixed items); ``results/transfer_bound-300.*`` is the bound at 300 passes, chosen on val
@@ -82,7 +82,7 @@ from mmfl.paths import feature_cache_root
 from mmfl.simulation.paired import paired_difference, sample_std
 from mmfl.simulation.plan import partition_sites
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 SPEC = HERE / "specs" / "openclipart-paired.toml"
 RESULTS = HERE / "results"
 PAIR = ("image", "text")

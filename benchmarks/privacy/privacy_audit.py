@@ -3,21 +3,24 @@
 A site model (image-only MLP, the digits default) trains on ``--members`` private digits for
 ``--epochs`` epochs, the way a site trains its task (class head, Adam): without DP, and with
 DP-SGD at each ``--epsilons`` budget (noise derived for that many epochs). The attacks
-(``benchmarks/membership.py``) then separate the members from as many held-out non-members.
+(``benchmarks/privacy/membership.py``) then separate the members from as many held-out non-members.
 Prints a table and writes ``benchmarks/results/privacy_audit.json``.
 
-    python benchmarks/privacy_audit.py [--members 256] [--epochs 40] [--epsilons 1,8] [--seeds 0,1,2]
+    python benchmarks/privacy/privacy_audit.py [--members 256] [--epochs 40] [--epsilons 1,8] [--seeds 0,1,2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from membership import membership_auc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
+from membership import membership_auc  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
@@ -79,7 +82,7 @@ def main() -> None:
     parser.add_argument("--epsilons", default="1,8")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "privacy_audit.json"
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "results" / "privacy_audit.json"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)

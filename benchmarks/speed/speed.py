@@ -1,11 +1,11 @@
-"""Every speed and scale benchmark of issue 14, one after another: ``python benchmarks/speed.py``.
+"""Every speed and scale benchmark of issue 14, one after another: ``python benchmarks/speed/speed.py``.
 
 Each is its own script (run it alone to repeat one) and writes ``benchmarks/results/<name>.json``
 and ``.md``; docs/benchmarks.md quotes those tables. On 2 cores the whole set takes
 a few hours (the many-sites and aggregation runs most of it). ``--only`` picks some by name;
 ``--dry-run`` prints the commands.
 
-    python benchmarks/speed.py --only overhead,deployed_rounds,deployed_sites
+    python benchmarks/speed/speed.py --only overhead,deployed_rounds,deployed_sites
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 
 # name -> the script's arguments, as docs/benchmarks.md quotes them
 BENCHMARKS: dict[str, list[str]] = {
@@ -39,7 +39,7 @@ def commands(only: list[str] | None = None) -> list[list[str]]:
     if unknown:
         raise SystemExit(f"unknown benchmark {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
     names = [n for n in BENCHMARKS if not only or n in only]
-    return [[sys.executable, str(HERE / f"{n}.py"), *BENCHMARKS[n]] for n in names]
+    return [[sys.executable, str(Path(__file__).resolve().parent / f"{n}.py"), *BENCHMARKS[n]] for n in names]
 
 
 def main() -> None:

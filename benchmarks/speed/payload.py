@@ -15,7 +15,7 @@ is where a round of representations costs what a round of weights costs:
 
 for each site model, computed from the architectures' parameter counts.
 
-    python benchmarks/payload.py --seeds 0 1 2
+    python benchmarks/speed/payload.py --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.paired import paired_difference
 from mmfl.simulation.plan import build_plan
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 RESULTS = HERE / "results"
 SPEC = HERE / "specs" / "openclipart-paired-same.toml"
 BASE = "cream+, fp32, all 1,500 public rows"

@@ -9,7 +9,7 @@ ServerApp, nginx) and of every agent's (SuperNode, launcher and its forks), and 
 of the coordinator, of the sites and of the total; per site is the sites' peak divided by their
 number. The later rounds are timed, unsampled.
 
-    python benchmarks/deployed_sites.py --sites 3,6,12 --rounds 4
+    python benchmarks/speed/deployed_sites.py --sites 3,6,12 --rounds 4
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from deploy_helpers import Federation, start_federation, wait_for  # noqa: E402

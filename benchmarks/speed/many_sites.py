@@ -8,7 +8,7 @@ their users) of that process and all its descendants — the SuperLink, the simu
 Ray's GCS, raylet and every worker — and keeps the peak. A site's model lives in its state
 folder between rounds (``STATE/models``); only the sites of the current round are in memory.
 
-    python benchmarks/many_sites.py --sites 100 --per-round 10 --rounds 3
+    python benchmarks/speed/many_sites.py --sites 100 --per-round 10 --rounds 3
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 KINDS = [
     ('["image"]', '{image = "cnn-small"}'),
     ('["image"]', '{image = "mlp"}'),

@@ -19,24 +19,24 @@ federation - strongest control (by val) as a paired per-seed difference with its
 interval, and the share of the control-to-ceiling gap closed; the plot shows the servers
 against the public-set size and the number of sites.
 
-    python benchmarks/scaling.py                  # the whole grid, seeds 0-2
-    python benchmarks/scaling.py --seeds 0 --rounds 4 --reuse
+    python benchmarks/quality/scaling.py                  # the whole grid, seeds 0-2
+    python benchmarks/quality/scaling.py --seeds 0 --rounds 4 --reuse
 
 The committed ``results/scaling.*`` came from (the 1,500-public, 6-site runs are those of
 ``quality.py --datasets openclipart-paired``, the same spec and seeds):
 
-    python benchmarks/scaling.py --reuse --grid 500:6 --seeds 0,1,2
-    python benchmarks/scaling.py --reuse --grid 1500:2 --seeds 0,1,2,3,4
-    python benchmarks/scaling.py --reuse --grid 3000:6 --seeds 0,1 --controls site-free
-    python benchmarks/scaling.py --reuse --grid 1500:4 --seeds 0,1,2
-    python benchmarks/scaling.py --existing --grid 500:6,1500:6,3000:6,1500:4,1500:2 --seeds 0,1,2,3,4
+    python benchmarks/quality/scaling.py --reuse --grid 500:6 --seeds 0,1,2
+    python benchmarks/quality/scaling.py --reuse --grid 1500:2 --seeds 0,1,2,3,4
+    python benchmarks/quality/scaling.py --reuse --grid 3000:6 --seeds 0,1 --controls site-free
+    python benchmarks/quality/scaling.py --reuse --grid 1500:4 --seeds 0,1,2
+    python benchmarks/quality/scaling.py --existing --grid 500:6,1500:6,3000:6,1500:4,1500:2 --seeds 0,1,2,3,4
 
 (the 1,500:4 runs came one change later than the others: Adam's fused kernel, which moves a
 run's last digits.) The committed ``results/scaling-regress.*`` came from
 
-    python benchmarks/scaling.py --federation regress --reuse --grid 1500:2,1500:4,500:6 --seeds 0,1,2,3,4
-    python benchmarks/scaling.py --federation regress --reuse --grid 3000:6 --seeds 0,1,2
-    python benchmarks/scaling.py --federation regress --existing --grid 500:6,3000:6,1500:4,1500:2 --seeds 0,1,2,3,4
+    python benchmarks/quality/scaling.py --federation regress --reuse --grid 1500:2,1500:4,500:6 --seeds 0,1,2,3,4
+    python benchmarks/quality/scaling.py --federation regress --reuse --grid 3000:6 --seeds 0,1,2
+    python benchmarks/quality/scaling.py --federation regress --existing --grid 500:6,3000:6,1500:4,1500:2 --seeds 0,1,2,3,4
 
 whose 1,500-public, 6-site row is read from ``quality-openclipart-paired.json`` and
 ``transfer_bound.json`` (the same spec, code and seeds 0-4).
@@ -61,7 +61,7 @@ from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.paired import gap_closed, paired_difference
 from mmfl.simulation.plan import build_plan
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 SPEC = HERE / "specs" / "openclipart-paired.toml"
 GRID = [(1500, 6), (500, 6), (1500, 2), (3000, 6), (1500, 4)]
 BUILTIN_PUBLIC = 1500  # the prepared data set's own split: used as it is, not re-split

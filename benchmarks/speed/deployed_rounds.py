@@ -9,7 +9,7 @@ rows a round). Per round: wall time and its phases (server training, encoding th
 the exchange with the sites — send, site work, receive —, merging, distillation, evaluation)
 and the sites' own training time.
 
-    python benchmarks/deployed_rounds.py --rounds 4
+    python benchmarks/speed/deployed_rounds.py --rounds 4
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from deploy_helpers import RUN_SPEC, SITES, Federation, start_federation, wait_for  # noqa: E402

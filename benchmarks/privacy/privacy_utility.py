@@ -6,21 +6,24 @@ server-only, i.e. ``(rsum_eps8 - rsum_server_only) / (rsum_noDP - rsum_server_on
 Writes ``benchmarks/results/privacy_utility-<dataset>.json``. Finished runs with an unchanged
 spec are reused, so an interrupted benchmark picks up where it stopped.
 
-    python benchmarks/privacy_utility.py [--datasets digits,openclipart] [--seeds 0,1,2] [--epsilons 2,8]
+    python benchmarks/privacy/privacy_utility.py [--datasets digits,openclipart] [--seeds 0,1,2] [--epsilons 2,8]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
-from quality import SPECS, run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quality"))
+from quality import SPECS, run  # noqa: E402
 
 from mmfl.config import FederationSpec, load_config
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 
 
 def dp_overrides(dataset: str, epsilon: float) -> list[str]:

@@ -12,7 +12,7 @@ rotation of its space. Run on a federation (sites trained on private data) and o
 
 This is a benchmark-only view: a coordinator never sees the sites' models.
 
-    python benchmarks/teachers.py RUN_DIR [RUN_DIR ...]
+    python benchmarks/quality/teachers.py RUN_DIR [RUN_DIR ...]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 profile (5,000 examples each; CI runs 150). Prints a table (property, examples, outcome, time)
 and writes ``benchmarks/results/fuzz.{json,md}``.
 
-    python benchmarks/fuzz.py [--examples 5000]
+    python benchmarks/security/fuzz.py [--examples 5000]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
 PROPERTIES = [
     "test_decoders_accept_only_valid_messages",

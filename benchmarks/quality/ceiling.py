@@ -2,11 +2,11 @@
 
 ``centralized`` pools every site's training rows at the server exactly as the sites hold them;
 here it also runs with the uni-modal sites' rows left out *after* the partition is drawn (the
-paired sites hold the same rows in both runs, as in ``benchmarks/contributions.py``). The
+paired sites hold the same rows in both runs, as in ``benchmarks/quality/contributions.py``). The
 difference is what the uni-modal rows are worth when nothing is lost in transfer: the most any
 method can gain from those sites.
 
-    python benchmarks/ceiling.py --spec benchmarks/specs/openclipart.toml
+    python benchmarks/quality/ceiling.py --spec benchmarks/specs/openclipart.toml
 
 Writes ``benchmarks/results/ceiling-<spec>.{json,md}``.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 from mmfl.config import FederationSpec, load_config
 from mmfl.simulation.paired import paired_difference, sample_std
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
 from contributions import run_once  # noqa: E402
 
 

@@ -11,8 +11,8 @@ reported as the mean over seeds with its paired 95 % t interval and the sample s
 measurable at this many seeds. Test rsum is reported beside it, never used to choose. A site the
 method refuses (e.g. a uni-modal site under ``regress``) contributes exactly 0.
 
-    python benchmarks/contributions.py --strategy cream+ --seeds 0,1,2
-    python benchmarks/contributions.py --spec benchmarks/specs/openclipart.toml --strategy regress
+    python benchmarks/quality/contributions.py --strategy cream+ --seeds 0,1,2
+    python benchmarks/quality/contributions.py --spec benchmarks/specs/openclipart.toml --strategy regress
 
 Writes ``benchmarks/results/contributions-<tag>.{json,md,png}``.
 """
@@ -36,7 +36,7 @@ from mmfl.simulation.paired import paired_difference, sample_std
 from mmfl.simulation.plan import build_plan
 from mmfl.strategies.methods import method_of
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 
 
 def without(plan_dir: Path, site: str) -> None:
@@ -148,7 +148,7 @@ def main() -> None:
     fmt = lambda v: "—" if v is None else f"{v:+.2f}"  # noqa: E731
     md = [f"# Each site's contribution: {args.strategy} ({result['spec']})", "",
           f"Leave-one-site-out on val, seeds {args.seeds}; the federation with every site scores "
-          f"{result['all_sites_val']['mean']:.1f} val rsum. `python benchmarks/contributions.py "
+          f"{result['all_sites_val']['mean']:.1f} val rsum. `python benchmarks/quality/contributions.py "
           f"--strategy {args.strategy} --seeds {args.seeds}`.", "",
           "| site | contribution on val | 95 % CI | sd | on test |", "|---|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:

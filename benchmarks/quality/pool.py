@@ -1,15 +1,15 @@
 """The unpaired public pool: what it changes, paired per seed against the same runs without it.
 
-Reads the run folders that ``benchmarks/quality.py --tag TAG`` wrote
+Reads the run folders that ``benchmarks/quality/quality.py --tag TAG`` wrote
 (``results/runs/<dataset>-<tag>/<strategy>-s<seed>/summary.json``): one tag without the pool and
 one or more with it (e.g. a sweep of ``regress.pool_share``). For each pooled tag, per seed, the
 compact server's final val and test rsum and the delivered model's, and the paired differences
 with their 95 % t intervals (:mod:`mmfl.simulation.paired`). The setting to keep is the one with
 the highest mean *val* difference; test is reported, never used to choose.
 
-    python benchmarks/pool.py --dataset openclipart-paired --without release \\
+    python benchmarks/quality/pool.py --dataset openclipart-paired --without release \\
         --with release-pool0.1 --with release-pool0.25 --seeds 0,1 --tag sweep
-    python benchmarks/pool.py --without release \\
+    python benchmarks/quality/pool.py --without release \\
         --with release-pool0.1,release-pool0.1-c,release-pool0.1-d --seeds 0,1,2,3,4
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 from mmfl.simulation.paired import paired_difference, sample_std
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 
 
 def read_runs(runs: Path, strategy: str, seeds: list[int]) -> dict[int, dict[str, float]]:
@@ -35,7 +35,7 @@ def read_runs(runs: Path, strategy: str, seeds: list[int]) -> dict[int, dict[str
         summary = json.loads(path.read_text())
         final = summary["final"]
         # Delivered: the candidate (the server, the sites' ensemble) with the higher val rsum, as
-        # benchmarks/quality.py chooses it.
+        # benchmarks/quality/quality.py chooses it.
         candidates = (summary.get("delivery") or {}).get("candidates") or [
             {
                 "source": "federation",

@@ -20,13 +20,14 @@ Both students, narrow (the spec's server) and wide, are distilled by the ``regre
 centralized model) is trained in both shapes, so the gap is measured against each student's own
 ceiling. Val rsum only: this is a selection probe; test is written but not read to choose.
 
-    python benchmarks/wide_server_probe.py --seed 0 --passes 300 --out /tmp/wide/s0
+    python benchmarks/probes/wide_server_probe.py --seed 0 --passes 300 --out /tmp/wide/s0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,12 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 from torch import nn
-from transfer_bound import (
+
+from mmfl.models.encoders import architecture, featurizers_for
+from mmfl.models.losses import paired_contrastive
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "quality"))  # the offline bound's helpers
+from transfer_bound import (  # noqa: E402
     PAIR,
     Features,
     Setup,
@@ -47,9 +53,6 @@ from transfer_bound import (
     rsum,
     site_teachers,
 )
-
-from mmfl.models.encoders import architecture, featurizers_for
-from mmfl.models.losses import paired_contrastive
 
 # The sites' architecture per featurizer the server lacks (one branch each).
 EXTRA_BRANCHES = {"image": ("cnn-small",), "text": ("glove-mlp", "bag")}

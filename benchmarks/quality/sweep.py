@@ -4,12 +4,12 @@ Every setting of a grid is run on the given seeds; the log and the JSON hold eac
 after the last round, the mean over seeds, and the chosen setting (the highest mean val rsum).
 Test metrics are neither printed nor written: selection never sees them.
 
-    python benchmarks/sweep.py fedavg                   # the weight-averaging family on openclipart-paired-same
-    python benchmarks/sweep.py cream+                   # cream+'s ensemble temperature and distillation weight
-    python benchmarks/sweep.py regress --seeds 0        # when regress's sites train
-    python benchmarks/sweep.py regress-mixed --seeds 0 --jobs 2   # which sites regress learns from
-    python benchmarks/sweep.py regress-passes --seeds 0 --jobs 2  # server passes a round
-    python benchmarks/sweep.py fedavg --seeds 0 --out /tmp/sweep
+    python benchmarks/quality/sweep.py fedavg                   # the weight-averaging family on openclipart-paired-same
+    python benchmarks/quality/sweep.py cream+                   # cream+'s ensemble temperature and distillation weight
+    python benchmarks/quality/sweep.py regress --seeds 0        # when regress's sites train
+    python benchmarks/quality/sweep.py regress-mixed --seeds 0 --jobs 2   # which sites regress learns from
+    python benchmarks/quality/sweep.py regress-passes --seeds 0 --jobs 2  # server passes a round
+    python benchmarks/quality/sweep.py fedavg --seeds 0 --out /tmp/sweep
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from mmfl.config import FederationSpec, load_config
 from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.plan import build_plan
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
 SWEEPS: dict[str, dict] = {
     "cream+": {
         # cream+'s own settings (ensemble temperature, distillation weight) on the all-paired

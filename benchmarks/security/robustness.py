@@ -11,7 +11,7 @@ farthest from the median, cap of 0.5 on one site's weight (``[cream] unit_norm_t
 {json,md}``. Target: with defences on, every attack's final test rsum within 10 % of the clean
 run's.
 
-    python benchmarks/robustness.py [--seeds 0 1] [--rounds 4]
+    python benchmarks/security/robustness.py [--seeds 0 1] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mmfl.protocols.records import arrays_of
 from mmfl.simulation.engines import InProcessGrid, run_inprocess
 from mmfl.simulation.plan import build_plan
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 HOSTILE = "pair-cnn-bag"
 ATTACKS = ["none", "random", "scaled", "copy", "swap", "late"]
 ROUND_TIMEOUT = 30.0

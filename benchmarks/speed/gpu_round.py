@@ -10,7 +10,7 @@ rsum of both (they differ in the last digits: CUDA kernels sum in another order)
 Without a CUDA GPU it says so and exits 0, writing nothing (``--device cpu`` runs the CPU leg
 alone, to check the benchmark itself on any machine).
 
-    python benchmarks/gpu_round.py --rounds 4
+    python benchmarks/speed/gpu_round.py --rounds 4
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 PHASES = ("server-train", "encode", "exchange", "merge", "distil", "evaluate")
 
 

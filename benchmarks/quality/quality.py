@@ -18,9 +18,9 @@ in-process engine (numerically identical to Flower's simulation engine; see
 ``tests/test_simulation.py``). Nothing here is selected on test: the strongest control is the
 one with the highest val rsum, and the best-val round is chosen on val.
 
-    python benchmarks/quality.py                                   # every spec, 5 seeds
-    python benchmarks/quality.py --datasets openclipart-paired --seeds 0,1 --reuse
-    python benchmarks/quality.py --datasets openclipart-paired \\
+    python benchmarks/quality/quality.py                                   # every spec, 5 seeds
+    python benchmarks/quality/quality.py --datasets openclipart-paired --seeds 0,1 --reuse
+    python benchmarks/quality/quality.py --datasets openclipart-paired \\
         --strategies server-only,site-free,cream+,public-teachers,centralized \\
         --set cream.ensemble_temperature=0.2 --set cream.kd_weight=0.3 --tag sweep-choice
 """
@@ -47,8 +47,8 @@ from mmfl.simulation.plan import build_plan
 from mmfl.simulation.report import comparison_table, federated_method, site_free_method, write_comparison
 from mmfl.strategies.methods import METHODS
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+HERE = Path(__file__).resolve().parents[1]  # benchmarks/: specs/ and results/
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the scripts beside this one
 from teachers import teacher_retrieval  # noqa: E402
 
 SPECS = {

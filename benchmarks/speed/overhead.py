@@ -11,7 +11,7 @@ grid, protocol checks, audit log, run store, checkpoints, summary and evidence);
 the same ServerApp and ClientApp on Flower's simulation engine (a local SuperLink, Ray), whose
 fixed start-up is reported apart from the rounds.
 
-    python benchmarks/overhead.py --rounds 4 --repeats 3
+    python benchmarks/speed/overhead.py --rounds 4 --repeats 3
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from mmfl.server.records import SiteReport
 from mmfl.simulation.engines import run_inprocess
 from mmfl.simulation.plan import build_plan
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 FIRST_NODE = 1000  # the in-process grid's node ids, so the sampler draws the same sites
 
 
