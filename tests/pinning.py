@@ -174,6 +174,27 @@ def run_case(
     return json.loads(result.read_text())
 
 
+def run_cases(
+    dataset: str, methods: list[str], out: Path, env: dict[str, str] | None = None
+) -> dict[str, dict[str, float | str | None]]:
+    """:func:`run_case` for several methods in one child process, one after another (a child's
+    start, torch and Flower imported, costs seconds a case); method -> its numbers."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = out / "numbers.json"
+    settings = PORTABLE_NUMERICS if env is None else env
+    child_env = {k: v for k, v in os.environ.items() if k not in PORTABLE_NUMERICS}
+    child_env.update(settings, MMFL_HOME=str(_home_for(settings)))
+    done = subprocess.run(
+        [sys.executable, __file__, "--cases", dataset, str(out), str(result), *methods],
+        env=child_env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pinned cases {dataset} {methods} failed:\n{done.stderr[-4000:]}")
+    return json.loads(result.read_text())
+
+
 def _home_for(settings: dict[str, str]) -> Path:
     """An MMFL_HOME that shares the prepared data sets but keeps its own feature caches per
     kernel setting: features cached by another test under the host's kernels would carry their
@@ -287,6 +308,11 @@ if __name__ == "__main__":
         dataset, method, out, result = sys.argv[2:6]
         got = _run_here(dataset, method, Path(out))
         Path(result).write_text(json.dumps(got, allow_nan=True))
+        sys.exit(0)
+    if sys.argv[1:2] == ["--cases"]:
+        dataset, out, result, *methods = sys.argv[2:]
+        numbers_of = {m: _run_here(dataset, m, Path(out) / m.replace("+", "plus") / "run") for m in methods}
+        Path(result).write_text(json.dumps(numbers_of, allow_nan=True))
         sys.exit(0)
     if sys.argv[1:2] == ["--spread"]:
         spread(sys.argv[2:])

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from pinning import DIGITS_METHODS, PINNED, differences, run_case
+from pinning import DIGITS_METHODS, PINNED, differences, run_cases
+
+
+@pytest.fixture(scope="module")
+def digits_numbers(digits, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """Every digits case, run one after another in one child process (as ``run_case`` runs one)."""
+    return run_cases("digits", DIGITS_METHODS, tmp_path_factory.mktemp("pinned-digits"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", DIGITS_METHODS)
-def test_digits_numbers_are_pinned(digits, tmp_path: Path, method: str) -> None:
+def test_digits_numbers_are_pinned(digits_numbers: dict[str, dict], method: str) -> None:
     pinned = json.loads((PINNED / f"digits-{method.replace('+', 'plus')}.json").read_text())
     assert len(pinned) > 30
-    assert differences(pinned, run_case("digits", method, tmp_path / "run")) == []
+    assert differences(pinned, digits_numbers[method]) == []
 
 
 def test_differences_sees_a_moved_number() -> None:
