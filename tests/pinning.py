@@ -158,20 +158,7 @@ def run_case(
 ) -> dict[str, float | str | None]:
     """The case's numbers, computed in a child process under :data:`PORTABLE_NUMERICS` (or
     ``env``: the spread measurement runs other kernel settings)."""
-    out.mkdir(parents=True, exist_ok=True)
-    result = out / "numbers.json"
-    settings = PORTABLE_NUMERICS if env is None else env
-    child_env = {k: v for k, v in os.environ.items() if k not in PORTABLE_NUMERICS}
-    child_env.update(settings, MMFL_HOME=str(_home_for(settings)))
-    done = subprocess.run(
-        [sys.executable, __file__, "--case", dataset, method, str(out / "run"), str(result)],
-        env=child_env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"pinned case {dataset} {method} failed:\n{done.stderr[-4000:]}")
-    return json.loads(result.read_text())
+    return run_cases(dataset, [method], out, env)[method]
 
 
 def run_cases(
@@ -304,11 +291,6 @@ if __name__ == "__main__":
     import tempfile
     import time
 
-    if sys.argv[1:2] == ["--case"]:
-        dataset, method, out, result = sys.argv[2:6]
-        got = _run_here(dataset, method, Path(out))
-        Path(result).write_text(json.dumps(got, allow_nan=True))
-        sys.exit(0)
     if sys.argv[1:2] == ["--cases"]:
         dataset, out, result, *methods = sys.argv[2:]
         numbers_of = {m: _run_here(dataset, m, Path(out) / m.replace("+", "plus") / "run") for m in methods}
