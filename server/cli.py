@@ -388,6 +388,7 @@ def follow_run(layout: ServerLayout, run_id: str, out_dir: Path, timeout: float 
 
     deadline = None if timeout is None else time.monotonic() + timeout
     progress, offset = out_dir / "rounds.jsonl", 0
+    store: RunStore | None = None  # opened once, when first needed, then polled
     while True:
         offset = _print_rounds(progress, offset)
         if (out_dir / SUMMARY_FILE).exists():
@@ -396,7 +397,8 @@ def follow_run(layout: ServerLayout, run_id: str, out_dir: Path, timeout: float 
                 summary.delivery.line if summary.delivery else f"run {run_id} completed", soft_wrap=True
             )
             return
-        status = read_store(layout.store(), lambda engine: RunStore(engine, run_id).status())
+        store = store or RunStore(read_store(layout.store(), lambda engine: engine), run_id)
+        status = store.status()
         if status is not None and status.status in ("failed", "interrupted"):
             raise MmflError(
                 f"run {run_id} {status.status} (mmfl runs show {run_id} --store {layout.store()})"
